@@ -1,0 +1,62 @@
+// A weight source: a lazily read state dict with the checkpoint's own key names.
+import type { Tensor } from '../tensor.ts';
+
+export interface WeightSource {
+  /** All keys, in file order. */
+  keys(): string[];
+  /** Shape without reading data, or undefined if the key is absent. */
+  shape(key: string): number[] | undefined;
+  /** Reads one tensor (its stored dtype; float16/bfloat16 as raw 16-bit patterns). */
+  get(key: string): Tensor;
+  /** Releases file handles. */
+  close?(): void;
+}
+
+/** Reads `key` and checks its shape, with an error that names the tensor and both shapes. */
+export function takeWeight(source: WeightSource, key: string, dims: readonly number[]): Tensor {
+  const shape = source.shape(key);
+  if (!shape) throw new Error(`missing tensor '${key}' in the checkpoint`);
+  if (shape.length !== dims.length || shape.some((d, i) => d !== dims[i])) {
+    throw new Error(`tensor '${key}' has shape [${shape}] but the model config expects [${dims}]`);
+  }
+  return source.get(key);
+}
+
+/** A view of a source with a key prefix added (e.g. 'image_proj.' inside a combined file). */
+export function withPrefix(source: WeightSource, prefix: string): WeightSource {
+  return {
+    keys: () => source.keys().filter((k) => k.startsWith(prefix)).map((k) => k.slice(prefix.length)),
+    shape: (key) => source.shape(prefix + key),
+    get: (key) => source.get(prefix + key),
+  };
+}
+
+/** An in-memory source (generated tiny weights, tests). */
+export function memorySource(tensors: Map<string, Tensor> | Record<string, Tensor>): WeightSource {
+  const map = tensors instanceof Map ? tensors : new Map(Object.entries(tensors));
+  return {
+    keys: () => [...map.keys()],
+    shape: (key) => map.get(key)?.dims,
+    get: (key) => {
+      const t = map.get(key);
+      if (!t) throw new Error(`missing tensor '${key}'`);
+      return t;
+    },
+  };
+}
+
+/** Several sources seen as one (e.g. sharded checkpoints). */
+export function mergeSources(sources: WeightSource[]): WeightSource {
+  const owner = new Map<string, WeightSource>();
+  for (const s of sources) for (const k of s.keys()) owner.set(k, s);
+  return {
+    keys: () => [...owner.keys()],
+    shape: (key) => owner.get(key)?.shape(key),
+    get: (key) => {
+      const s = owner.get(key);
+      if (!s) throw new Error(`missing tensor '${key}'`);
+      return s.get(key);
+    },
+    close: () => sources.forEach((s) => s.close?.()),
+  };
+}
