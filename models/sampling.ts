@@ -1,0 +1,133 @@
+// The flow-matching Euler sampler of FLUX.1-dev and the latent layout around it: the resolution-
+// shifted sigma schedule, 2x2 packing of latents into tokens, their position ids, and seeded noise.
+// Arithmetic follows the reference in float32 where it rounds (Math.fround), so steps match it.
+
+export interface ScheduleConfig {
+  baseImageSeqLen: number;
+  maxImageSeqLen: number;
+  baseShift: number;
+  maxShift: number;
+  numTrainTimesteps: number;
+}
+
+/** FLUX.1-dev's FlowMatchEulerDiscreteScheduler settings. */
+export const FLUX_SCHEDULE: ScheduleConfig = {
+  baseImageSeqLen: 256,
+  maxImageSeqLen: 4096,
+  baseShift: 0.5,
+  maxShift: 1.15,
+  numTrainTimesteps: 1000,
+};
+
+export interface Schedule {
+  mu: number;
+  /** steps + 1 values, the last one 0 (float32-rounded). */
+  sigmas: Float32Array;
+  /** sigma * 1000 for each step (what the adapter's time part receives). */
+  timesteps: Float32Array;
+}
+
+/** mu grows linearly with the number of image tokens. */
+export function resolutionShift(imageSeqLen: number, cfg: ScheduleConfig = FLUX_SCHEDULE): number {
+  const slope = (cfg.maxShift - cfg.baseShift) / (cfg.maxImageSeqLen - cfg.baseImageSeqLen);
+  return imageSeqLen * slope + (cfg.baseShift - slope * cfg.baseImageSeqLen);
+}
+
+/** sigmas = linspace(1, 1/N, N) shifted by mu, then 0 appended. */
+export function flowMatchSchedule(steps: number, imageSeqLen: number, cfg: ScheduleConfig = FLUX_SCHEDULE): Schedule {
+  if (!Number.isInteger(steps) || steps < 1) throw new Error(`steps must be a positive integer, got ${steps}`);
+  const mu = resolutionShift(imageSeqLen, cfg);
+  const sigmas = new Float32Array(steps + 1);
+  const timesteps = new Float32Array(steps);
+  const fr = Math.fround;
+  const first = 1;
+  const last = 1 / steps;
+  const delta = steps === 1 ? 0 : (last - first) / (steps - 1);
+  const e = fr(Math.exp(mu));
+  for (let i = 0; i < steps; i++) {
+    // linspace in float64, then the scheduler shifts in float32 (as diffusers does with numpy arrays)
+    const s = fr(first + i * delta);
+    sigmas[i] = fr(e / fr(e + fr(fr(1 / s) - 1)));
+    timesteps[i] = fr(sigmas[i]! * cfg.numTrainTimesteps);
+  }
+  sigmas[steps] = 0;
+  return { mu, sigmas, timesteps };
+}
+
+/** One Euler step in place: x += (sigma_next - sigma) * v. */
+export function eulerStep(latents: Float32Array, velocity: Float32Array, sigma: number, sigmaNext: number): void {
+  const dt = Math.fround(sigmaNext - sigma);
+  for (let i = 0; i < latents.length; i++) latents[i] = Math.fround(latents[i]! + Math.fround(dt * velocity[i]!));
+}
+
+/** [1, C, h, w] -> [1, (h/2)(w/2), 4C]: each 2x2 patch becomes one token (channel-major inside). */
+export function packLatents(latent: Float32Array, channels: number, h: number, w: number): Float32Array {
+  const out = new Float32Array(latent.length);
+  const gw = w / 2;
+  let o = 0;
+  for (let gy = 0; gy < h / 2; gy++) {
+    for (let gx = 0; gx < gw; gx++) {
+      for (let c = 0; c < channels; c++) {
+        for (let dy = 0; dy < 2; dy++) {
+          for (let dx = 0; dx < 2; dx++) out[o++] = latent[(c * h + gy * 2 + dy) * w + gx * 2 + dx]!;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/** Inverse of packLatents. */
+export function unpackLatents(tokens: Float32Array, channels: number, h: number, w: number): Float32Array {
+  const out = new Float32Array(tokens.length);
+  const gw = w / 2;
+  let o = 0;
+  for (let gy = 0; gy < h / 2; gy++) {
+    for (let gx = 0; gx < gw; gx++) {
+      for (let c = 0; c < channels; c++) {
+        for (let dy = 0; dy < 2; dy++) {
+          for (let dx = 0; dx < 2; dx++) out[(c * h + gy * 2 + dy) * w + gx * 2 + dx] = tokens[o++]!;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/** (0, row, col) for every packed token, row-major: [(h/2)(w/2), 3]. */
+export function imageIds(h: number, w: number): Float32Array {
+  const gh = h / 2;
+  const gw = w / 2;
+  const ids = new Float32Array(gh * gw * 3);
+  for (let r = 0; r < gh; r++) {
+    for (let c = 0; c < gw; c++) {
+      ids[(r * gw + c) * 3 + 1] = r;
+      ids[(r * gw + c) * 3 + 2] = c;
+    }
+  }
+  return ids;
+}
+
+/**
+ * Deterministic standard-normal noise from a seed: splitmix64 for uniforms, Box-Muller for normals.
+ * Independent of platform and device, so a seed always gives the same image on the same device.
+ */
+export function seededNormal(seed: number, count: number): Float32Array {
+  let state = BigInt.asUintN(64, BigInt(Math.trunc(seed)));
+  const next = (): number => {
+    state = BigInt.asUintN(64, state + 0x9e3779b97f4a7c15n);
+    let z = state;
+    z = BigInt.asUintN(64, (z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n);
+    z = BigInt.asUintN(64, (z ^ (z >> 27n)) * 0x94d049bb133111ebn);
+    z ^= z >> 31n;
+    return (Number(z >> 11n) + 0.5) / 2 ** 53; // (0, 1)
+  };
+  const out = new Float32Array(count);
+  for (let i = 0; i < count; i += 2) {
+    const r = Math.sqrt(-2 * Math.log(next()));
+    const theta = 2 * Math.PI * next();
+    out[i] = r * Math.cos(theta);
+    if (i + 1 < count) out[i + 1] = r * Math.sin(theta);
+  }
+  return out;
+}
