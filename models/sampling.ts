@@ -94,20 +94,6 @@ export function unpackLatents(tokens: Float32Array, channels: number, h: number,
   return out;
 }
 
-/** (0, row, col) for every packed token, row-major: [(h/2)(w/2), 3]. */
-export function imageIds(h: number, w: number): Float32Array {
-  const gh = h / 2;
-  const gw = w / 2;
-  const ids = new Float32Array(gh * gw * 3);
-  for (let r = 0; r < gh; r++) {
-    for (let c = 0; c < gw; c++) {
-      ids[(r * gw + c) * 3 + 1] = r;
-      ids[(r * gw + c) * 3 + 2] = c;
-    }
-  }
-  return ids;
-}
-
 /**
  * Deterministic standard-normal noise from a seed: splitmix64 for uniforms, Box-Muller for normals.
  * Independent of platform and device, so a seed always gives the same image on the same device.

@@ -196,7 +196,7 @@ export interface T5Options {
  * Graph input `input_ids` int64 [B, seqLen]; output `last_hidden_state` [B, seqLen, d_model]
  * (after the final RMS norm). No attention mask, as in the FLUX pipeline.
  */
-export function buildT5Encoder(m: Module, cfg: T5Config, opts: T5Options = {}): void {
+export function buildT5(m: Module, cfg: T5Config, opts: T5Options = {}): void {
   const { g } = m;
   const T = opts.seqLen ?? T5_FLUX_SEQ_LEN;
   const ids = g.input('input_ids', 'int64', ['batch', T]);

@@ -1,19 +1,59 @@
-// What the pipeline nodes get from their host through ctx.services: folders and the model runtime.
-// The engine passes this object through without looking inside.
+// What the pipeline nodes get from their host through ctx.services: folders, the session pool and
+// the opened model sets. The engine passes this object through without looking inside.
+import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import type { DataPaths } from '../engine/paths.ts';
+import { SessionPool, type PoolOptions } from '../engine/runtime/pool.ts';
+import { type ModelSet, openModelSet } from '../models/modelset.ts';
+
+/** The package root: example assets under workflows/ are readable from here. */
+export const PACKAGE_ROOT = fileURLToPath(new URL('..', import.meta.url));
 
 export interface ServiceOptions {
-  device?: 'auto' | 'cpu' | 'cuda' | 'webgpu';
+  device?: PoolOptions['device'];
+  /** Where output nodes write (default: the data folder's outputs). */
+  outputDir?: string;
+  memoryBudgetBytes?: number;
+  intraOpThreads?: number;
+  log?: (message: string) => void;
 }
 
 export interface Services {
   paths: DataPaths;
+  pool: SessionPool;
+  outputDir: string;
+  /** Folders LoadCharacter may read from; paths are checked with realpath against them. */
+  imageRoots: string[];
+  /** Opens a model set by name (manifests are read once per process). */
+  modelSet(name: string): ModelSet;
 }
 
 export interface OwnedServices extends Services {
   close(): Promise<void>;
 }
 
-export async function createServices(paths: DataPaths, _opts: ServiceOptions = {}): Promise<OwnedServices> {
-  return { paths, close: async () => {} };
+export async function createServices(paths: DataPaths, opts: ServiceOptions = {}): Promise<OwnedServices> {
+  const pool = await SessionPool.create({
+    device: opts.device ?? 'auto',
+    memoryBudgetBytes: opts.memoryBudgetBytes,
+    intraOpThreads: opts.intraOpThreads,
+    cacheDir: join(paths.root, 'cache', 'ort'),
+    log: opts.log,
+  });
+  const sets = new Map<string, ModelSet>();
+  return {
+    paths,
+    pool,
+    outputDir: opts.outputDir ?? paths.outputs,
+    imageRoots: [paths.inputs, join(PACKAGE_ROOT, 'workflows')],
+    modelSet(name) {
+      let set = sets.get(name);
+      if (!set) {
+        set = openModelSet(paths.models, name);
+        sets.set(name, set);
+      }
+      return set;
+    },
+    close: () => pool.close(),
+  };
 }

@@ -70,7 +70,7 @@ function rebuildTensor(args: PyValue[]): TensorRef {
   if (t.size.length !== t.stride.length || t.offset < 0 || t.stride.some((s) => s < 0) || t.size.some((d) => d < 0)) {
     throw new Error(`_rebuild_tensor_v2: invalid view size [${t.size}] stride [${t.stride}] offset ${t.offset}`);
   }
-  if (numel(t.size) > 0 && t.offset + extent(t) > storage.numel) {
+  if (numel(t.size) > 0 && t.offset + extent(t) >= storage.numel) {
     throw new Error(`_rebuild_tensor_v2: view [${t.size}] at offset ${t.offset} exceeds storage '${storage.key}' (${storage.numel} elements)`);
   }
   return t;
@@ -171,7 +171,9 @@ export function unpickle(data: Uint8Array, persistentLoad: (pid: PyValue) => PyV
     target.items.push(...items);
   };
   const call = (fn: PyValue, args: PyValue): PyValue => {
-    if (!(fn instanceof PyGlobal) || !fn.call) throw new Error(`pickle: ${describe(fn)} ${fn instanceof PyGlobal ? fn.name : ''} is not callable`);
+    if (!(fn instanceof PyGlobal) || !fn.call) {
+      throw new Error(`pickle: ${fn instanceof PyGlobal ? `'${fn.name}'` : describe(fn)} is not callable`);
+    }
     if (!(args instanceof PyTuple)) throw new Error(`pickle: arguments of ${fn.name} must be a tuple`);
     return fn.call(args.items);
   };

@@ -24,8 +24,7 @@ const MAX_COMMENT = 0xffff;
 
 /** Lists the entries of the archive from its central directory. */
 export function readZipEntries(readAt: ReadAt, fileSize: number): ZipEntry[] {
-  const eocdPos = findEndOfCentralDirectory(readAt, fileSize);
-  const eocd = readAt(eocdPos, EOCD_LEN);
+  const { pos: eocdPos, record: eocd } = findEndOfCentralDirectory(readAt, fileSize);
   let count = eocd.readUInt16LE(10);
   let cdSize = eocd.readUInt32LE(12);
   let cdOffset = eocd.readUInt32LE(16);
@@ -80,14 +79,19 @@ export function entryDataOffset(readAt: ReadAt, entry: ZipEntry, fileSize: numbe
   return start;
 }
 
-function findEndOfCentralDirectory(readAt: ReadAt, fileSize: number): number {
+function findEndOfCentralDirectory(readAt: ReadAt, fileSize: number): { pos: number; record: Buffer } {
   if (fileSize < EOCD_LEN) throw new Error('zip: file too short to be an archive (truncated?)');
+  // Archives without a comment (torch.save's) end with the record itself: try that before scanning 64 KiB.
+  const last = readAt(fileSize - EOCD_LEN, EOCD_LEN);
+  if (last.readUInt32LE(0) === EOCD_SIG && last.readUInt16LE(20) === 0) return { pos: fileSize - EOCD_LEN, record: last };
   const tailLen = Math.min(fileSize, EOCD_LEN + MAX_COMMENT);
   const tailStart = fileSize - tailLen;
   const tail = readAt(tailStart, tailLen);
   for (let i = tailLen - EOCD_LEN; i >= 0; i--) {
     // The comment length must reach exactly to the end of the file, which rules out stray signatures.
-    if (tail.readUInt32LE(i) === EOCD_SIG && i + EOCD_LEN + tail.readUInt16LE(i + 20) === tailLen) return tailStart + i;
+    if (tail.readUInt32LE(i) === EOCD_SIG && i + EOCD_LEN + tail.readUInt16LE(i + 20) === tailLen) {
+      return { pos: tailStart + i, record: tail.subarray(i, i + EOCD_LEN) };
+    }
   }
   throw new Error('zip: end of central directory not found (truncated or not a zip file)');
 }

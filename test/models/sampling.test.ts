@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { flowMatchSchedule, imageIds, packLatents, seededNormal, unpackLatents } from '../../models/sampling.ts';
+import { flowMatchSchedule, packLatents, seededNormal, unpackLatents } from '../../models/sampling.ts';
+import { fluxImageIds } from '../../models/rope.ts';
 import { goldenTensors, expectClose } from '../helpers/goldens.ts';
 import { f32 } from '../../models/tensor.ts';
 
@@ -37,7 +38,7 @@ describe('latent layout', () => {
 
   it('numbers image tokens (0, row, col)', () => {
     const ids = inputs.get('img_ids')!;
-    expect(Array.from(imageIds(8, 12))).toEqual(Array.from(ids.data as Float32Array));
+    expect(Array.from(fluxImageIds(4, 6))).toEqual(Array.from(ids.data as Float32Array));
   });
 
   it('draws the same noise for the same seed and different noise otherwise', () => {

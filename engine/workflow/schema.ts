@@ -1,0 +1,166 @@
+// Structural check of a workflow against workflow.schema.json (ajv), with ajv's errors rewritten as
+// one-line messages that name the node, like every other validation message.
+import { readFileSync } from 'node:fs';
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import { nodeLabel, type ValidationError } from './types.ts';
+
+let schemaCache: Record<string, unknown> | undefined;
+let validatorCache: ValidateFunction | undefined;
+
+/** The JSON Schema of the workflow file (engine/workflow/workflow.schema.json). */
+export function workflowSchema(): Record<string, unknown> {
+  schemaCache ??= JSON.parse(readFileSync(new URL('./workflow.schema.json', import.meta.url), 'utf8')) as Record<
+    string,
+    unknown
+  >;
+  return schemaCache;
+}
+
+function validator(): ValidateFunction {
+  if (!validatorCache) {
+    const ajv = new Ajv({ allErrors: true, strict: true, allowUnionTypes: true });
+    validatorCache = ajv.compile(workflowSchema());
+  }
+  return validatorCache;
+}
+
+function decodePointer(p: string): string[] {
+  if (p === '') return [];
+  return p
+    .slice(1)
+    .split('/')
+    .map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
+}
+
+function joinPath(segs: readonly string[]): string {
+  let out = '';
+  for (const s of segs) out += /^\d+$/.test(s) ? `[${s}]` : out ? `.${s}` : s;
+  return out;
+}
+
+interface Where {
+  prefix: string;
+  nodeId?: string;
+  nodeType?: string;
+  field?: string;
+  /** What the failing value is, for wording ("link", "input", ...). */
+  kind: 'root' | 'node' | 'input' | 'link' | 'other';
+}
+
+function locate(segs: string[], raw: unknown): Where {
+  if (segs[0] !== 'nodes' || segs.length < 2) {
+    return { prefix: segs.length ? `workflow "${joinPath(segs)}"` : 'workflow', kind: segs.length ? 'other' : 'root' };
+  }
+  const nodeId = segs[1]!;
+  const node = (raw as { nodes: Record<string, unknown> }).nodes[nodeId];
+  const t = typeof node === 'object' && node !== null ? (node as { type?: unknown }).type : undefined;
+  const nodeType = typeof t === 'string' && t !== '' ? t : undefined;
+  const base = nodeLabel(nodeId, nodeType);
+  const rest = segs.slice(2);
+  if (rest.length === 0) return { prefix: base, nodeId, nodeType, kind: 'node' };
+  if (rest[0] === 'inputs' && rest.length >= 2) {
+    const field = rest[1]!;
+    const deeper = rest.slice(2);
+    return {
+      prefix: `${base} input "${field}"${deeper.length ? ` link "${joinPath(deeper)}"` : ''}`,
+      nodeId,
+      nodeType,
+      field,
+      kind: deeper.length ? 'other' : 'input',
+    };
+  }
+  return { prefix: `${base} "${joinPath(rest)}"`, nodeId, nodeType, field: rest[0], kind: 'other' };
+}
+
+function typeName(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  if (typeof v === 'object') return 'an object';
+  return `a ${typeof v}`;
+}
+
+function valueAt(raw: unknown, segs: readonly string[]): unknown {
+  let v = raw;
+  for (const s of segs) v = typeof v === 'object' && v !== null ? (v as Record<string, unknown>)[s] : undefined;
+  return v;
+}
+
+function looksLikeComfyApi(raw: unknown): boolean {
+  if (typeof raw !== 'object' || raw === null) return false;
+  return Object.values(raw).some((n) => typeof n === 'object' && n !== null && 'class_type' in n);
+}
+
+function describe(e: ErrorObject, raw: unknown): ValidationError | undefined {
+  // `if` only repeats what its `then` branch reports; pattern errors of property names are
+  // reported once through `propertyNames`.
+  if (e.keyword === 'if' || (e.keyword === 'pattern' && e.propertyName !== undefined)) return undefined;
+  const segs = decodePointer(e.instancePath);
+  const where = locate(segs, raw);
+  const value = valueAt(raw, segs);
+  const p = e.params as Record<string, unknown>;
+  let what: string;
+  switch (e.keyword) {
+    case 'required':
+      what =
+        where.kind === 'input'
+          ? `link is missing "${String(p.missingProperty)}" (a link is {"node": id, "output": name})`
+          : `missing "${String(p.missingProperty)}"`;
+      break;
+    case 'additionalProperties':
+      what =
+        where.kind === 'input'
+          ? `link has unknown property "${String(p.additionalProperty)}" (a link is {"node": id, "output": name})`
+          : `unknown property "${String(p.additionalProperty)}"`;
+      break;
+    case 'type':
+      what =
+        where.kind === 'input'
+          ? `must be a constant (string, number, boolean) or a link {"node": id, "output": name}, got ${typeName(value)}`
+          : `must be ${[p.type].flat().map((t) => (t === 'integer' ? 'an integer' : t === 'object' || t === 'array' ? `an ${String(t)}` : `a ${String(t)}`)).join(' or ')}, got ${typeName(value)}`;
+      break;
+    case 'const':
+      what = `must be ${JSON.stringify(p.allowedValue)}`;
+      if (segs.length === 1 && segs[0] === 'format' && value === undefined && looksLikeComfyApi(raw)) {
+        what += ' (this looks like a ComfyUI API workflow, which charflow does not read as a file)';
+      }
+      break;
+    case 'propertyNames':
+      what = `node id "${String(p.propertyName)}" is not allowed (use 1 to 64 letters, digits, "_", ":" or "-")`;
+      break;
+    case 'minLength':
+      what = p.limit === 1 ? 'must not be empty' : `must be at least ${String(p.limit)} characters`;
+      break;
+    case 'minimum':
+      what = `${JSON.stringify(value)} is below the minimum ${String(p.limit)}`;
+      break;
+    case 'minItems':
+    case 'maxItems':
+      what = `must have ${String(p.limit)} items, got ${Array.isArray(value) ? value.length : 0}`;
+      break;
+    default:
+      what = e.message ?? `fails the "${e.keyword}" rule`;
+  }
+  return {
+    code: 'schema',
+    nodeId: where.nodeId,
+    nodeType: where.nodeType,
+    field: where.field ?? (segs.length === 1 ? segs[0] : undefined),
+    message: `${where.prefix}: ${what}`,
+  };
+}
+
+/** All structural problems of `raw` (empty when it matches the schema). */
+export function checkSchema(raw: unknown): ValidationError[] {
+  const validate = validator();
+  if (validate(raw)) return [];
+  const out: ValidationError[] = [];
+  const seen = new Set<string>();
+  for (const e of validate.errors ?? []) {
+    const d = describe(e, raw);
+    if (d && !seen.has(d.message)) {
+      seen.add(d.message);
+      out.push(d);
+    }
+  }
+  return out;
+}

@@ -1,0 +1,226 @@
+// A model set: the ONNX graphs the pipeline nodes load, with a manifest that records each file's
+// size and hash and the numbers the nodes need (image sizes, layer indices, sequence lengths).
+// The tiny generator and the checkpoint converter both write sets through writeModelSet.
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Graph } from './onnx/graph.ts';
+import type { Module } from './layers.ts';
+import { countParameters } from './layers.ts';
+import type { WeightSource } from './weights/source.ts';
+import { type SiglipConfig, buildSiglip, siglipWeightShapes } from './siglip.ts';
+import { type Dinov2Config, buildDinov2, dinov2WeightShapes } from './dinov2.ts';
+import { type AdapterConfig, adapterWeightShapes, buildAdapterStatic, buildAdapterTime } from './adapter.ts';
+import { type FluxConfig, buildFlux, fluxWeightShapes } from './flux.ts';
+import { type VaeConfig, buildVaeDecoder, vaeWeightShapes } from './vae.ts';
+import { type T5Config, buildT5, t5WeightShapes } from './t5.ts';
+import { type ClipTextConfig, buildClip, clipWeightShapes } from './clip.ts';
+
+export const MANIFEST_FILE = 'manifest.json';
+
+export interface FileEntry {
+  file: string;
+  bytes: number;
+  sha256: string;
+  /** External-data files that belong to the graph. */
+  data?: { file: string; bytes: number; sha256: string }[];
+  parameters: number;
+}
+
+export interface VisionSettings {
+  imageSize: number;
+  shallowLayers: number[];
+  mean: number[];
+  std: number[];
+  width: number;
+  /** DINOv2 puts a CLS token first, which the pipeline drops. */
+  clsToken: boolean;
+}
+
+export interface ModelSetManifest {
+  format: 'charflow.models';
+  version: 1;
+  name: string;
+  dtype: 'float32' | 'float16';
+  files: Record<ComponentName, FileEntry>;
+  tokenizers: { t5: string; clip: string };
+  siglip: VisionSettings;
+  dinov2: VisionSettings;
+  adapter: { numQueries: number; outputDim: number; innerDim: number };
+  flux: { inChannels: number; latentChannels: number; jointDim: number; pooledDim: number; axesDims: number[]; theta: number };
+  vae: { latentChannels: number; downscale: number };
+  t5: { seqLen: number; width: number; padId: number; eosId: number };
+  clip: { seqLen: number; width: number; bosId: number; eosId: number; padId: number };
+}
+
+export type ComponentName = 'siglip' | 'dinov2' | 'adapter_static' | 'adapter_time' | 'flux' | 'vae' | 't5' | 'clip';
+
+export interface ModelSetSpec {
+  name: string;
+  dtype: 'float32' | 'float16';
+  siglip: { cfg: SiglipConfig; weights: WeightSource; shallowLayers: number[] };
+  dinov2: { cfg: Dinov2Config; weights: WeightSource; shallowLayers: number[] };
+  adapter: { cfg: AdapterConfig; weights: WeightSource };
+  flux: { cfg: FluxConfig; weights: WeightSource; ip: WeightSource };
+  vae: { cfg: VaeConfig; weights: WeightSource };
+  t5: { cfg: T5Config; weights: WeightSource; seqLen: number; tokenizer: string; padId: number; eosId: number };
+  clip: { cfg: ClipTextConfig; weights: WeightSource; seqLen: number; tokenizer: string; bosId: number; eosId: number; padId: number };
+}
+
+/** Graphs whose weights exceed this are written with external data (protobuf caps at 2 GB). */
+const EXTERNAL_THRESHOLD = 1.5 * 1024 ** 3;
+
+const SIGLIP_NORM = { mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5] };
+const IMAGENET_NORM = { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+/** The pipeline's encoder resolution: low-res input and each high-res crop. */
+export const ENCODER_IMAGE_SIZE = 384;
+
+/** The adapter's weights split between its two graphs: the resampler runs per step, the rest once. */
+function adapterShapes(cfg: AdapterConfig, timePart: boolean): Record<string, number[]> {
+  const all = adapterWeightShapes(cfg);
+  return Object.fromEntries(Object.entries(all).filter(([k]) => k.startsWith('resampler.') === timePart));
+}
+
+async function sha256File(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+interface ComponentJob {
+  name: ComponentName;
+  parameters: number;
+  build: (m: Module) => void;
+  weights: WeightSource;
+}
+
+export interface WriteProgress {
+  (component: ComponentName, index: number, total: number): void;
+}
+
+/** Builds every graph of the set into `dir` and writes the manifest last (so a set is complete or absent). */
+export async function writeModelSet(spec: ModelSetSpec, dir: string, onProgress?: WriteProgress): Promise<ModelSetManifest> {
+  mkdirSync(dir, { recursive: true });
+  const jobs: ComponentJob[] = [
+    {
+      name: 'siglip', weights: spec.siglip.weights, parameters: countParameters(siglipWeightShapes(spec.siglip.cfg)),
+      build: (m) => buildSiglip(m, spec.siglip.cfg, { hiddenStates: spec.siglip.shallowLayers, imageSize: ENCODER_IMAGE_SIZE }),
+    },
+    {
+      name: 'dinov2', weights: spec.dinov2.weights, parameters: countParameters(dinov2WeightShapes(spec.dinov2.cfg)),
+      build: (m) => buildDinov2(m, spec.dinov2.cfg, { hiddenStates: spec.dinov2.shallowLayers, imageSize: ENCODER_IMAGE_SIZE }),
+    },
+    {
+      name: 'adapter_static', weights: spec.adapter.weights, parameters: countParameters(adapterShapes(spec.adapter.cfg, false)),
+      build: (m) => buildAdapterStatic(m, spec.adapter.cfg),
+    },
+    {
+      name: 'adapter_time', weights: spec.adapter.weights, parameters: countParameters(adapterShapes(spec.adapter.cfg, true)),
+      build: (m) => buildAdapterTime(m, spec.adapter.cfg),
+    },
+    {
+      name: 'flux', weights: spec.flux.weights, parameters: countParameters(fluxWeightShapes(spec.flux.cfg)),
+      build: (m) => buildFlux(m, spec.flux.ip, spec.flux.cfg),
+    },
+    { name: 'vae', weights: spec.vae.weights, parameters: countParameters(vaeWeightShapes(spec.vae.cfg)), build: (m) => buildVaeDecoder(m, spec.vae.cfg) },
+    { name: 't5', weights: spec.t5.weights, parameters: countParameters(t5WeightShapes(spec.t5.cfg)), build: (m) => buildT5(m, spec.t5.cfg, { seqLen: spec.t5.seqLen }) },
+    { name: 'clip', weights: spec.clip.weights, parameters: countParameters(clipWeightShapes(spec.clip.cfg)), build: (m) => buildClip(m, spec.clip.cfg, { seqLen: spec.clip.seqLen }) },
+  ];
+  const bytesPerWeight = spec.dtype === 'float16' ? 2 : 4;
+  const files = {} as Record<ComponentName, FileEntry>;
+  for (const [i, job] of jobs.entries()) {
+    onProgress?.(job.name, i, jobs.length);
+    const file = `${job.name}.onnx`;
+    const external = job.parameters * bytesPerWeight > EXTERNAL_THRESHOLD ? { dir, file: `${job.name}.onnx.data` } : undefined;
+    const g = new Graph({ name: job.name, dtype: spec.dtype, external });
+    try {
+      job.build({ g, w: job.weights });
+      g.save(join(dir, file));
+    } catch (err) {
+      g.discard();
+      throw new Error(`building ${job.name}: ${(err as Error).message}`);
+    }
+    const entry: FileEntry = { file, bytes: statSync(join(dir, file)).size, sha256: await sha256File(join(dir, file)), parameters: job.parameters };
+    if (external) {
+      const p = join(dir, external.file);
+      entry.data = [{ file: external.file, bytes: statSync(p).size, sha256: await sha256File(p) }];
+    }
+    files[job.name] = entry;
+  }
+  onProgress?.('clip', jobs.length, jobs.length);
+
+  writeFileSync(join(dir, 't5_tokenizer.json'), spec.t5.tokenizer);
+  writeFileSync(join(dir, 'clip_tokenizer.json'), spec.clip.tokenizer);
+  const manifest: ModelSetManifest = {
+    format: 'charflow.models',
+    version: 1,
+    name: spec.name,
+    dtype: spec.dtype,
+    files,
+    tokenizers: { t5: 't5_tokenizer.json', clip: 'clip_tokenizer.json' },
+    siglip: { imageSize: ENCODER_IMAGE_SIZE, shallowLayers: spec.siglip.shallowLayers, ...SIGLIP_NORM, width: spec.siglip.cfg.hiddenSize, clsToken: false },
+    dinov2: { imageSize: ENCODER_IMAGE_SIZE, shallowLayers: spec.dinov2.shallowLayers, ...IMAGENET_NORM, width: spec.dinov2.cfg.hiddenSize, clsToken: true },
+    adapter: { numQueries: spec.adapter.cfg.numQueries, outputDim: spec.adapter.cfg.outputDim, innerDim: spec.adapter.cfg.innerDim },
+    flux: {
+      inChannels: spec.flux.cfg.inChannels, latentChannels: spec.flux.cfg.inChannels / 4,
+      jointDim: spec.flux.cfg.jointAttentionDim, pooledDim: spec.flux.cfg.pooledProjectionDim,
+      axesDims: [...spec.flux.cfg.axesDimsRope], theta: spec.flux.cfg.ropeTheta,
+    },
+    vae: { latentChannels: spec.vae.cfg.latentChannels, downscale: 2 ** (spec.vae.cfg.blockOutChannels.length - 1) },
+    t5: { seqLen: spec.t5.seqLen, width: spec.t5.cfg.dModel, padId: spec.t5.padId, eosId: spec.t5.eosId },
+    clip: { seqLen: spec.clip.seqLen, width: spec.clip.cfg.hiddenSize, bosId: spec.clip.bosId, eosId: spec.clip.eosId, padId: spec.clip.padId },
+  };
+  const tmp = join(dir, `${MANIFEST_FILE}.partial`);
+  writeFileSync(tmp, JSON.stringify(manifest, null, 2));
+  renameSync(tmp, join(dir, MANIFEST_FILE));
+  return manifest;
+}
+
+/** A loaded set: its folder and manifest, with helpers for file paths. */
+export interface ModelSet {
+  name: string;
+  dir: string;
+  manifest: ModelSetManifest;
+  /** Content identity of the set, for cache keys. */
+  digest: string;
+  path(component: ComponentName): string;
+  tokenizerPath(kind: 't5' | 'clip'): string;
+}
+
+export function modelSetDir(modelsRoot: string, name: string): string {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name)) throw new Error(`"${name}" is not a valid model set name (letters, digits, '.', '_', '-')`);
+  return join(modelsRoot, name);
+}
+
+export function modelSetExists(modelsRoot: string, name: string): boolean {
+  return existsSync(join(modelSetDir(modelsRoot, name), MANIFEST_FILE));
+}
+
+/** Opens a set and checks that every file it lists is present with the recorded size. */
+export function openModelSet(modelsRoot: string, name: string): ModelSet {
+  const dir = modelSetDir(modelsRoot, name);
+  const manifestPath = join(dir, MANIFEST_FILE);
+  if (!existsSync(manifestPath)) {
+    throw new Error(`model set "${name}" not found in ${modelsRoot}: run \`charflow models tiny\` for the test set, or \`charflow models convert\` for real checkpoints`);
+  }
+  let manifest: ModelSetManifest;
+  try {
+    manifest = JSON.parse(readFileSync(manifestPath, 'utf8')) as ModelSetManifest;
+  } catch (err) {
+    throw new Error(`model set "${name}": ${manifestPath} is not valid JSON (${(err as Error).message})`);
+  }
+  if (manifest.format !== 'charflow.models' || manifest.version !== 1) throw new Error(`model set "${name}": unsupported manifest format`);
+  for (const [component, entry] of Object.entries(manifest.files)) {
+    for (const f of [entry, ...(entry.data ?? [])]) {
+      const p = join(dir, f.file);
+      if (!existsSync(p)) throw new Error(`model set "${name}": ${component} file ${f.file} is missing`);
+      if (statSync(p).size !== f.bytes) throw new Error(`model set "${name}": ${component} file ${f.file} has the wrong size (damaged or partial)`);
+    }
+  }
+  const digest = createHash('sha256').update(JSON.stringify(manifest.files)).digest('hex').slice(0, 16);
+  return {
+    name, dir, manifest, digest,
+    path: (component) => join(dir, manifest.files[component].file),
+    tokenizerPath: (kind) => join(dir, manifest.tokenizers[kind]),
+  };
+}

@@ -1,0 +1,112 @@
+// CLIP text encoder (transformers CLIPTextModel) against the clip_text golden case.
+import { describe, expect, it } from 'vitest';
+import { FULL_CLIP, buildClip, clipConfigFromJson, clipWeightShapes } from '../../models/clip.ts';
+import { countParameters } from '../../models/layers.ts';
+import { Graph } from '../../models/onnx/graph.ts';
+import { runOnce } from '../../models/onnx/ort.ts';
+import { type Tensor, toFloat32 } from '../../models/tensor.ts';
+import { type WeightSource, memorySource } from '../../models/weights/source.ts';
+import { expectClose, goldenConfig, goldenTensors, goldenWeights } from '../helpers/goldens.ts';
+
+const CASE = 'clip_text';
+const TOL = 1e-4;
+const cfg = clipConfigFromJson(goldenConfig(CASE));
+const inputs = goldenTensors(CASE, 'inputs.safetensors');
+const outputs = goldenTensors(CASE, 'outputs.safetensors');
+
+function need(map: Map<string, Tensor>, key: string): Tensor {
+  const t = map.get(key);
+  if (!t) throw new Error(`golden tensor ${key} missing`);
+  return t;
+}
+
+const inputIds = need(inputs, 'input_ids');
+
+function build(w: WeightSource, c = cfg): Uint8Array {
+  const g = new Graph({ name: 'clip_text' });
+  buildClip({ g, w }, c, { seqLen: inputIds.dims[1]! });
+  return g.toBytes();
+}
+
+/** The golden weights in memory, one key dropped and one 2-D tensor's dims swapped on request. */
+function goldenMemory(drop?: string, swap?: string): WeightSource {
+  const file = goldenWeights(CASE);
+  const map = new Map<string, Tensor>();
+  try {
+    for (const k of file.keys()) {
+      if (k === drop) continue;
+      const t = file.get(k);
+      map.set(k, k === swap ? { ...t, dims: [t.dims[1]!, t.dims[0]!] } : t);
+    }
+  } finally {
+    file.close();
+  }
+  return memorySource(map);
+}
+
+describe('CLIP text encoder', () => {
+  it('parses config.json (bare CLIPTextConfig and nested CLIPConfig)', () => {
+    expect(cfg).toEqual({
+      vocabSize: 100, hiddenSize: 32, intermediateSize: 64, numLayers: 2, numHeads: 4,
+      maxPositions: 16, layerNormEps: 1e-5, hiddenAct: 'quick_gelu', eosTokenId: 2,
+    });
+    // openai/clip-vit-large-patch14's config.json nests the text model's numbers under text_config.
+    const nested = clipConfigFromJson({
+      model_type: 'clip',
+      text_config: { hidden_size: 768, intermediate_size: 3072, num_attention_heads: 12, eos_token_id: 2 },
+      vision_config: { hidden_size: 1024 },
+    });
+    expect(nested).toEqual(FULL_CLIP);
+    expect(() => clipConfigFromJson({ hidden_act: 'swish' })).toThrow(/hidden_act/);
+  });
+
+  it('lists exactly the checkpoint keys and shapes', () => {
+    const w = goldenWeights(CASE);
+    try {
+      const shapes = clipWeightShapes(cfg);
+      expect(Object.keys(shapes).sort()).toEqual(w.keys().sort());
+      for (const [k, dims] of Object.entries(shapes)) expect(w.shape(k), k).toEqual(dims);
+    } finally {
+      w.close();
+    }
+  });
+
+  it('matches the golden last_hidden_state and pooler_output', async () => {
+    const w = goldenWeights(CASE);
+    try {
+      const out = await runOnce(build(w), { input_ids: inputIds });
+      for (const name of ['last_hidden_state', 'pooler_output']) {
+        const d = expectClose(out[name], need(outputs, name), TOL, name);
+        console.log(`clip_text ${name} max abs diff ${d.toExponential(3)}`);
+      }
+    } finally {
+      w.close();
+    }
+  });
+
+  it('pools at the first eos_token_id when the id is not the legacy 2', async () => {
+    // With eos 99 (the golden's EOS, also its largest id) the new rule selects the same first-EOS rows.
+    const out = await runOnce(build(goldenMemory(), { ...cfg, eosTokenId: 99 }), { input_ids: inputIds });
+    expectClose(out.pooler_output, need(outputs, 'pooler_output'), TOL, 'pooler_output');
+    // With eos 98 (the BOS of every row) it pools position 0.
+    const bos = await runOnce(build(goldenMemory(), { ...cfg, eosTokenId: 98 }), { input_ids: inputIds });
+    const C = cfg.hiddenSize;
+    const T = inputIds.dims[1]!;
+    const last = toFloat32(bos.last_hidden_state!);
+    const pooled = toFloat32(bos.pooler_output!);
+    for (let b = 0; b < inputIds.dims[0]!; b++) {
+      for (let c = 0; c < C; c++) expect(pooled[b * C + c]).toBe(last[b * T * C + c]);
+    }
+  });
+
+  it('names the tensor when a weight is missing or has the wrong shape', () => {
+    const missing = 'text_model.encoder.layers.1.mlp.fc2.bias';
+    expect(() => build(goldenMemory(missing))).toThrow(`missing tensor '${missing}'`);
+    const wrong = 'text_model.encoder.layers.0.mlp.fc1.weight'; // [64, 32] stored as [32, 64]
+    expect(() => build(goldenMemory(undefined, wrong))).toThrow(`tensor '${wrong}' has shape [32,64]`);
+  });
+
+  it('counts the parameters of openai/clip-vit-large-patch14 text model', () => {
+    expect(countParameters(clipWeightShapes(FULL_CLIP))).toBe(123_060_480);
+  });
+});

@@ -1,0 +1,142 @@
+// FLUX transformer + InstantCharacter IP attention against the flux_transformer_ip golden case.
+import { beforeAll, describe, expect, it } from 'vitest';
+import { Graph } from '../../models/onnx/graph.ts';
+import { runOnce } from '../../models/onnx/ort.ts';
+import { countParameters } from '../../models/layers.ts';
+import {
+  FULL_FLUX, type FluxConfig, buildFlux, fluxConfigFromJson, fluxWeightShapes, ipAdapterWeightShapes,
+} from '../../models/flux.ts';
+import { fluxImageIds, fluxRope, fluxTextIds } from '../../models/rope.ts';
+import { type WeightSource, memorySource } from '../../models/weights/source.ts';
+import { type Tensor, f32, toFloat32 } from '../../models/tensor.ts';
+import { expectClose, goldenConfig, goldenTensors, goldenWeights } from '../helpers/goldens.ts';
+
+const CASE = 'flux_transformer_ip';
+const TOL = 2e-4;
+
+function build(cfg: FluxConfig, w: WeightSource, ip: WeightSource | undefined, debugOutputs = false): Uint8Array {
+  const g = new Graph({ name: 'flux' });
+  buildFlux({ g, w }, ip, cfg, { debugOutputs });
+  return g.toBytes();
+}
+
+/** A copy of `src` with one tensor replaced (or removed when `t` is undefined). */
+function patched(src: WeightSource, key: string, t: Tensor | undefined): WeightSource {
+  const map = new Map<string, Tensor>();
+  for (const k of src.keys()) if (k !== key) map.set(k, src.get(k));
+  if (t) map.set(key, t);
+  return memorySource(map);
+}
+
+describe('flux transformer + IP attention (golden)', () => {
+  let cfg: FluxConfig;
+  let inputs: Map<string, Tensor>;
+  let outputs: Map<string, Tensor>;
+  let feeds: Record<string, Tensor>;
+
+  beforeAll(() => {
+    cfg = fluxConfigFromJson(goldenConfig(CASE));
+    inputs = goldenTensors(CASE, 'inputs.safetensors');
+    outputs = goldenTensors(CASE, 'outputs.safetensors');
+    const ids = (name: string) => toFloat32(inputs.get(name)!);
+    const txt = ids('txt_ids');
+    const img = ids('img_ids');
+    const all = new Float32Array(txt.length + img.length);
+    all.set(txt, 0);
+    all.set(img, txt.length);
+    const rope = fluxRope(all, cfg.axesDimsRope, cfg.ropeTheta);
+    feeds = {
+      hidden_states: inputs.get('hidden_states')!,
+      encoder_hidden_states: inputs.get('encoder_hidden_states')!,
+      pooled_projections: inputs.get('pooled_projections')!,
+      timestep: inputs.get('timestep')!,
+      guidance: inputs.get('guidance')!,
+      rope_cos: rope.cos,
+      rope_sin: rope.sin,
+    };
+  });
+
+  it('rope tables match diffusers FluxPosEmbed', () => {
+    const txt = toFloat32(inputs.get('txt_ids')!);
+    const img = toFloat32(inputs.get('img_ids')!);
+    // The golden ids are the standard ones our helpers produce.
+    expect(Array.from(fluxTextIds(txt.length / 3))).toEqual(Array.from(txt));
+    expect(Array.from(fluxImageIds(6, 8))).toEqual(Array.from(img));
+    const dc = expectClose(feeds.rope_cos, outputs.get('debug.rope_cos'), 1e-6, 'debug.rope_cos');
+    const ds = expectClose(feeds.rope_sin, outputs.get('debug.rope_sin'), 1e-6, 'debug.rope_sin');
+    console.log(`rope max abs diff: cos ${dc}, sin ${ds}`);
+  });
+
+  it('matches noise_pred.scale_0.9 and the debug tensors', async () => {
+    const w = goldenWeights(CASE, 'diffusion_pytorch_model.safetensors');
+    const ip = goldenWeights(CASE, 'ip_adapter.safetensors');
+    const model = build(cfg, w, ip, true);
+    const out = await runOnce(model, {
+      ...feeds,
+      ip_hidden_states: inputs.get('ip_hidden_states')!,
+      subject_scale: inputs.get('subject_scale')!,
+    });
+    const d = expectClose(out['noise_pred'], outputs.get('noise_pred.scale_0.9'), TOL, 'noise_pred.scale_0.9');
+    const dt = expectClose(out['debug.temb'], outputs.get('debug.temb'), TOL, 'debug.temb');
+    const dip = [];
+    for (let i = 0; i < cfg.numLayers + cfg.numSingleLayers; i++) {
+      dip.push(expectClose(out[`debug.ip_attn.${i}`], outputs.get(`debug.ip_attn.${i}`), TOL, `debug.ip_attn.${i}`));
+    }
+    console.log(`noise_pred.scale_0.9 max abs diff ${d}; temb ${dt}; ip_attn ${dip.join(', ')}`);
+  });
+
+  it('matches noise_pred.scale_0.0, with IP inputs and as plain FLUX', async () => {
+    const w = goldenWeights(CASE, 'diffusion_pytorch_model.safetensors');
+    const ip = goldenWeights(CASE, 'ip_adapter.safetensors');
+    const expected = outputs.get('noise_pred.scale_0.0');
+    const withIp = await runOnce(build(cfg, w, ip), {
+      ...feeds,
+      ip_hidden_states: inputs.get('ip_hidden_states')!,
+      subject_scale: f32([1], [0]),
+    });
+    const d1 = expectClose(withIp['noise_pred'], expected, TOL, 'noise_pred.scale_0.0 (ip graph)');
+    const plain = await runOnce(build(cfg, w, undefined), feeds);
+    const d2 = expectClose(plain['noise_pred'], expected, TOL, 'noise_pred.scale_0.0 (plain graph)');
+    console.log(`noise_pred.scale_0.0 max abs diff: ip graph ${d1}, plain graph ${d2}`);
+  });
+
+  it('names the tensor on a wrong-shaped or missing weight', () => {
+    const w = goldenWeights(CASE, 'diffusion_pytorch_model.safetensors');
+    const ip = goldenWeights(CASE, 'ip_adapter.safetensors');
+    const bad = 'transformer_blocks.1.attn.add_k_proj.weight';
+    expect(() => build(cfg, patched(w, bad, f32([3, 3])), ip)).toThrow(bad);
+    const gone = 'single_transformer_blocks.0.proj_mlp.bias';
+    expect(() => build(cfg, patched(w, gone, undefined), ip)).toThrow(gone);
+    const ipBad = '3.norm_ip_k.scale';
+    expect(() => build(cfg, w, patched(ip, ipBad, f32([64])))).toThrow(ipBad);
+    const ipGone = '1.to_v_ip.bias';
+    expect(() => build(cfg, w, patched(ip, ipGone, undefined))).toThrow(ipGone);
+  });
+
+  it('lists exactly the checkpoint keys and shapes of the golden files', () => {
+    const w = goldenWeights(CASE, 'diffusion_pytorch_model.safetensors');
+    const ip = goldenWeights(CASE, 'ip_adapter.safetensors');
+    const shapesOf = (s: WeightSource) => Object.fromEntries(s.keys().map((k) => [k, s.shape(k)]));
+    expect(fluxWeightShapes(cfg)).toEqual(shapesOf(w));
+    expect(ipAdapterWeightShapes(cfg, ip.shape('0.to_k_ip.weight')![1]!)).toEqual(shapesOf(ip));
+  });
+});
+
+describe('flux parameter counts', () => {
+  it('FLUX.1-dev transformer has 11,901,408,320 parameters', () => {
+    expect(countParameters(fluxWeightShapes(FULL_FLUX))).toBe(11_901_408_320);
+  });
+
+  it('InstantCharacter IP layers (ip_dim 4096) have 1,434,816,768 parameters', () => {
+    expect(countParameters(ipAdapterWeightShapes(FULL_FLUX, 4096))).toBe(1_434_816_768);
+  });
+
+  it('parses the FLUX.1-dev config.json', () => {
+    const json = {
+      _class_name: 'FluxTransformer2DModel', attention_head_dim: 128, axes_dims_rope: [16, 56, 56], guidance_embeds: true,
+      in_channels: 64, joint_attention_dim: 4096, num_attention_heads: 24, num_layers: 19, num_single_layers: 38,
+      patch_size: 1, pooled_projection_dim: 768,
+    };
+    expect(fluxConfigFromJson(json)).toEqual(FULL_FLUX);
+  });
+});

@@ -1,0 +1,111 @@
+// T5 encoder (transformers T5EncoderModel, v1.1) against the t5_encoder golden case.
+import { describe, expect, it } from 'vitest';
+import {
+  FULL_T5, buildT5, relativePositionBucket, t5ConfigFromJson, t5WeightShapes,
+} from '../../models/t5.ts';
+import { countParameters } from '../../models/layers.ts';
+import { Graph } from '../../models/onnx/graph.ts';
+import { runOnce } from '../../models/onnx/ort.ts';
+import type { Tensor } from '../../models/tensor.ts';
+import { type WeightSource, memorySource } from '../../models/weights/source.ts';
+import { expectClose, goldenConfig, goldenTensors, goldenWeights } from '../helpers/goldens.ts';
+
+const CASE = 't5_encoder';
+const TOL = 1e-4;
+const cfg = t5ConfigFromJson(goldenConfig(CASE));
+const inputs = goldenTensors(CASE, 'inputs.safetensors');
+const outputs = goldenTensors(CASE, 'outputs.safetensors');
+
+function need(map: Map<string, Tensor>, key: string): Tensor {
+  const t = map.get(key);
+  if (!t) throw new Error(`golden tensor ${key} missing`);
+  return t;
+}
+
+const inputIds = need(inputs, 'input_ids');
+const seqLen = inputIds.dims[1]!;
+
+function build(w: WeightSource): Uint8Array {
+  const g = new Graph({ name: 't5_encoder' });
+  buildT5({ g, w }, cfg, { seqLen });
+  return g.toBytes();
+}
+
+const REL_BIAS = 'encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight';
+
+/** The golden weights in memory, keys renamed, one key dropped and one 2-D tensor's dims swapped on request. */
+function goldenMemory(rename: (key: string) => string = (k) => k, drop?: string, reshape?: string): WeightSource {
+  const file = goldenWeights(CASE);
+  const map = new Map<string, Tensor>();
+  try {
+    for (const k of file.keys()) {
+      if (k === drop) continue;
+      const t = file.get(k);
+      map.set(rename(k), k === reshape ? { ...t, dims: [t.dims[1]!, t.dims[0]!] } : t);
+    }
+  } finally {
+    file.close();
+  }
+  return memorySource(map);
+}
+
+describe('T5 encoder', () => {
+  it('parses config.json', () => {
+    expect(cfg).toEqual({
+      vocabSize: 100, dModel: 32, dKv: 8, dFf: 48, numLayers: 2, numHeads: 4,
+      numBuckets: 32, maxDistance: 128, layerNormEps: 1e-6, gated: true, act: 'gelu_new',
+    });
+    expect(t5ConfigFromJson({ feed_forward_proj: 'relu' })).toMatchObject({ gated: false, act: 'relu' });
+    expect(() => t5ConfigFromJson({ feed_forward_proj: 'gated-swish' })).toThrow(/feed_forward_proj/);
+    expect(() => t5ConfigFromJson({ d_model: '32' })).toThrow(/d_model/);
+  });
+
+  it('lists exactly the checkpoint keys and shapes', () => {
+    const w = goldenWeights(CASE);
+    try {
+      const shapes = t5WeightShapes(cfg);
+      expect(Object.keys(shapes).sort()).toEqual(w.keys().sort());
+      for (const [k, dims] of Object.entries(shapes)) expect(w.shape(k), k).toEqual(dims);
+    } finally {
+      w.close();
+    }
+  });
+
+  it('computes transformers relative position buckets (32 buckets, max distance 128)', () => {
+    // Hand-derived from _relative_position_bucket: exact for |d| < 8, log-spaced to 16 per side, clamped.
+    const cases: [number, number][] = [
+      [0, 0], [1, 17], [-1, 1], [7, 23], [-7, 7], [8, 24], [-8, 8], [15, 25], [16, 26], [-16, 10],
+      [31, 27], [32, 28], [63, 29], [64, 30], [127, 31], [128, 31], [-159, 15], [500, 31],
+    ];
+    for (const [rel, bucket] of cases) expect(relativePositionBucket(rel, 32, 128), `rel ${rel}`).toBe(bucket);
+  });
+
+  it('matches the golden last_hidden_state', async () => {
+    const w = goldenWeights(CASE);
+    try {
+      const out = await runOnce(build(w), { input_ids: inputIds });
+      const d = expectClose(out.last_hidden_state, need(outputs, 'last_hidden_state'), TOL, 'last_hidden_state');
+      console.log(`t5_encoder last_hidden_state max abs diff ${d.toExponential(3)}`);
+    } finally {
+      w.close();
+    }
+  });
+
+  it('accepts encoder.embed_tokens.weight in place of shared.weight', async () => {
+    const w = goldenMemory((k) => (k === 'shared.weight' ? 'encoder.embed_tokens.weight' : k));
+    const out = await runOnce(build(w), { input_ids: inputIds });
+    expectClose(out.last_hidden_state, need(outputs, 'last_hidden_state'), TOL, 'last_hidden_state');
+  });
+
+  it('names the tensor when a weight is missing or has the wrong shape', () => {
+    for (const missing of ['encoder.block.1.layer.1.DenseReluDense.wi_1.weight', 'shared.weight', REL_BIAS]) {
+      expect(() => build(goldenMemory(undefined, missing))).toThrow(`missing tensor '${missing}'`);
+    }
+    const wrong = 'encoder.block.0.layer.1.DenseReluDense.wo.weight'; // [32, 48] stored as [48, 32]
+    expect(() => build(goldenMemory(undefined, undefined, wrong))).toThrow(`tensor '${wrong}' has shape [48,32]`);
+  });
+
+  it('counts the parameters of google/t5-v1_1-xxl encoder', () => {
+    expect(countParameters(t5WeightShapes(FULL_T5))).toBe(4_762_310_656);
+  });
+});
