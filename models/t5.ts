@@ -176,15 +176,21 @@ function feedForward(m: Module, x: Value, p: string, cfg: T5Config): Value {
   return linear(m, h, `${p}.wo`, F, D, false); // [B, T, D]
 }
 
+/** fp16 graphs only: T5's residual stream can overflow half precision; transformers clamps it to finfo.max - 1000. */
+function clampHalf(m: Module, x: Value): Value {
+  if (m.g.dtype !== 'float16') return x;
+  return m.g.node('Clip', [x, m.g.scalar(-64504), m.g.scalar(64504)]);
+}
+
 /** One T5 block: pre-norm attention and feed-forward, each with a residual. */
 function encoderBlock(m: Module, x: Value, i: number, cfg: T5Config, bias: Value): Value {
   const { g } = m;
   const p = `encoder.block.${i}.layer`;
   const D = cfg.dModel;
   const attn = selfAttention(m, rmsNorm(m, x, `${p}.0.layer_norm.weight`, D, cfg.layerNormEps), `${p}.0.SelfAttention`, cfg, bias);
-  const h = g.node('Add', [x, attn]); // [B, T, D]
+  const h = clampHalf(m, g.node('Add', [x, attn])); // [B, T, D]
   const ff = feedForward(m, rmsNorm(m, h, `${p}.1.layer_norm.weight`, D, cfg.layerNormEps), `${p}.1.DenseReluDense`, cfg);
-  return g.node('Add', [h, ff]); // [B, T, D]
+  return clampHalf(m, g.node('Add', [h, ff])); // [B, T, D]
 }
 
 export interface T5Options {

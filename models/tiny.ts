@@ -105,8 +105,8 @@ export const TINY_SET_NAME = 'tiny';
 /** The whole tiny set as a spec for writeModelSet. */
 export function tinySpec(seed = 0): ModelSetSpec {
   const src = (shapes: Record<string, readonly number[]>, salt: number) => memorySource(randomWeights(shapes, seed * 1000 + salt));
-  const t5Tok = tinyTokenizerJson('t5', TINY_VOCAB);
-  const clipTok = tinyTokenizerJson('clip', TINY_VOCAB);
+  const t5Tok = JSON.stringify(tinyTokenizerJson('t5', TINY_VOCAB));
+  const clipTok = JSON.stringify(tinyTokenizerJson('clip', TINY_VOCAB));
   return {
     name: TINY_SET_NAME,
     dtype: 'float32',

@@ -31,6 +31,19 @@ export interface TokenizerJson {
   model: unknown;
 }
 
+/**
+ * The part of @huggingface/tokenizers' `Tokenizer` used here. Its bundled .d.ts uses extensionless
+ * relative imports that do not resolve under NodeNext (the class types as `any`), so it is typed here.
+ */
+export interface HfTokenizer {
+  encode(text: string, options?: { add_special_tokens?: boolean }): { ids: number[]; tokens: string[]; attention_mask: number[] };
+  tokenize(text: string, options?: { add_special_tokens?: boolean }): string[];
+  decode(ids: number[], options?: { skip_special_tokens?: boolean }): string;
+  token_to_id(token: string): number | undefined;
+  id_to_token(id: number): string | undefined;
+  get_vocab(withAddedTokens?: boolean): Map<string, number>;
+}
+
 /** Special token ids; any may be absent from a tokenizer. */
 export interface SpecialTokenIds {
   bos?: number;
@@ -40,7 +53,7 @@ export interface SpecialTokenIds {
 }
 
 export interface TextTokenizer {
-  readonly tokenizer: Tokenizer;
+  readonly tokenizer: HfTokenizer;
   /** Resolved from tokenizer_config.json / special_tokens_map.json, else from the tokenizer.json itself. */
   readonly special: SpecialTokenIds;
   /** Number of distinct ids (model vocabulary plus added tokens); every id is below it. */
@@ -97,7 +110,7 @@ function modelUnk(model: unknown): string | number | undefined {
  * Without a pad token the EOS pads, as for openai's CLIP.
  */
 export function tokenizerFromJson(json: TokenizerJson, config: Json = {}): TextTokenizer {
-  const tokenizer = new Tokenizer(json, config);
+  const tokenizer: HfTokenizer = new Tokenizer(json, config);
   const idOf = (...names: (string | undefined)[]) => {
     for (const n of names) {
       const id = n === undefined ? undefined : tokenizer.token_to_id(n);

@@ -1,7 +1,7 @@
 import type { NodeDef } from '../engine/node.ts';
 import { NodeInputError } from '../engine/node.ts';
 import type { Services } from './services.ts';
-import { SOCKET, type CharacterTokens, type Conditioning, type ModelSet } from './types.ts';
+import { SOCKET, type CharacterTokens, type Conditioning, type Latent, type ModelSet } from './types.ts';
 import { tensorBytes } from './lib/tensors.ts';
 import { latentPreview } from './lib/preview.ts';
 import { eulerStep, flowMatchSchedule, packLatents, seededNormal, unpackLatents } from '../models/sampling.ts';
@@ -25,6 +25,7 @@ export const DiTSample: NodeDef<Services> = {
     models: { type: SOCKET.MODELS },
     conditioning: { type: SOCKET.CONDITIONING },
     character: { type: SOCKET.CHARACTER, optional: true, description: 'Without it, plain text-to-image' },
+    noise: { type: SOCKET.LATENT, optional: true, description: 'Start from this noise instead of the seed (e.g. to reproduce another tool)' },
   },
   params: {
     seed: { type: 'integer', format: 'seed', default: 0, minimum: 0, maximum: Number.MAX_SAFE_INTEGER },
@@ -56,7 +57,12 @@ export const DiTSample: NodeDef<Services> = {
     const w = width / vae.downscale;
     const imageTokens = (h / 2) * (w / 2);
     const schedule = flowMatchSchedule(steps, imageTokens);
-    const latents = packLatents(seededNormal(inputs.seed as number, channels * h * w), channels, h, w); // [1, L, 4C]
+    const noise = inputs.noise as Latent | undefined;
+    if (noise && (noise.samples.dims.join() !== [1, channels, h, w].join())) {
+      throw new NodeInputError('noise', `has shape [${noise.samples.dims}], ${width}x${height} needs [1,${channels},${h},${w}]`);
+    }
+    const initial = noise ? Float32Array.from(noise.samples.data as Float32Array) : seededNormal(inputs.seed as number, channels * h * w);
+    const latents = packLatents(initial, channels, h, w); // [1, L, 4C]
     const textTokens = cond.promptEmbeds.dims[1]!;
     const rope = fluxRopeFor(textTokens, h / 2, w / 2, flux.axesDims, flux.theta); // [T+L, 128]
     const subjectScale = character ? (inputs.subject_scale as number) : 0;

@@ -17,10 +17,17 @@ export class DeviceUnavailableError extends Error {
 
 const AUTO_ORDER: readonly Device[] = ['cuda', 'webgpu', 'cpu'];
 const probes = new Map<Device, Promise<ProbeOutcome>>();
+let trials = 0;
+
+/** How many device trials this process has started (each device once, unless a probe itself failed). */
+export function deviceTrials(): number {
+  return trials;
+}
 
 function probeWith(worker: () => WorkerClient, device: Device): Promise<ProbeOutcome> {
   let p = probes.get(device);
   if (!p) {
+    trials++;
     p = worker().request({ type: 'probe', devices: [device], stopAtFirst: false }).then((r) => r[0]!);
     probes.set(device, p);
     p.catch(() => probes.delete(device)); // a probe that could not run is retried next time

@@ -57,6 +57,12 @@ function probeModel(): Uint8Array {
   return g.toBytes();
 }
 
+/** ORT's message without the source location and failed check in front ("file.cc:136 f() x was false. Why"). */
+function ortReason(e: unknown): string {
+  const msg = (e instanceof Error ? e.message : String(e)).trim();
+  return /\bwas false\.\s+([\s\S]+)$/.exec(msg)?.[1] ?? msg;
+}
+
 async function probeOne(device: Device, model: Uint8Array): Promise<ProbeOutcome> {
   if (!ort.listSupportedBackends().some((b) => b.name === device)) {
     return { device, ok: false, reason: `this onnxruntime-node build (${process.platform}/${process.arch}) has no ${device} provider` };
@@ -75,7 +81,7 @@ async function probeOne(device: Device, model: Uint8Array): Promise<ProbeOutcome
     const good = y && y.length === 4 && y.every((v, i) => v === i + 2);
     return good ? { device, ok: true } : { device, ok: false, reason: `trial run gave wrong values [${y ? Array.from(y) : ''}]` };
   } catch (e) {
-    return { device, ok: false, reason: (e as Error).message.trim() };
+    return { device, ok: false, reason: ortReason(e) };
   } finally {
     await trial?.release().catch(() => {});
   }

@@ -72,6 +72,12 @@ function locate(segs: string[], raw: unknown): Where {
   return { prefix: `${base} "${joinPath(rest)}"`, nodeId, nodeType, field: rest[0], kind: 'other' };
 }
 
+function showValue(v: unknown): string {
+  if (v === undefined) return 'nothing';
+  const s = JSON.stringify(v) ?? String(v);
+  return s.length > 60 ? `${s.slice(0, 57)}...` : s;
+}
+
 function typeName(v: unknown): string {
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
@@ -85,9 +91,14 @@ function valueAt(raw: unknown, segs: readonly string[]): unknown {
   return v;
 }
 
-function looksLikeComfyApi(raw: unknown): boolean {
-  if (typeof raw !== 'object' || raw === null) return false;
-  return Object.values(raw).some((n) => typeof n === 'object' && n !== null && 'class_type' in n);
+/** A ComfyUI file given by mistake gets one clear error instead of a page of schema errors. */
+function comfyKind(raw: unknown): 'API' | 'editor' | undefined {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw) || 'format' in raw) return undefined;
+  const r = raw as Record<string, unknown>;
+  if (Array.isArray(r.nodes) && ('links' in r || 'last_node_id' in r)) return 'editor';
+  const values = Object.values(r);
+  if (values.length > 0 && values.every((n) => typeof n === 'object' && n !== null && 'class_type' in n)) return 'API';
+  return undefined;
 }
 
 function describe(e: ErrorObject, raw: unknown): ValidationError | undefined {
@@ -119,10 +130,7 @@ function describe(e: ErrorObject, raw: unknown): ValidationError | undefined {
           : `must be ${[p.type].flat().map((t) => (t === 'integer' ? 'an integer' : t === 'object' || t === 'array' ? `an ${String(t)}` : `a ${String(t)}`)).join(' or ')}, got ${typeName(value)}`;
       break;
     case 'const':
-      what = `must be ${JSON.stringify(p.allowedValue)}`;
-      if (segs.length === 1 && segs[0] === 'format' && value === undefined && looksLikeComfyApi(raw)) {
-        what += ' (this looks like a ComfyUI API workflow, which charflow does not read as a file)';
-      }
+      what = `must be ${JSON.stringify(p.allowedValue)}, got ${showValue(value)}`;
       break;
     case 'propertyNames':
       what = `node id "${String(p.propertyName)}" is not allowed (use 1 to 64 letters, digits, "_", ":" or "-")`;
@@ -140,19 +148,23 @@ function describe(e: ErrorObject, raw: unknown): ValidationError | undefined {
     default:
       what = e.message ?? `fails the "${e.keyword}" rule`;
   }
-  return {
-    code: 'schema',
-    nodeId: where.nodeId,
-    nodeType: where.nodeType,
-    field: where.field ?? (segs.length === 1 ? segs[0] : undefined),
-    message: `${where.prefix}: ${what}`,
-  };
+  const out: ValidationError = { code: 'schema', message: `${where.prefix}: ${what}` };
+  if (where.nodeId !== undefined) out.nodeId = where.nodeId;
+  if (where.nodeType !== undefined) out.nodeType = where.nodeType;
+  const field = where.field ?? (segs.length === 1 ? segs[0] : undefined);
+  if (field !== undefined) out.field = field;
+  return out;
 }
 
 /** All structural problems of `raw` (empty when it matches the schema). */
 export function checkSchema(raw: unknown): ValidationError[] {
   const validate = validator();
   if (validate(raw)) return [];
+  const comfy = comfyKind(raw);
+  if (comfy) {
+    const message = `workflow: this is a ComfyUI ${comfy} workflow, not a charflow workflow ("format": "charflow.workflow")`;
+    return [{ code: 'schema', message }];
+  }
   const out: ValidationError[] = [];
   const seen = new Set<string>();
   for (const e of validate.errors ?? []) {

@@ -166,13 +166,8 @@ export function validateWorkflow<S>(raw: unknown, registry: Registry<S>, opts: V
     if (typeof type !== 'string') continue;
     const label = nodeLabel(id, type);
     const push = (code: ValidationCode, field: string | undefined, what: string): void => {
-      errors.push({
-        nodeId: id,
-        nodeType: type,
-        field,
-        code,
-        message: field === undefined ? `${label}: ${what}` : `${label} input "${field}": ${what}`,
-      });
+      if (field === undefined) errors.push({ nodeId: id, nodeType: type, code, message: `${label}: ${what}` });
+      else errors.push({ nodeId: id, nodeType: type, field, code, message: `${label} input "${field}": ${what}` });
     };
     const def = registry.get(type);
     if (!def) {
@@ -383,12 +378,13 @@ function describeCycle(
   const firstHop = flow[flow.length - 2]!; // the node that feeds start
   const field = edges[start]!.find((e) => e.from === firstHop)?.input;
   const id = ids[start]!;
-  const type = typeOf(id);
-  return {
+  const err: ValidationError = {
     code: 'cycle',
     nodeId: id,
-    nodeType: type,
-    field,
     message: `${label(start)} input "${field}": links form a cycle: ${flow.map(label).join(' -> ')}`,
   };
+  const type = typeOf(id);
+  if (type !== undefined) err.nodeType = type;
+  if (field !== undefined) err.field = field;
+  return err;
 }

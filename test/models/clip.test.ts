@@ -84,6 +84,22 @@ describe('CLIP text encoder', () => {
     }
   });
 
+  it('builds an fp16 graph from the same code (loose tolerance: half precision)', async () => {
+    const w = goldenWeights(CASE);
+    const g = new Graph({ name: 'clip_text_fp16', dtype: 'float16' });
+    try {
+      buildClip({ g, w }, cfg, { seqLen: inputIds.dims[1]! });
+    } finally {
+      w.close();
+    }
+    const out = await runOnce(g.toBytes(), { input_ids: inputIds });
+    for (const name of ['last_hidden_state', 'pooler_output']) {
+      expect(out[name]?.dtype).toBe('float16');
+      const d = expectClose(out[name], need(outputs, name), 5e-2, `${name} (fp16)`);
+      console.log(`clip_text fp16 ${name} max abs diff ${d.toExponential(3)}`);
+    }
+  });
+
   it('pools at the first eos_token_id when the id is not the legacy 2', async () => {
     // With eos 99 (the golden's EOS, also its largest id) the new rule selects the same first-EOS rows.
     const out = await runOnce(build(goldenMemory(), { ...cfg, eosTokenId: 99 }), { input_ids: inputIds });

@@ -100,6 +100,51 @@ describe('flux transformer + IP attention (golden)', () => {
     console.log(`noise_pred.scale_0.0 max abs diff: ip graph ${d1}, plain graph ${d2}`);
   });
 
+  it('serves other batch sizes and token counts from one graph', async () => {
+    const w = goldenWeights(CASE, 'diffusion_pytorch_model.safetensors');
+    const ip = goldenWeights(CASE, 'ip_adapter.safetensors');
+    const model = build(cfg, w, ip);
+    const twice = (t: Tensor): Tensor => {
+      const a = toFloat32(t);
+      const data = new Float32Array(a.length * 2);
+      data.set(a, 0);
+      data.set(a, a.length);
+      return f32([2, ...t.dims.slice(1)], data);
+    };
+    const batched = await runOnce(model, {
+      ...feeds,
+      hidden_states: twice(feeds.hidden_states!),
+      encoder_hidden_states: twice(feeds.encoder_hidden_states!),
+      pooled_projections: twice(feeds.pooled_projections!),
+      timestep: twice(feeds.timestep!),
+      guidance: twice(feeds.guidance!),
+      ip_hidden_states: twice(inputs.get('ip_hidden_states')!),
+      subject_scale: inputs.get('subject_scale')!,
+    });
+    const out = batched['noise_pred']!;
+    const half = toFloat32(out).length / 2;
+    const expected = outputs.get('noise_pred.scale_0.9')!;
+    for (let b = 0; b < 2; b++) {
+      const one = f32(expected.dims, toFloat32(out).subarray(b * half, (b + 1) * half));
+      expectClose(one, expected, TOL, `noise_pred batch item ${b}`);
+    }
+
+    // A 4 x 5 latent grid with 3 text tokens: only the shapes are known here.
+    const rows = 4, cols = 5, T = 3, L = rows * cols;
+    const rope = fluxRope(Float32Array.from([...fluxTextIds(T), ...fluxImageIds(rows, cols)]), cfg.axesDimsRope, cfg.ropeTheta);
+    const small = await runOnce(model, {
+      ...feeds,
+      hidden_states: f32([1, L, cfg.inChannels], toFloat32(feeds.hidden_states!).subarray(0, L * cfg.inChannels)),
+      encoder_hidden_states: f32([1, T, cfg.jointAttentionDim], toFloat32(feeds.encoder_hidden_states!).subarray(0, T * cfg.jointAttentionDim)),
+      rope_cos: rope.cos,
+      rope_sin: rope.sin,
+      ip_hidden_states: inputs.get('ip_hidden_states')!,
+      subject_scale: inputs.get('subject_scale')!,
+    });
+    expect(small['noise_pred']!.dims).toEqual([1, L, cfg.patchSize ** 2 * cfg.outChannels]);
+    expect(Array.from(toFloat32(small['noise_pred']!)).every(Number.isFinite)).toBe(true);
+  });
+
   it('names the tensor on a wrong-shaped or missing weight', () => {
     const w = goldenWeights(CASE, 'diffusion_pytorch_model.safetensors');
     const ip = goldenWeights(CASE, 'ip_adapter.safetensors');

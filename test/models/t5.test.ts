@@ -55,7 +55,13 @@ describe('T5 encoder', () => {
       vocabSize: 100, dModel: 32, dKv: 8, dFf: 48, numLayers: 2, numHeads: 4,
       numBuckets: 32, maxDistance: 128, layerNormEps: 1e-6, gated: true, act: 'gelu_new',
     });
+    // google/t5-v1_1-xxl's config.json numbers.
+    expect(t5ConfigFromJson({
+      d_ff: 10240, d_kv: 64, d_model: 4096, num_heads: 64, num_layers: 24, vocab_size: 32128,
+      feed_forward_proj: 'gated-gelu', layer_norm_epsilon: 1e-6, relative_attention_num_buckets: 32,
+    })).toEqual(FULL_T5);
     expect(t5ConfigFromJson({ feed_forward_proj: 'relu' })).toMatchObject({ gated: false, act: 'relu' });
+    expect(t5ConfigFromJson({ feed_forward_proj: 'gelu' })).toMatchObject({ gated: false, act: 'gelu' });
     expect(() => t5ConfigFromJson({ feed_forward_proj: 'gated-swish' })).toThrow(/feed_forward_proj/);
     expect(() => t5ConfigFromJson({ d_model: '32' })).toThrow(/d_model/);
   });
@@ -89,6 +95,33 @@ describe('T5 encoder', () => {
     } finally {
       w.close();
     }
+  });
+
+  it('builds an fp16 graph from the same code (loose tolerance: half precision)', async () => {
+    const w = goldenWeights(CASE);
+    const g = new Graph({ name: 't5_encoder_fp16', dtype: 'float16' });
+    try {
+      buildT5({ g, w }, cfg, { seqLen });
+    } finally {
+      w.close();
+    }
+    const out = await runOnce(g.toBytes(), { input_ids: inputIds });
+    expect(out.last_hidden_state?.dtype).toBe('float16');
+    const d = expectClose(out.last_hidden_state, need(outputs, 'last_hidden_state'), 5e-2, 'last_hidden_state (fp16)');
+    console.log(`t5_encoder fp16 last_hidden_state max abs diff ${d.toExponential(3)}`);
+  });
+
+  it('builds the original (non-gated ReLU) feed-forward from wi/wo', async () => {
+    // Golden weights with wi_0 renamed to wi and wi_1 dropped: no reference, but it must build and run.
+    const w = goldenMemory((k) => k.replace('.wi_0.', '.wi.'), undefined);
+    const keys = w.keys().filter((k) => !k.includes('.wi_1.'));
+    const relu = { ...cfg, gated: false, act: 'relu' as const };
+    expect(Object.keys(t5WeightShapes(relu)).sort()).toEqual(keys.sort());
+    const g = new Graph({ name: 't5_relu' });
+    buildT5({ g, w }, relu, { seqLen });
+    const out = await runOnce(g.toBytes(), { input_ids: inputIds });
+    expect(out.last_hidden_state?.dims).toEqual([inputIds.dims[0], seqLen, cfg.dModel]);
+    expect(Array.from(out.last_hidden_state!.data as Float32Array).every(Number.isFinite)).toBe(true);
   });
 
   it('accepts encoder.embed_tokens.weight in place of shared.weight', async () => {

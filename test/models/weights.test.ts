@@ -2,7 +2,9 @@
 // indexes. Small archives are crafted here byte by byte (pickle opcodes, zip and ZIP64 records) so each path
 // (protocol 4 opcodes, strided views, forbidden globals, compressed entries, ZIP64) is exercised without Python.
 import { afterAll, describe, expect, it } from 'vitest';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { deflateRawSync } from 'node:zlib';
@@ -77,13 +79,15 @@ const persid = (type: string, key: string, n: number): Bytes =>
 // ---------------------------------------------------------------------------------------------------------------
 // A tiny zip writer in torch's layout (stored entries, padded local extra fields), optionally as ZIP64.
 
-interface ZipIn { name: string; data: Uint8Array; deflate?: boolean }
+/** `gap`: bytes of hole (a sparse region) left before the entry, to put offsets past 4 GiB cheaply. */
+interface ZipIn { name: string; data: Uint8Array; deflate?: boolean; gap?: number }
 function writeZip(path: string, entries: ZipIn[], zip64 = false): void {
-  const out: Buffer[] = [];
+  const out: { at: number; bytes: Buffer }[] = [];
   const central: Buffer[] = [];
   let offset = 0;
   const SAT = 0xffffffff;
   for (const e of entries) {
+    offset += e.gap ?? 0;
     const name = Buffer.from(e.name);
     const body = e.deflate ? deflateRawSync(e.data) : Buffer.from(e.data);
     // torch pads the local extra field so data is aligned; a reader must use the LOCAL extra length.
@@ -111,7 +115,7 @@ function writeZip(path: string, entries: ZipIn[], zip64 = false): void {
     c.writeUInt16LE(centralExtra.length, 30);
     c.writeUInt32LE(zip64 ? SAT : offset, 42);
     central.push(c, name, centralExtra);
-    out.push(local, name, localExtra, body);
+    out.push({ at: offset, bytes: Buffer.concat([local, name, localExtra, body]) });
     offset += local.length + name.length + localExtra.length + body.length;
   }
   const cd = Buffer.concat(central);
@@ -135,13 +139,19 @@ function writeZip(path: string, entries: ZipIn[], zip64 = false): void {
     eocd.writeUInt16LE(0xffff, 10);
     eocd.writeUInt32LE(SAT, 12);
     eocd.writeUInt32LE(SAT, 16);
-    writeFileSync(path, Buffer.concat([...out, cd, rec, loc, eocd]));
+    out.push({ at: offset, bytes: Buffer.concat([cd, rec, loc, eocd]) });
   } else {
     eocd.writeUInt16LE(entries.length, 8);
     eocd.writeUInt16LE(entries.length, 10);
     eocd.writeUInt32LE(cd.length, 12);
     eocd.writeUInt32LE(offset, 16);
-    writeFileSync(path, Buffer.concat([...out, cd, eocd]));
+    out.push({ at: offset, bytes: Buffer.concat([cd, eocd]) });
+  }
+  const fd = openSync(path, 'w');
+  try {
+    for (const piece of out) writeSync(fd, piece.bytes, 0, piece.bytes.length, piece.at);
+  } finally {
+    closeSync(fd);
   }
 }
 /** CRC-32 (IEEE), so the crafted archives are valid for any zip tool (the reader itself does not check it). */
@@ -308,6 +318,15 @@ describe('crafted torch.save archives', () => {
     expect(ck.prefix).toBe('some/dir-name/');
     checkCrafted(ck);
     ck.close();
+  });
+
+  it('reads entries whose offsets lie past 4 GiB (a sparse ZIP64 file)', () => {
+    const path = writeCheckpoint(join(TMP, 'big.pt'), pkl, [storages[0]!, { ...storages[1]!, gap: 2 ** 32 + 12345 }], { zip64: true });
+    expect(statSync(path).size).toBeGreaterThan(2 ** 32);
+    const ck = new PytorchCheckpoint(path);
+    checkCrafted(ck);
+    ck.close();
+    rmSync(path);
   });
 
   it('accepts a deflated data.pkl but refuses compressed storage entries', () => {

@@ -1,0 +1,140 @@
+// The official InstantCharacter pipeline, reproduced step by step through charflow's real nodes on
+// the golden model set: reference image -> encoders -> adapter -> 4 sampling steps -> VAE.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { copyFileSync, mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { NodeContext, NodeDef } from '../../engine/node.ts';
+import { resolvePaths } from '../../engine/paths.ts';
+import { createServices, type OwnedServices, type Services } from '../../nodes/services.ts';
+import { LoadCharacter } from '../../nodes/load_character.ts';
+import { SigLIPEncode } from '../../nodes/siglip_encode.ts';
+import { DINOv2Encode } from '../../nodes/dinov2_encode.ts';
+import { AdapterFuse } from '../../nodes/adapter_fuse.ts';
+import { DiTSample } from '../../nodes/dit_sample.ts';
+import { Decode } from '../../nodes/decode.ts';
+import type { CharacterTokens, Conditioning, Latent, ModelSet, RgbImage, VisionFeatures } from '../../nodes/types.ts';
+import { goldenPath, goldenTensors, expectClose } from '../helpers/goldens.ts';
+import { writeGoldenModelSet } from '../helpers/goldenset.ts';
+import { type Tensor, f32 } from '../../models/tensor.ts';
+import { decodeImage, pixelValues } from '../../nodes/lib/image.ts';
+
+const inputs = goldenTensors('instantcharacter_e2e', 'inputs.safetensors');
+const outputs = goldenTensors('instantcharacter_e2e', 'outputs.safetensors');
+const intermediates = goldenTensors('instantcharacter_e2e', 'intermediates.safetensors');
+
+let dir: string;
+let services: OwnedServices;
+let models: ModelSet;
+/** Every pool run: which graph, what went in, what came out. */
+const runs: { model: string; feeds: Record<string, Tensor>; out: Record<string, Tensor> }[] = [];
+
+function ctx(nodeId: string): NodeContext<Services> {
+  return {
+    nodeId, signal: new AbortController().signal, progress: () => {}, services, workflow: {},
+    log: { info: () => {}, warn: () => {} },
+  };
+}
+
+async function run<T>(def: NodeDef<Services>, inputsOf: Record<string, unknown>, output: string): Promise<T> {
+  const withDefaults: Record<string, unknown> = {};
+  for (const [k, p] of Object.entries(def.params)) withDefaults[k] = p.default;
+  return (await def.run(ctx(def.type), { ...withDefaults, ...inputsOf }))[output] as T;
+}
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'charflow-e2e-'));
+  const paths = resolvePaths({ data: dir });
+  mkdirSync(paths.inputs, { recursive: true });
+  copyFileSync(goldenPath('instantcharacter_e2e', 'reference.png'), join(paths.inputs, 'reference.png'));
+  await writeGoldenModelSet(paths.models, { t5SeqLen: inputs.get('t5_input_ids')!.dims[1]!, clipSeqLen: inputs.get('clip_input_ids')!.dims[1]! });
+  services = await createServices(paths, { device: 'cpu' });
+  models = services.modelSet('golden');
+  const pool = services.pool;
+  const realRun = pool.run.bind(pool);
+  pool.run = async (model, feeds, opts) => {
+    const out = await realRun(model, feeds, opts);
+    runs.push({ model, feeds, out });
+    return out;
+  };
+}, 300_000);
+
+afterAll(async () => {
+  await services?.close();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+describe('InstantCharacter end to end, against the official pipeline', () => {
+  it('encodes the prompt ids as the reference did', async () => {
+    const t5 = await services.pool.run(models.path('t5'), { input_ids: inputs.get('t5_input_ids')! });
+    console.log('prompt_embeds', expectClose(t5.last_hidden_state, inputs.get('prompt_embeds'), 1e-4, 'prompt_embeds'));
+    const clip = await services.pool.run(models.path('clip'), { input_ids: inputs.get('clip_input_ids')! });
+    console.log('pooled', expectClose(clip.pooler_output, inputs.get('pooled_prompt_embeds'), 1e-4, 'pooled_prompt_embeds'));
+  });
+
+  it('reproduces features, adapter tokens, every step, the decoder output and the image', async () => {
+    runs.length = 0;
+    const image = await run<RgbImage>(LoadCharacter, { path: 'reference.png', square: 'stretch' }, 'image');
+    expect([image.width, image.height]).toEqual([120, 120]);
+    const siglip = await run<VisionFeatures>(SigLIPEncode, { models, image }, 'features');
+    const dinov2 = await run<VisionFeatures>(DINOv2Encode, { models, image }, 'features');
+    const character = await run<CharacterTokens>(AdapterFuse, { models, siglip, dinov2 }, 'character');
+
+    const magnitudeTol = (t: Tensor, base: number) => base * Math.max(1, ...Array.from(t.data as Float32Array, Math.abs));
+    const low = runs.find((r) => r.model.endsWith('adapter_static.onnx'))!.feeds;
+    for (const [name, key] of [['low_res_deep', 'image_embeds_low_res_deep'], ['low_res_shallow', 'image_embeds_low_res_shallow'], ['high_res_deep', 'image_embeds_high_res_deep']] as const) {
+      const ref = intermediates.get(key)!;
+      console.log(name, expectClose(low[name], ref, magnitudeTol(ref, 1e-4), name));
+    }
+    const refResampler = intermediates.get('resampler_input')!;
+    console.log('resampler_input', expectClose(character.resamplerInput, refResampler, magnitudeTol(refResampler, 1e-4), 'resampler_input'));
+
+    const noise: Latent = { samples: inputs.get('noise_latents')! };
+    const [, , h, w] = noise.samples.dims as number[];
+    const conditioning: Conditioning = { promptEmbeds: inputs.get('prompt_embeds')!, pooled: inputs.get('pooled_prompt_embeds')! };
+    const steps = outputs.get('timesteps')!.dims[0]!;
+    runs.length = 0;
+    const latent = await run<Latent>(DiTSample, {
+      models, conditioning, character, noise, steps, width: w! * 8, height: h! * 8,
+      guidance: (inputs.get('guidance_scale')!.data as Float32Array)[0], subject_scale: (inputs.get('subject_scale')!.data as Float32Array)[0],
+    }, 'latent');
+
+    const fluxRuns = runs.filter((r) => r.model.endsWith('flux.onnx'));
+    const timeRuns = runs.filter((r) => r.model.endsWith('adapter_time.onnx'));
+    expect(fluxRuns.length).toBe(steps);
+    expect(timeRuns.length).toBe(steps);
+    for (let i = 0; i < steps; i++) {
+      const gold = (n: string) => outputs.get(`step.${i}.${n}`)!;
+      expectClose(timeRuns[i]!.feeds.timestep, gold('projector_timesteps'), 0, `step ${i} projector timestep`);
+      expectClose(fluxRuns[i]!.feeds.timestep, gold('transformer_timestep'), 0, `step ${i} transformer timestep`);
+      const ip = expectClose(timeRuns[i]!.out.ip_hidden_states, gold('ip_hidden_states'), 2e-4, `step ${i} ip_hidden_states`);
+      const v = expectClose(fluxRuns[i]!.out.noise_pred, gold('noise_pred'), 5e-4, `step ${i} noise_pred`);
+      const next = i + 1 < steps ? fluxRuns[i + 1]!.feeds.hidden_states : undefined;
+      const lat = next ? expectClose(next, gold('latents'), 5e-4, `step ${i} latents`) : NaN;
+      console.log(`step ${i}: ip ${ip.toExponential(2)} noise_pred ${v.toExponential(2)} latents ${lat.toExponential(2)}`);
+    }
+    console.log('final latents', expectClose(latent.samples, outputs.get('final_latents_unpacked'), 5e-4, 'final latents'));
+
+    runs.length = 0;
+    const decoded = await run<RgbImage>(Decode, { models, latent }, 'image');
+    const vae = runs.find((r) => r.model.endsWith('vae.onnx'))!;
+    console.log('decoder_output', expectClose(vae.out.sample, outputs.get('decoder_output'), 2e-3, 'decoder_output'));
+    console.log('image', expectClose(vae.out.image, outputs.get('image'), 1e-3, 'image'));
+    const ref8 = await decodeImage(goldenPath('instantcharacter_e2e', 'output_image.png'));
+    let maxPixel = 0;
+    for (let i = 0; i < ref8.data.length; i++) maxPixel = Math.max(maxPixel, Math.abs(ref8.data[i]! - decoded.data[i]!));
+    console.log('8-bit image max diff', maxPixel);
+    expect(maxPixel).toBeLessThanOrEqual(1);
+  });
+
+  it('feeds the encoders exactly the pixel values of the reference stages (charflow resize is PIL-exact)', async () => {
+    const stage = await decodeImage(goldenPath('instantcharacter_e2e', 'stage_low_res_384.png'));
+    const image = await run<RgbImage>(LoadCharacter, { path: 'reference.png', square: 'stretch' }, 'image');
+    runs.length = 0;
+    await run<VisionFeatures>(SigLIPEncode, { models, image }, 'features');
+    const fed = runs[0]!.feeds.pixel_values!;
+    const expected = pixelValues([stage], [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]);
+    const first = f32([1, 3, 384, 384], (fed.data as Float32Array).subarray(0, 3 * 384 * 384));
+    expectClose(first, expected, 0, 'low-res pixel values');
+  });
+});
