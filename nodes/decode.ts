@@ -19,7 +19,7 @@ export const Decode: NodeDef<Services> = {
   async run(ctx, inputs) {
     const models = inputs.models as ModelSet;
     const latent = inputs.latent as Latent;
-    const out = await ctx.services.pool.run(models.path('vae'), { latents: latent.samples }, { outputs: ['image'], signal: ctx.signal });
+    const out = await ctx.services.pool.run(models.path('vae'), { latents: latent.samples }, { signal: ctx.signal });
     return { image: imageFromTensor(out.image!) };
   },
 };
