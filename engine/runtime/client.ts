@@ -9,6 +9,13 @@ export class WorkerCrashError extends Error {
   override name = 'WorkerCrashError';
 }
 
+let live = 0;
+
+/** Runtime worker threads alive in this process (started and not yet exited). */
+export function liveWorkers(): number {
+  return live;
+}
+
 interface Pending {
   resolve(value: unknown): void;
   reject(err: Error): void;
@@ -28,11 +35,13 @@ export class WorkerClient {
   constructor(private readonly label: string, onCrash?: (err: Error) => void) {
     this.worker = new Worker(BOOT, { name: `charflow-runtime ${label}` });
     this.worker.unref();
+    live++;
     this.worker.on('message', (reply: Reply) => this.settle(reply));
     this.worker.on('error', (e) => { this.lastError = e; });
     this.worker.on('messageerror', (e) => { this.lastError = e; });
     this.exited = new Promise((resolve) => {
       this.worker.once('exit', (code) => {
+        live--;
         const why = this.lastError ? this.lastError.message : `exit code ${code}`;
         const err = this.closing
           ? new Error(`${this.label}: the worker was closed`)

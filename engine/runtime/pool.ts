@@ -19,7 +19,7 @@ import { type CacheRequest, type Device, type DeviceRequest, type RunResult, typ
 export type { Device, DeviceRequest };
 export { DeviceUnavailableError } from './device.ts';
 export { ModelFileError } from './onnx-scan.ts';
-export { WorkerCrashError } from './client.ts';
+export { liveWorkers, WorkerCrashError } from './client.ts';
 
 export interface PoolOptions {
   /** Default 'auto': CUDA, then WebGPU, then CPU. An explicit device that cannot run throws. */
@@ -101,7 +101,11 @@ class Entry {
 
 const ORT_VERSION = (createRequire(import.meta.url)('onnxruntime-node/package.json') as { version: string }).version;
 const GiB = 1024 ** 3;
-const fmtBytes = (n: number): string => (n >= GiB / 10 ? `${(n / GiB).toFixed(2)} GiB` : `${(n / 1024 ** 2).toFixed(1)} MiB`);
+function fmtBytes(n: number): string {
+  if (n >= GiB / 10) return `${(n / GiB).toFixed(2)} GiB`;
+  if (n >= 1024 ** 2) return `${(n / 1024 ** 2).toFixed(1)} MiB`;
+  return `${(n / 1024).toFixed(1)} KiB`;
+}
 const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
 
 function abortError(path: string): Error {

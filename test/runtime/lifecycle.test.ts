@@ -24,10 +24,12 @@ describe('runtime in a node process', () => {
     it(`runs a model and the process exits by itself (${mode})`, async () => {
       const r = await runChild(mode);
       expect(r.code, `child did not exit cleanly (null = killed after hanging)\n${r.stderr}`).toBe(0);
-      const result = JSON.parse(r.stdout.trim().split('\n').pop()!) as { device: string; y: number[]; stats: { loads: number } };
+      const result = JSON.parse(r.stdout.trim().split('\n').pop()!) as { device: string; y: number[]; stats: { loads: number }; workers: [number, number] };
       const m = affineModel(tmp.dir, 'reference');
       expect(result.y).toEqual(Array.from(affineReference(f32([2, 3], [1, 2, 3, -1, 0, 5]), m.w, m.b)));
       expect(result.stats.loads).toBe(1);
+      // One worker (the model's home) before; none after close, while 'idle' leaves it to exit with the process.
+      expect(result.workers).toEqual(mode === 'close' ? [1, 0] : [1, 1]);
     });
   }
 });

@@ -6,7 +6,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Graph } from '../../models/onnx/graph.ts';
 import { runOnce } from '../../models/onnx/ort.ts';
 import { f32 } from '../../models/tensor.ts';
-import { SessionPool, type PoolOptions } from '../../engine/runtime/pool.ts';
+import { liveWorkers, SessionPool, type PoolOptions } from '../../engine/runtime/pool.ts';
 import { affineModel, affineReference, heavyInput, heavyModel, tempDir } from './models.ts';
 
 const tmp = tempDir();
@@ -248,7 +248,10 @@ describe('SessionPool', () => {
     await pool.run(A.path, { x: X });
     await pool.unload(A.path);
     expect(pool.stats()).toMatchObject({ loaded: [], unloads: 1, residentBytes: 0 });
+    await Promise.all([pool.load(A.path), pool.load(HEAVY)]);
+    expect(liveWorkers()).toBe(2);
     await pool.close();
+    expect(liveWorkers()).toBe(0);
     await expect(pool.run(A.path, { x: X })).rejects.toThrow('the session pool was closed');
   });
 
