@@ -32,7 +32,7 @@ export class WorkerClient {
   readonly exited: Promise<void>;
 
   /** `label` names the worker in errors (the model path); `onCrash` hears of an unexpected exit. */
-  constructor(private readonly label: string, onCrash?: (err: Error) => void) {
+  constructor(private label: string, private onCrash?: (err: Error) => void) {
     this.worker = new Worker(BOOT, { name: `charflow-runtime ${label}` });
     this.worker.unref();
     live++;
@@ -49,10 +49,20 @@ export class WorkerClient {
         this.gone = err;
         for (const p of this.pending.values()) p.reject(err);
         this.pending.clear();
-        if (!this.closing) onCrash?.(err);
+        if (!this.closing) this.onCrash?.(err);
         resolve();
       });
     });
+  }
+
+  /** Gives a pre-started worker its model: the name used in errors and who hears of a crash. */
+  assign(label: string, onCrash: (err: Error) => void): void {
+    this.label = label;
+    this.onCrash = onCrash;
+  }
+
+  get alive(): boolean {
+    return !this.gone;
   }
 
   get threadId(): number {

@@ -32,6 +32,11 @@ export interface PoolOptions {
   expectedConcurrency?: number;
   /** Folder for optimised model copies (e.g. <data>/cache/ort). Off when unset. */
   cacheDir?: string;
+  /**
+   * Keep one worker thread started ahead of the next load (default true). Starting a worker costs
+   * some 0.3 s (mostly registering tsx in it), which would otherwise add to every model's cold start.
+   */
+  spareWorker?: boolean;
   log?: (msg: string) => void;
 }
 
@@ -124,14 +129,18 @@ export class SessionPool {
   private cacheHits = 0;
   private clock = 0;
   private closed = false;
+  private spare?: WorkerClient;
 
   private constructor(
     readonly device: Device,
     readonly budgetBytes: number,
     readonly intraOpThreads: number,
     private readonly cacheDir: string | undefined,
+    private readonly keepSpare: boolean,
     private readonly log: (msg: string) => void,
-  ) {}
+  ) {
+    this.startSpare();
+  }
 
   /** Probes the device (once per process), sizes threads and budget. */
   static async create(opts: PoolOptions = {}): Promise<SessionPool> {
@@ -144,7 +153,7 @@ export class SessionPool {
     if (!Number.isInteger(threads) || threads < 1) throw new Error(`intraOpThreads must be a positive integer, got ${threads}`);
     log(`runtime: ${threads} intra-op thread(s) per session, memory budget ${fmtBytes(budget)}`
       + (opts.cacheDir ? `, optimised-model cache in ${opts.cacheDir}` : ''));
-    return new SessionPool(device, budget, threads, opts.cacheDir ? resolve(opts.cacheDir) : undefined, log);
+    return new SessionPool(device, budget, threads, opts.cacheDir ? resolve(opts.cacheDir) : undefined, opts.spareWorker ?? true, log);
   }
 
   /** Runs a model; loads it first when needed. Outputs arrive without a copy (transferred). */
@@ -222,7 +231,9 @@ export class SessionPool {
     const all = [...this.entries.values()];
     this.entries.clear();
     const closing = new Error('the session pool was closed');
-    await Promise.all(all.map((e) => this.drop(e, closing)));
+    const spare = this.spare;
+    this.spare = undefined;
+    await Promise.all([...all.map((e) => this.drop(e, closing)), spare?.terminate()]);
     this.changed();
   }
 
@@ -278,7 +289,7 @@ export class SessionPool {
       await this.reserve(e, this.sizeHints.get(e.path) ?? scan.bytes);
       this.assertOpen();
       if (e.state === 'gone') throw new Error(`loading ${e.path} was cancelled`);
-      const client = new WorkerClient(e.path, (err) => void this.onCrash(e, err));
+      const client = this.takeWorker(e.path, (err) => void this.onCrash(e, err));
       e.client = client;
       const config: SessionConfig = { device: this.device, intraOpThreads: this.intraOpThreads };
       const cache = this.cacheFor(scan);
@@ -315,6 +326,26 @@ export class SessionPool {
       if (victim) await this.retire(victim, `to make room for ${e.path}`);
       else await this.nextChange(); // everything resident is busy: wait for a run to end
     }
+  }
+
+  private startSpare(): void {
+    if (!this.keepSpare || this.closed) return;
+    const spare = new WorkerClient('spare runtime worker', () => {
+      if (this.spare === spare) this.spare = undefined;
+    });
+    this.spare = spare;
+  }
+
+  /** A worker for a model: the spare when there is one (then a new spare starts), else a new one. */
+  private takeWorker(path: string, onCrash: (err: Error) => void): WorkerClient {
+    const spare = this.spare;
+    this.spare = undefined;
+    this.startSpare();
+    if (spare?.alive) {
+      spare.assign(path, onCrash);
+      return spare;
+    }
+    return new WorkerClient(path, onCrash);
   }
 
   private leastRecentlyUsedIdle(): Entry | undefined {

@@ -28,8 +28,8 @@ describe('runtime in a node process', () => {
       const m = affineModel(tmp.dir, 'reference');
       expect(result.y).toEqual(Array.from(affineReference(f32([2, 3], [1, 2, 3, -1, 0, 5]), m.w, m.b)));
       expect(result.stats.loads).toBe(1);
-      // One worker (the model's home) before; none after close, while 'idle' leaves it to exit with the process.
-      expect(result.workers).toEqual(mode === 'close' ? [1, 0] : [1, 1]);
+      // The model's home and the spare before; none after close, while 'idle' leaves them to end with the process.
+      expect(result.workers).toEqual(mode === 'close' ? [2, 0] : [2, 2]);
     });
   }
 });

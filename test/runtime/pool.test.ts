@@ -249,7 +249,7 @@ describe('SessionPool', () => {
     await pool.unload(A.path);
     expect(pool.stats()).toMatchObject({ loaded: [], unloads: 1, residentBytes: 0 });
     await Promise.all([pool.load(A.path), pool.load(HEAVY)]);
-    expect(liveWorkers()).toBe(2);
+    expect(liveWorkers()).toBe(3); // two model homes and the spare
     await pool.close();
     expect(liveWorkers()).toBe(0);
     await expect(pool.run(A.path, { x: X })).rejects.toThrow('the session pool was closed');
