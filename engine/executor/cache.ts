@@ -119,12 +119,12 @@ export function estimateSize(value: unknown): number {
         return 8; // functions, symbols: references only
     }
     if (v === null) return 8;
+    if (seen.has(v)) return 8;
+    seen.add(v);
     if (ArrayBuffer.isView(v)) return 64 + v.byteLength;
     if (v instanceof ArrayBuffer || (typeof SharedArrayBuffer !== 'undefined' && v instanceof SharedArrayBuffer)) {
       return 64 + v.byteLength;
     }
-    if (seen.has(v)) return 8;
-    seen.add(v);
     if (++visits > MAX_VISITS) return 64;
     let size = 32;
     if (Array.isArray(v)) {

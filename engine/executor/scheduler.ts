@@ -120,20 +120,20 @@ export function planRun<S>(
   for (let i = 0; i < plan.length; i++) {
     const p = plan[i]!;
     const inputs = nodes[p.id]!.inputs;
-    const names = Object.keys(inputs).sort();
-    for (const name of names) {
+    for (const name in inputs) {
       const v = inputs[name];
-      if (isLink(v)) {
-        const from = index.get(v.node)!;
-        p.links.push({ input: name, from, output: v.output });
-        if (!p.upstream.includes(from)) {
-          p.upstream.push(from);
-          plan[from]!.dependants.push(i);
-        }
-      } else {
+      if (!isLink(v)) {
         p.consts[name] = v;
+        continue;
+      }
+      const from = index.get(v.node)!;
+      p.links.push({ input: name, from, output: v.output });
+      if (!p.upstream.includes(from)) {
+        p.upstream.push(from);
+        plan[from]!.dependants.push(i);
       }
     }
+    if (p.links.length > 1) p.links.sort((a, b) => (a.input < b.input ? -1 : a.input > b.input ? 1 : 0));
   }
   for (const t of wanted) plan[index.get(t)!]!.target = true;
   return { nodes: plan, index, targets: wanted };

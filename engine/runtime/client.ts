@@ -34,11 +34,12 @@ export class WorkerClient {
   /** `label` names the worker in errors (the model path); `onCrash` hears of an unexpected exit. */
   constructor(private label: string, private onCrash?: (err: Error) => void) {
     this.worker = new Worker(BOOT, { name: `charflow-runtime ${label}` });
-    this.worker.unref();
     live++;
     this.worker.on('message', (reply: Reply) => this.settle(reply));
     this.worker.on('error', (e) => { this.lastError = e; });
     this.worker.on('messageerror', (e) => { this.lastError = e; });
+    // After the listeners: attaching a 'message' listener refs the worker's port again.
+    this.worker.unref();
     this.exited = new Promise((resolve) => {
       this.worker.once('exit', (code) => {
         live--;

@@ -86,7 +86,7 @@ export const Delay: TestDef = {
   params: {
     value: { type: 'number', default: 0 },
     ms: { type: 'integer', minimum: 0, maximum: 600_000, default: 1 },
-    steps: { type: 'integer', minimum: 1, maximum: 1000, default: 1 },
+    steps: { type: 'integer', minimum: 1, maximum: 100_000, default: 1 },
   },
   outputs: { value: { type: 'FLOAT' } },
   run: (ctx, inputs) =>
