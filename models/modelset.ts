@@ -98,8 +98,16 @@ export interface WriteProgress {
   (component: ComponentName, index: number, total: number): void;
 }
 
+/** Hooks for a resumable writer (the checkpoint converter). */
+export interface WriteOptions {
+  /** Components whose files are already in `dir` and verified: their entries are reused, their graphs not rebuilt. */
+  reuse?: Partial<Record<ComponentName, FileEntry>>;
+  /** Called once a component's files are in place and hashed, so a caller can record progress. */
+  onComponentWritten?: (component: ComponentName, entry: FileEntry) => void;
+}
+
 /** Builds every graph of the set into `dir` and writes the manifest last (so a set is complete or absent). */
-export async function writeModelSet(spec: ModelSetSpec, dir: string, onProgress?: WriteProgress): Promise<ModelSetManifest> {
+export async function writeModelSet(spec: ModelSetSpec, dir: string, onProgress?: WriteProgress, opts: WriteOptions = {}): Promise<ModelSetManifest> {
   mkdirSync(dir, { recursive: true });
   const jobs: ComponentJob[] = [
     {
@@ -130,6 +138,11 @@ export async function writeModelSet(spec: ModelSetSpec, dir: string, onProgress?
   const files = {} as Record<ComponentName, FileEntry>;
   for (const [i, job] of jobs.entries()) {
     onProgress?.(job.name, i, jobs.length);
+    const reused = opts.reuse?.[job.name];
+    if (reused) {
+      files[job.name] = reused;
+      continue;
+    }
     const file = `${job.name}.onnx`;
     const external = job.parameters * bytesPerWeight > EXTERNAL_THRESHOLD ? { dir, file: `${job.name}.onnx.data` } : undefined;
     const g = new Graph({ name: job.name, dtype: spec.dtype, external });
@@ -146,6 +159,7 @@ export async function writeModelSet(spec: ModelSetSpec, dir: string, onProgress?
       entry.data = [{ file: external.file, bytes: statSync(p).size, sha256: await sha256File(p) }];
     }
     files[job.name] = entry;
+    opts.onComponentWritten?.(job.name, entry);
   }
   onProgress?.('clip', jobs.length, jobs.length);
 

@@ -181,7 +181,7 @@ function clipTokenizerJson(vocab: Record<string, number>, merges: string[], bos:
  * merges.txt, for the slow CLIPTokenizer): rebuilt as the fast tokenizer would convert it. Merges whose
  * result is not in the vocabulary are dropped, as the slow tokenizer reads only the merges it can use.
  */
-function clipFromVocabFiles(dir: string, config: Json): TokenizerJson {
+export function clipFromVocabFiles(dir: string, config: Json = {}): TokenizerJson {
   const vocabJson = readJson(join(dir, 'vocab.json'));
   const vocab: Record<string, number> = {};
   for (const [k, v] of Object.entries(vocabJson)) if (typeof v === 'number') vocab[k] = v;

@@ -38,6 +38,8 @@ export async function createServices(paths: DataPaths, opts: ServiceOptions = {}
     memoryBudgetBytes: opts.memoryBudgetBytes,
     intraOpThreads: opts.intraOpThreads,
     cacheDir: join(paths.root, 'cache', 'ort'),
+    // An optimised copy doubles a model's disk use: worth it for start-up, not for the 24 GB transformer.
+    cacheMaxBytes: 2 * 1024 ** 3,
     log: opts.log,
   });
   const sets = new Map<string, ModelSet>();

@@ -55,101 +55,141 @@ export function planRun<S>(
 ): RunPlan<S> {
   const wanted = targets ? [...new Set(targets)] : defaultTargets(workflow, registry);
   const nodes = workflow.nodes;
+  const ids = Object.keys(nodes);
+  const pos = new Map<string, number>();
+  for (let i = 0; i < ids.length; i++) pos.set(ids[i]!, i);
   for (const t of wanted) {
-    if (!Object.prototype.hasOwnProperty.call(nodes, t)) {
+    if (!pos.has(t)) {
       throw new WorkflowError([{ code: 'unknown_target', nodeId: t, message: `run target node ${t} does not exist` }]);
     }
   }
 
-  const plan: PlanNode<S>[] = [];
-  const index = new Map<string, number>();
-  // Iterative DFS: 0 = unvisited, 1 = on the path (a repeat means a cycle), 2 = placed.
-  const mark = new Map<string, 1 | 2>();
-  const stack: { id: string; deps: string[]; next: number }[] = [];
-  const depsOf = (id: string): string[] => {
+  // A node's inputs, split into constants and links (resolved to positions), on first visit.
+  const consts: (Record<string, unknown> | undefined)[] = new Array(ids.length);
+  const links: (PlanLink[] | undefined)[] = new Array(ids.length); // `from` holds a position for now
+  const depsOf = (i: number): PlanLink[] => {
+    const id = ids[i]!;
     const node = nodes[id]!;
-    const deps: string[] = [];
+    const c: Record<string, unknown> = {};
+    const deps: PlanLink[] = [];
     for (const name in node.inputs) {
       const v = node.inputs[name];
-      if (isLink(v)) {
-        if (!Object.prototype.hasOwnProperty.call(nodes, v.node)) {
-          throw new WorkflowError([
-            {
-              code: 'missing_node',
-              nodeId: id,
-              nodeType: node.type,
-              field: name,
-              message: `${nodeLabel(id, node.type)} input "${name}": links to node ${v.node}, which does not exist`,
-            },
-          ]);
-        }
-        deps.push(v.node);
+      if (!isLink(v)) {
+        c[name] = v;
+        continue;
       }
+      const d = pos.get(v.node);
+      if (d === undefined) {
+        throw new WorkflowError([
+          {
+            code: 'missing_node',
+            nodeId: id,
+            nodeType: node.type,
+            field: name,
+            message: `${nodeLabel(id, node.type)} input "${name}": links to node ${v.node}, which does not exist`,
+          },
+        ]);
+      }
+      deps.push({ input: name, from: d, output: v.output });
     }
+    consts[i] = c;
+    links[i] = deps;
     return deps;
   };
 
+  // Iterative DFS post-order. mark: 0 unvisited, 1 on the current path (seeing it again is a
+  // cycle), 2 placed in the plan.
+  const mark = new Uint8Array(ids.length);
+  const order: number[] = [];
+  const stackNode: number[] = [];
+  const stackDeps: PlanLink[][] = [];
+  const stackNext: number[] = [];
   for (const t of wanted) {
-    if (mark.get(t) === 2) continue;
-    mark.set(t, 1);
-    stack.push({ id: t, deps: depsOf(t), next: 0 });
-    while (stack.length) {
-      const top = stack[stack.length - 1]!;
-      if (top.next < top.deps.length) {
-        const d = top.deps[top.next++]!;
-        const m = mark.get(d);
-        if (m === 2) continue;
-        if (m === 1) {
-          const t2 = nodes[d]!.type;
-          throw new WorkflowError([
-            { code: 'cycle', nodeId: d, nodeType: t2, message: `${nodeLabel(d, t2)}: links form a cycle` },
-          ]);
+    const root = pos.get(t)!;
+    if (mark[root] === 2) continue;
+    mark[root] = 1;
+    stackNode.push(root);
+    stackDeps.push(depsOf(root));
+    stackNext.push(0);
+    while (stackNode.length) {
+      const top = stackNode.length - 1;
+      const deps = stackDeps[top]!;
+      if (stackNext[top]! < deps.length) {
+        const d = deps[stackNext[top]!++]!.from;
+        if (mark[d] === 2) continue;
+        if (mark[d] === 1) {
+          const id = ids[d]!;
+          const type = nodes[id]!.type;
+          throw new WorkflowError([{ code: 'cycle', nodeId: id, nodeType: type, message: `${nodeLabel(id, type)}: links form a cycle` }]);
         }
-        mark.set(d, 1);
-        stack.push({ id: d, deps: depsOf(d), next: 0 });
+        mark[d] = 1;
+        stackNode.push(d);
+        stackDeps.push(depsOf(d));
+        stackNext.push(0);
         continue;
       }
-      stack.pop();
-      mark.set(top.id, 2);
-      index.set(top.id, plan.length);
-      plan.push(makeNode(top.id, workflow, registry));
+      const v = stackNode.pop()!;
+      stackDeps.pop();
+      stackNext.pop();
+      mark[v] = 2;
+      order.push(v);
     }
   }
 
-  // Resolve links to plan indices now that every node has one.
+  const planIndex = new Int32Array(ids.length).fill(-1);
+  const index = new Map<string, number>();
+  const plan: PlanNode<S>[] = new Array<PlanNode<S>>(order.length);
+  for (let i = 0; i < order.length; i++) {
+    const at = order[i]!;
+    const id = ids[at]!;
+    planIndex[at] = i;
+    index.set(id, i);
+    plan[i] = makeNode(id, workflow.nodes[id]!.type, registry, consts[at]!, links[at]!);
+  }
+  // Links now point at plan indices; upstream/dependants follow.
   for (let i = 0; i < plan.length; i++) {
     const p = plan[i]!;
-    const inputs = nodes[p.id]!.inputs;
-    for (const name in inputs) {
-      const v = inputs[name];
-      if (!isLink(v)) {
-        p.consts[name] = v;
-        continue;
-      }
-      const from = index.get(v.node)!;
-      p.links.push({ input: name, from, output: v.output });
+    for (const l of p.links) {
+      const from = (l.from = planIndex[l.from]!);
       if (!p.upstream.includes(from)) {
         p.upstream.push(from);
         plan[from]!.dependants.push(i);
       }
     }
-    if (p.links.length > 1) p.links.sort((a, b) => (a.input < b.input ? -1 : a.input > b.input ? 1 : 0));
+    sortLinks(p.links);
   }
   for (const t of wanted) plan[index.get(t)!]!.target = true;
   return { nodes: plan, index, targets: wanted };
 }
 
-function makeNode<S>(id: string, workflow: ValidWorkflow, registry: ReadonlyMap<string, NodeDef<S>>): PlanNode<S> {
-  const type = workflow.nodes[id]!.type;
+/** Insertion sort by input name: links are few, and Array#sort's setup dominates at this size. */
+function sortLinks(links: PlanLink[]): void {
+  for (let i = 1; i < links.length; i++) {
+    const x = links[i]!;
+    let j = i - 1;
+    while (j >= 0 && links[j]!.input > x.input) {
+      links[j + 1] = links[j]!;
+      j--;
+    }
+    links[j + 1] = x;
+  }
+}
+
+function makeNode<S>(
+  id: string,
+  type: string,
+  registry: ReadonlyMap<string, NodeDef<S>>,
+  consts: Record<string, unknown>,
+  links: PlanLink[],
+): PlanNode<S> {
   const def = registry.get(type);
   if (!def) {
     throw new WorkflowError([
       { code: 'unknown_type', nodeId: id, nodeType: type, message: `${nodeLabel(id, type)}: unknown node type "${type}"` },
     ]);
   }
-  return { id, type, def, consts: {}, links: [], upstream: [], dependants: [], target: false };
+  return { id, type, def, consts, links, upstream: [], dependants: [], target: false };
 }
-
 /** A binary min-heap of plan indices: the ready node with the lowest index runs first. */
 export class IndexHeap {
   private readonly a: number[] = [];

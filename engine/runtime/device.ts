@@ -56,11 +56,12 @@ export function unavailableMessage(o: ProbeOutcome): string {
 /**
  * Resolves the device to use. 'auto' tries CUDA, then WebGPU, then CPU and logs what it got and why
  * it skipped the others. An explicit device that cannot run throws DeviceUnavailableError.
+ * Probes run on `host` when given (it stays alive), else on a worker started and ended here.
  */
-export async function resolveDevice(requested: DeviceRequest, log: (msg: string) => void): Promise<Device> {
+export async function resolveDevice(requested: DeviceRequest, log: (msg: string) => void, host?: WorkerClient): Promise<Device> {
   const order = requested === 'auto' ? AUTO_ORDER : [requested];
   let worker: WorkerClient | undefined;
-  const lazyWorker = () => (worker ??= new WorkerClient('device probe'));
+  const lazyWorker = () => host ?? (worker ??= new WorkerClient('device probe'));
   try {
     const skipped: string[] = [];
     for (const device of order) {

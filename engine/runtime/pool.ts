@@ -30,8 +30,13 @@ export interface PoolOptions {
   intraOpThreads?: number;
   /** How many sessions are expected to run at once (sizes the default thread count). Default 2. */
   expectedConcurrency?: number;
-  /** Folder for optimised model copies (e.g. <data>/cache/ort). Off when unset. */
+  /**
+   * Folder for optimised model copies (e.g. <data>/cache/ort). Off when unset. A copy holds all the
+   * weights again (model.onnx.data beside it for external-data models): it doubles disk use.
+   */
   cacheDir?: string;
+  /** Models estimated above this size load without the cache (default: no limit). */
+  cacheMaxBytes?: number;
   /**
    * Keep one worker thread started ahead of the next load (default true). Starting a worker costs
    * some 0.3 s (mostly registering tsx in it), which would otherwise add to every model's cold start.
@@ -136,24 +141,38 @@ export class SessionPool {
     readonly budgetBytes: number,
     readonly intraOpThreads: number,
     private readonly cacheDir: string | undefined,
+    private readonly cacheMaxBytes: number,
     private readonly keepSpare: boolean,
     private readonly log: (msg: string) => void,
+    probeWorker: WorkerClient | undefined,
   ) {
-    this.startSpare();
+    if (probeWorker) this.adoptSpare(probeWorker);
+    else this.startSpare();
   }
 
   /** Probes the device (once per process), sizes threads and budget. */
   static async create(opts: PoolOptions = {}): Promise<SessionPool> {
-    const log = opts.log ?? ((m: string) => console.log(`[charflow] ${m}`));
-    const device = await resolveDevice(opts.device ?? 'auto', log);
-    const budget = opts.memoryBudgetBytes ?? await defaultMemoryBudget(device, log);
+    const log = opts.log ?? ((m: string) => console.error(`[charflow] ${m}`));
     const concurrency = Math.max(1, Math.floor(opts.expectedConcurrency ?? 2));
     const threads = opts.intraOpThreads ?? Math.max(1, Math.floor(availableParallelism() / concurrency));
-    if (!(budget > 0)) throw new Error(`memoryBudgetBytes must be positive, got ${budget}`);
     if (!Number.isInteger(threads) || threads < 1) throw new Error(`intraOpThreads must be a positive integer, got ${threads}`);
-    log(`runtime: ${threads} intra-op thread(s) per session, memory budget ${fmtBytes(budget)}`
-      + (opts.cacheDir ? `, optimised-model cache in ${opts.cacheDir}` : ''));
-    return new SessionPool(device, budget, threads, opts.cacheDir ? resolve(opts.cacheDir) : undefined, opts.spareWorker ?? true, log);
+    if (opts.memoryBudgetBytes !== undefined && !(opts.memoryBudgetBytes > 0)) {
+      throw new Error(`memoryBudgetBytes must be positive, got ${opts.memoryBudgetBytes}`);
+    }
+    const keepSpare = opts.spareWorker ?? true;
+    // The spare worker runs the device probe (when one is needed), then waits for the first model.
+    const spare = keepSpare ? new WorkerClient('spare runtime worker') : undefined;
+    try {
+      const device = await resolveDevice(opts.device ?? 'auto', log, spare);
+      const budget = opts.memoryBudgetBytes ?? await defaultMemoryBudget(device, log);
+      log(`runtime: ${threads} intra-op thread(s) per session, memory budget ${fmtBytes(budget)}`
+        + (opts.cacheDir ? `, optimised-model cache in ${opts.cacheDir}` : ''));
+      const cacheDir = opts.cacheDir ? resolve(opts.cacheDir) : undefined;
+      return new SessionPool(device, budget, threads, cacheDir, opts.cacheMaxBytes ?? Infinity, keepSpare, log, spare);
+    } catch (e) {
+      await spare?.terminate();
+      throw e;
+    }
   }
 
   /** Runs a model; loads it first when needed. Outputs arrive without a copy (transferred). */
@@ -329,8 +348,11 @@ export class SessionPool {
   }
 
   private startSpare(): void {
-    if (!this.keepSpare || this.closed) return;
-    const spare = new WorkerClient('spare runtime worker', () => {
+    if (this.keepSpare && !this.closed) this.adoptSpare(new WorkerClient('spare runtime worker'));
+  }
+
+  private adoptSpare(spare: WorkerClient): void {
+    spare.assign('spare runtime worker', () => {
       if (this.spare === spare) this.spare = undefined;
     });
     this.spare = spare;
@@ -391,7 +413,7 @@ export class SessionPool {
   }
 
   private cacheFor(scan: ModelScan): CacheRequest | undefined {
-    if (!this.cacheDir) return undefined;
+    if (!this.cacheDir || scan.bytes > this.cacheMaxBytes) return undefined;
     // An 'all'-level optimised graph is specific to the provider and the CPU it was made on.
     const key = sha([scan.fingerprint, this.device, ORT_VERSION, cpus()[0]?.model ?? '', arch()].join('\n')).slice(0, 16);
     const folder = `${basename(scan.path).replace(/\.onnx$/i, '')}-${sha(scan.path).slice(0, 12)}`;

@@ -104,7 +104,7 @@ function comfyKind(raw: unknown): 'API' | 'editor' | undefined {
 function describe(e: ErrorObject, raw: unknown): ValidationError | undefined {
   // `if` only repeats what its `then` branch reports; pattern errors of property names are
   // reported once through `propertyNames`.
-  if (e.keyword === 'if' || (e.keyword === 'pattern' && e.propertyName !== undefined)) return undefined;
+  if (e.keyword === 'if' || e.propertyName !== undefined) return undefined;
   const segs = decodePointer(e.instancePath);
   const where = locate(segs, raw);
   const value = valueAt(raw, segs);
@@ -133,7 +133,10 @@ function describe(e: ErrorObject, raw: unknown): ValidationError | undefined {
       what = `must be ${JSON.stringify(p.allowedValue)}, got ${showValue(value)}`;
       break;
     case 'propertyNames':
-      what = `node id "${String(p.propertyName)}" is not allowed (use 1 to 64 letters, digits, "_", ":" or "-")`;
+      what =
+        p.propertyName === '__proto__'
+          ? 'node id "__proto__" is not allowed'
+          : `node id "${String(p.propertyName)}" is not allowed (use 1 to 64 letters, digits, "_", ":" or "-")`;
       break;
     case 'minLength':
       what = p.limit === 1 ? 'must not be empty' : `must be at least ${String(p.limit)} characters`;

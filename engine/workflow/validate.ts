@@ -101,11 +101,16 @@ export function checkConstant(schema: ParamSchema, value: unknown): { code: Vali
   return undefined;
 }
 
+/** An own property only: names like "constructor" must not find Object.prototype members. */
+export function own<T>(rec: Record<string, T>, key: string): T | undefined {
+  return Object.prototype.hasOwnProperty.call(rec, key) ? rec[key] : undefined;
+}
+
 /** The socket type an input accepts: its declared type, or the socket of a parameter's type. */
 function inputSocket<S>(def: NodeDef<S>, name: string): string | undefined {
-  const decl = def.inputs[name];
+  const decl = own(def.inputs, name);
   if (decl) return decl.type;
-  const param = def.params[name];
+  const param = own(def.params, name);
   return param ? PARAM_SOCKET[param.type] : undefined;
 }
 
@@ -183,8 +188,8 @@ export function validateWorkflow<S>(raw: unknown, registry: Registry<S>, opts: V
 
     for (const name in inputs) {
       const value = inputs[name];
-      const decl = def.inputs[name];
-      const param = def.params[name];
+      const decl = own(def.inputs, name);
+      const param = own(def.params, name);
       if (!decl && !param) {
         const known = [...Object.keys(def.inputs), ...Object.keys(def.params)];
         push('unknown_input', name, `unknown input (${type} has ${known.length ? showList(known, false) : 'no inputs'})`);
@@ -201,7 +206,7 @@ export function validateWorkflow<S>(raw: unknown, registry: Registry<S>, opts: V
         const upType = typeOf(value.node);
         const upDef = upType === undefined ? undefined : registry.get(upType);
         if (!upDef) continue; // its own error says why
-        const out = upDef.outputs[value.output];
+        const out = own(upDef.outputs, value.output);
         if (!out) {
           const outs = Object.keys(upDef.outputs);
           push(

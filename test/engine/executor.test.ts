@@ -17,7 +17,7 @@ function valid(w: Workflow, registry: ReadonlyMap<string, NodeDef<TestServices>>
 
 /** Events without the fields that vary between runs (time, ms, runId). */
 function shape(e: RunEvent): Record<string, unknown> {
-  const { time: _t, runId: _r, ...rest } = e;
+  const { time: _t, runId: _r, ...rest } = e as RunEvent & { ms?: unknown };
   if ('ms' in rest) rest.ms = typeof rest.ms === 'number' ? 'ms' : rest.ms;
   return rest;
 }

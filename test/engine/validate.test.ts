@@ -231,6 +231,17 @@ describe('validateWorkflow: semantic checks', () => {
     expect(errs.map((e) => e.code)).toEqual(['unknown_type']);
   });
 
+  it('names of Object.prototype members are not mistaken for inputs, outputs or nodes', () => {
+    const text = '{"format":"charflow.workflow","version":1,"nodes":{"__proto__":{"type":"Const"},"1":{"type":"Const","inputs":{"constructor":1,"__proto__":2}},"2":{"type":"Add","inputs":{"a":{"node":"1","output":"toString"}}}}}';
+    const errs = errorsOf(JSON.parse(text));
+    expect(errs.map((e) => e.message)).toEqual([
+      'workflow "nodes": node id "__proto__" is not allowed',
+      'node 1 (Const) input "constructor": unknown input (Const has value)',
+      'node 1 (Const) input "__proto__": unknown input (Const has value)',
+      'node 2 (Add) input "a": node 1 (Const) has no output "toString" (it has value)',
+    ]);
+  });
+
   it('limits the node count with a clear error', () => {
     const nodes: Record<string, [string]> = {};
     for (let i = 0; i < 11; i++) nodes[String(i)] = ['Const'];

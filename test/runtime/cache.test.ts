@@ -1,6 +1,6 @@
 // The optimised-model cache: the first load saves ORT's optimised graph, later loads (other pools,
 // later processes) load it without optimising again; rebuilt models and broken copies are handled.
-import { readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { f32 } from '../../models/tensor.ts';
@@ -10,9 +10,9 @@ import { affineModel, affineReference, tempDir } from './models.ts';
 const tmp = tempDir();
 afterAll(() => tmp.cleanup());
 
-async function loadOnce(cacheDir: string, path: string, k: number): Promise<{ y: number[]; hits: number; logs: string[] }> {
+async function loadOnce(cacheDir: string, path: string, k: number, cacheMaxBytes?: number): Promise<{ y: number[]; hits: number; logs: string[] }> {
   const logs: string[] = [];
-  const pool = await SessionPool.create({ device: 'cpu', cacheDir, log: (m) => logs.push(m) });
+  const pool = await SessionPool.create({ device: 'cpu', cacheDir, cacheMaxBytes, log: (m) => logs.push(m) });
   try {
     const out = await pool.run(path, { x: f32([2, k], Array.from({ length: 2 * k }, (_, i) => (i % 5) - 2)) });
     return { y: Array.from(out.y!.data as Float32Array), hits: pool.stats().cacheHits, logs };
@@ -23,6 +23,7 @@ async function loadOnce(cacheDir: string, path: string, k: number): Promise<{ y:
 
 /** The key folders holding optimised copies of one model. */
 function cachedCopies(cacheDir: string, name: string): string[][] {
+  if (!existsSync(cacheDir)) return [];
   const modelDir = readdirSync(cacheDir).find((d) => d.startsWith(`${name}-`));
   if (!modelDir) return [];
   return readdirSync(join(cacheDir, modelDir)).map((key) => readdirSync(join(cacheDir, modelDir, key)).sort());
@@ -74,5 +75,14 @@ describe('optimised model cache', () => {
     expect(r.hits).toBe(0);
     expect(r.logs.some((l) => l.includes('unusable'))).toBe(true);
     expect((await loadOnce(cacheDir, m.path, 8)).hits).toBe(1);
+  });
+
+  it('skips models above cacheMaxBytes', async () => {
+    const cacheDir = join(tmp.dir, 'cache-max');
+    const m = affineModel(tmp.dir, 'too_big', 8, 4, 4);
+    const r = await loadOnce(cacheDir, m.path, 8, 100);
+    expect(r.logs.some((l) => l.includes('cache'))).toBe(true); // the pool line names the folder...
+    expect(r.logs.some((l) => l.includes('loaded') && l.includes('cache'))).toBe(false); // ...the load did not use it
+    expect(cachedCopies(cacheDir, 'too_big')).toEqual([]);
   });
 });

@@ -221,7 +221,7 @@ describe('SessionPool', () => {
     const first = pool.run(HEAVY, { x: heavyInput() });
     const queued = new AbortController();
     const second = pool.run(HEAVY, { x: heavyInput() }, { signal: queued.signal });
-    await new Promise((r) => setTimeout(r, 20));
+    await new Promise((r) => setImmediate(r)); // the second run now waits in HEAVY's queue
     queued.abort();
     await expect(second).rejects.toMatchObject({ name: 'AbortError' });
     await first;

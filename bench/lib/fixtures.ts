@@ -1,0 +1,131 @@
+// What the benchmarks run on: the tiny model set, a mid-size set (wider encoders, adapter and
+// transformer with random weights, so that their costs look like real models' rather than like
+// overhead), a one-MatMul graph for the machine's peak, and the default workflow. Model files are
+// generated once into a folder kept between runs (regenerated when their configs change).
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { validateWorkflow } from '../../engine/workflow/index.ts';
+import type { ValidWorkflow } from '../../engine/workflow/types.ts';
+import type { NodeDef } from '../../engine/node.ts';
+import { Graph } from '../../models/onnx/graph.ts';
+import { MANIFEST_FILE, writeModelSet, type ModelSetSpec } from '../../models/modelset.ts';
+import { siglipConfigFromJson } from '../../models/siglip.ts';
+import { dinov2ConfigFromJson } from '../../models/dinov2.ts';
+import { adapterConfigFromJson } from '../../models/adapter.ts';
+import { fluxConfigFromJson, fluxWeightShapes, ipAdapterWeightShapes } from '../../models/flux.ts';
+import { siglipWeightShapes } from '../../models/siglip.ts';
+import { dinov2WeightShapes } from '../../models/dinov2.ts';
+import { adapterWeightShapes } from '../../models/adapter.ts';
+import {
+  TINY_ADAPTER, TINY_CLIP, TINY_DINOV2, TINY_FLUX, TINY_SIGLIP, TINY_T5, TINY_VAE, randomWeights, tinySpec,
+} from '../../models/tiny.ts';
+import { memorySource } from '../../models/weights/source.ts';
+import { PACKAGE_ROOT } from '../../nodes/services.ts';
+
+/** Where generated model files live between runs (CHARFLOW_BENCH_DIR, default <tmp>/charflow-bench). */
+export const BENCH_ROOT = process.env.CHARFLOW_BENCH_DIR || join(tmpdir(), 'charflow-bench');
+export const MODELS_ROOT = join(BENCH_ROOT, 'models');
+const GRAPHS_ROOT = join(BENCH_ROOT, 'graphs');
+
+// ---- the mid-size set -------------------------------------------------------------------------
+
+/** Encoders 8x (SigLIP) and 5x (DINOv2) wider than tiny, head dim 64, the pipeline's real token counts. */
+export const MID_SIGLIP = siglipConfigFromJson({
+  hidden_size: 128, intermediate_size: 512, num_hidden_layers: 6, num_attention_heads: 2, num_channels: 3,
+  image_size: 384, patch_size: 14, hidden_act: 'gelu_pytorch_tanh', layer_norm_eps: 1e-6,
+});
+export const MID_DINOV2 = dinov2ConfigFromJson({
+  hidden_size: 128, num_hidden_layers: 6, num_attention_heads: 2, mlp_ratio: 4, hidden_act: 'gelu', layer_norm_eps: 1e-6,
+  image_size: 518, patch_size: 14, num_channels: 3, qkv_bias: true, layerscale_value: 1.0, use_swiglu_ffn: true,
+});
+const MID_SHALLOW = [2, 4, 5];
+/** The real adapter's depth (4 + 4 blocks, 4 resampler layers) at 1/10 of its width. */
+export const MID_ADAPTER = adapterConfigFromJson({
+  inner_dim: MID_SIGLIP.hiddenSize + MID_DINOV2.hiddenSize, num_attention_heads: 4, attention_head_dim: 64,
+  cross_attention_dim: MID_SIGLIP.hiddenSize + MID_DINOV2.hiddenSize, num_layers: 4,
+  dim: 256, depth: 4, dim_head: 64, heads: 4, num_queries: 256, embedding_dim: MID_SIGLIP.hiddenSize + MID_DINOV2.hiddenSize,
+  output_dim: 512, ff_mult: 4, timestep_in_dim: 320, timestep_flip_sin_to_cos: true, timestep_freq_shift: 0,
+});
+/** FLUX's head dim and block kinds at 1/6 of its width: 4 heads x 128, 1 double + 2 single blocks. */
+export const MID_FLUX = fluxConfigFromJson({
+  patch_size: 1, in_channels: 64, num_layers: 1, num_single_layers: 2, attention_head_dim: 128, num_attention_heads: 4,
+  joint_attention_dim: TINY_T5.dModel, pooled_projection_dim: TINY_CLIP.hiddenSize, guidance_embeds: true, axes_dims_rope: [16, 56, 56],
+});
+export const MID_SET_NAME = 'bench-mid';
+
+/** The tiny set with the encoders, adapter and transformer replaced by the mid-size ones. */
+export function midSpec(seed = 1): ModelSetSpec {
+  const base = tinySpec(seed);
+  const src = (shapes: Record<string, readonly number[]>, salt: number) => memorySource(randomWeights(shapes, seed * 1000 + salt));
+  return {
+    ...base,
+    name: MID_SET_NAME,
+    siglip: { cfg: MID_SIGLIP, weights: src(siglipWeightShapes(MID_SIGLIP), 1), shallowLayers: MID_SHALLOW },
+    dinov2: { cfg: MID_DINOV2, weights: src(dinov2WeightShapes(MID_DINOV2), 2), shallowLayers: MID_SHALLOW },
+    adapter: { cfg: MID_ADAPTER, weights: src(adapterWeightShapes(MID_ADAPTER), 3) },
+    flux: {
+      cfg: MID_FLUX,
+      weights: src(fluxWeightShapes(MID_FLUX), 4),
+      ip: src(ipAdapterWeightShapes(MID_FLUX, MID_ADAPTER.outputDim), 5),
+    },
+  };
+}
+
+// ---- generation with a stamp ------------------------------------------------------------------
+
+const stampOf = (what: unknown): string => createHash('sha256').update(JSON.stringify(what)).digest('hex').slice(0, 16);
+
+/** Runs `make` unless `dir` holds a complete result of the same inputs (stamp file). Returns true if it generated. */
+async function once(dir: string, stamp: string, complete: string, make: () => Promise<unknown> | unknown): Promise<boolean> {
+  const stampFile = join(dir, '.bench-stamp');
+  if (existsSync(join(dir, complete)) && existsSync(stampFile) && readFileSync(stampFile, 'utf8') === stamp) return false;
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  await make();
+  writeFileSync(stampFile, stamp);
+  return true;
+}
+
+/** The tiny set in MODELS_ROOT/tiny. */
+export async function ensureTinySet(): Promise<boolean> {
+  const stamp = stampOf(['tiny', 1, TINY_SIGLIP, TINY_DINOV2, TINY_ADAPTER, TINY_FLUX, TINY_VAE, TINY_T5, TINY_CLIP]);
+  return once(join(MODELS_ROOT, 'tiny'), stamp, MANIFEST_FILE, () => writeModelSet(tinySpec(), join(MODELS_ROOT, 'tiny')));
+}
+
+export async function ensureMidSet(): Promise<boolean> {
+  const stamp = stampOf(['mid', 1, MID_SIGLIP, MID_DINOV2, MID_ADAPTER, MID_FLUX, TINY_VAE, TINY_T5, TINY_CLIP]);
+  return once(join(MODELS_ROOT, MID_SET_NAME), stamp, MANIFEST_FILE, () => writeModelSet(midSpec(), join(MODELS_ROOT, MID_SET_NAME)));
+}
+
+/** c = a @ B for a [n, n] input and a constant B (a weight, as in every Linear of the models). */
+export async function ensureMatMulGraph(n: number): Promise<string> {
+  const dir = join(GRAPHS_ROOT, `matmul-${n}`);
+  await once(dir, stampOf(['matmul', 1, n]), 'model.onnx', () => {
+    const g = new Graph({ name: `matmul_${n}` });
+    const a = g.input('a', 'float32', [n, n]);
+    const b = randomWeights({ b: [n, n] }, 7).get('b')!;
+    g.output(g.node('MatMul', [a, g.weight('b', b)]), 'c', 'float32', [n, n]);
+    g.save(join(dir, 'model.onnx'));
+  });
+  return join(dir, 'model.onnx');
+}
+
+// ---- workflows --------------------------------------------------------------------------------
+
+type RawWorkflow = { nodes: Record<string, { type: string; inputs: Record<string, unknown> }> } & Record<string, unknown>;
+
+export function defaultWorkflowJson(): RawWorkflow {
+  return JSON.parse(readFileSync(join(PACKAGE_ROOT, 'workflows/instantcharacter.json'), 'utf8')) as RawWorkflow;
+}
+
+/** The default workflow with some node inputs changed, validated. */
+export function workflow<S>(registry: ReadonlyMap<string, NodeDef<S>>, changes: Record<string, Record<string, unknown>> = {}, keep?: readonly string[]): ValidWorkflow {
+  const wf = defaultWorkflowJson();
+  for (const [id, inputs] of Object.entries(changes)) Object.assign(wf.nodes[id]!.inputs, inputs);
+  if (keep) for (const id of Object.keys(wf.nodes)) if (!keep.includes(id)) delete wf.nodes[id];
+  const v = validateWorkflow(wf, registry);
+  if (!v.ok) throw new Error(v.errors.map((e) => e.message).join('\n'));
+  return v.workflow!;
+}

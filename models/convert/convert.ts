@@ -1,0 +1,251 @@
+// `charflow models convert`: the user's checkpoints -> a model set, through writeModelSet.
+// Streaming: every weight is read from disk when its graph asks for it and, for the big graphs, written
+// straight to the external-data file, so memory holds one tensor (plus one fused matrix) at a time.
+// Resumable: after each component the set folder's convert-state.json records its files (size, sha256)
+// and a fingerprint of what it was made from (source files' paths, sizes and times, dtype, LoRAs, configs).
+// A re-run verifies those files and rebuilds only what is missing, damaged or made from other inputs.
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { countParameters } from '../layers.ts';
+import { siglipWeightShapes } from '../siglip.ts';
+import { dinov2WeightShapes } from '../dinov2.ts';
+import { adapterWeightShapes } from '../adapter.ts';
+import { fluxWeightShapes, ipAdapterWeightShapes } from '../flux.ts';
+import { vaeWeightShapes } from '../vae.ts';
+import { T5_FLUX_SEQ_LEN, t5WeightShapes } from '../t5.ts';
+import { clipWeightShapes } from '../clip.ts';
+import type { WeightSource } from '../weights/source.ts';
+import {
+  type ComponentName, type FileEntry, type ModelSetManifest, type ModelSetSpec, MANIFEST_FILE, modelSetDir, writeModelSet,
+} from '../modelset.ts';
+import { type CheckpointPaths, type OpenedCheckpoints, openCheckpoints } from './layouts.ts';
+import { type LoraSpec, mergeLoras } from './lora.ts';
+import { trackedSource } from './views.ts';
+
+export const STATE_FILE = 'convert-state.json';
+/** Bumped when the converter's output for the same inputs changes, so old components are rebuilt. */
+const CONVERTER_VERSION = 1;
+/** The pipeline's hidden-state layers (pipeline.py encode_siglip_image_emb / encode_dinov2_image_emb). */
+const SIGLIP_SHALLOW = [7, 13, 26];
+const DINOV2_SHALLOW = [9, 19, 29];
+const CLIP_SEQ_LEN = 77;
+
+export const COMPONENTS: readonly ComponentName[] = ['siglip', 'dinov2', 'adapter_static', 'adapter_time', 'flux', 'vae', 't5', 'clip'];
+
+export interface ConvertOptions extends CheckpointPaths {
+  /** Models folder; the set goes to <modelsDir>/<name>. */
+  modelsDir: string;
+  name: string;
+  dtype: 'float32' | 'float16';
+  loras?: readonly LoraSpec[];
+  /** Sequence lengths the text graphs are built for (FLUX: 512 and 77). */
+  t5SeqLen?: number;
+  clipSeqLen?: number;
+  /** Replace an existing set that was made from other checkpoints. */
+  force?: boolean;
+  onEvent?: (e: ConvertEvent) => void;
+  warn?: (message: string) => void;
+}
+
+export type ConvertEvent =
+  | { type: 'plan'; build: ComponentName[]; reuse: ComponentName[]; parameters: Record<ComponentName, number> }
+  | { type: 'verify'; component: ComponentName; ok: boolean }
+  | { type: 'start'; component: ComponentName; parameters: number }
+  | { type: 'weights'; component: ComponentName; done: number; total: number }
+  | { type: 'written'; component: ComponentName; entry: FileEntry };
+
+export interface ConvertResult {
+  dir: string;
+  manifest: ModelSetManifest;
+  built: ComponentName[];
+  reused: ComponentName[];
+}
+
+interface StateFile {
+  version: 1;
+  components: Partial<Record<ComponentName, { fingerprint: string; entry: FileEntry }>>;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+function readState(dir: string): StateFile {
+  const p = join(dir, STATE_FILE);
+  if (!existsSync(p)) return { version: 1, components: {} };
+  try {
+    const s = JSON.parse(readFileSync(p, 'utf8')) as StateFile;
+    return s.version === 1 && typeof s.components === 'object' ? s : { version: 1, components: {} };
+  } catch {
+    return { version: 1, components: {} };
+  }
+}
+
+function writeState(dir: string, state: StateFile): void {
+  const p = join(dir, STATE_FILE);
+  writeFileSync(`${p}.partial`, JSON.stringify(state, null, 2));
+  renameSync(`${p}.partial`, p);
+}
+
+async function sha256File(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+/** A component's files are present with the recorded sizes and hashes. */
+async function verifyEntry(dir: string, entry: FileEntry): Promise<boolean> {
+  for (const f of [entry, ...(entry.data ?? [])]) {
+    const p = join(dir, f.file);
+    if (!existsSync(p) || statSync(p).size !== f.bytes) return false;
+  }
+  for (const f of [entry, ...(entry.data ?? [])]) if ((await sha256File(join(dir, f.file))) !== f.sha256) return false;
+  return true;
+}
+
+/** Identity of a file for the fingerprint: path, size, modification time (hashing 40 GB per run is too slow). */
+function fileStamp(path: string): [string, number, number] {
+  const st = statSync(path);
+  return [resolve(path), st.size, Math.round(st.mtimeMs)];
+}
+
+function fingerprint(parts: unknown): string {
+  return createHash('sha256').update(JSON.stringify(parts)).digest('hex');
+}
+
+/** What each component is made from. */
+function fingerprints(ck: OpenedCheckpoints, opts: ConvertOptions, t5SeqLen: number, clipSeqLen: number): Record<ComponentName, string> {
+  const base = { v: CONVERTER_VERSION, dtype: opts.dtype };
+  const stamps = (files: string[]) => files.map(fileStamp);
+  const adapter = { ...base, files: stamps(ck.adapter.files), cfg: ck.adapter.cfg };
+  return {
+    siglip: fingerprint({ ...base, c: 'siglip', files: stamps(ck.siglip.files), cfg: ck.siglip.cfg, layers: SIGLIP_SHALLOW }),
+    dinov2: fingerprint({ ...base, c: 'dinov2', files: stamps(ck.dinov2.files), cfg: ck.dinov2.cfg, layers: DINOV2_SHALLOW }),
+    adapter_static: fingerprint({ ...adapter, c: 'adapter_static' }),
+    adapter_time: fingerprint({ ...adapter, c: 'adapter_time' }),
+    flux: fingerprint({
+      ...base, c: 'flux', files: stamps(ck.flux.files), cfg: ck.flux.cfg, ip: stamps(ck.adapter.files),
+      loras: (opts.loras ?? []).map((l) => [...fileStamp(l.path), l.weight]),
+    }),
+    vae: fingerprint({ ...base, c: 'vae', files: stamps(ck.vae.files), cfg: ck.vae.cfg }),
+    t5: fingerprint({ ...base, c: 't5', files: stamps(ck.t5.files), cfg: ck.t5.cfg, seqLen: t5SeqLen }),
+    clip: fingerprint({ ...base, c: 'clip', files: stamps(ck.clip.files), cfg: ck.clip.cfg, seqLen: clipSeqLen }),
+  };
+}
+
+function parameterCounts(ck: OpenedCheckpoints, ipDim: number): Record<ComponentName, number> {
+  const adapter = adapterWeightShapes(ck.adapter.cfg);
+  const part = (time: boolean) => countParameters(Object.fromEntries(Object.entries(adapter).filter(([k]) => k.startsWith('resampler.') === time)));
+  return {
+    siglip: countParameters(siglipWeightShapes(ck.siglip.cfg)),
+    dinov2: countParameters(dinov2WeightShapes(ck.dinov2.cfg)),
+    adapter_static: part(false),
+    adapter_time: part(true),
+    flux: countParameters(fluxWeightShapes(ck.flux.cfg)) + countParameters(ipAdapterWeightShapes(ck.flux.cfg, ipDim)),
+    vae: countParameters(vaeWeightShapes(ck.vae.cfg)),
+    t5: countParameters(t5WeightShapes(ck.t5.cfg)),
+    clip: countParameters(clipWeightShapes(ck.clip.cfg)),
+  };
+}
+
+function required(id: number | undefined, what: string, where: string): number {
+  if (id === undefined) throw new Error(`${where}: the tokenizer has no ${what} token`);
+  return id;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/** Converts the checkpoints in `opts` into the model set <modelsDir>/<name>. */
+export async function convertCheckpoints(opts: ConvertOptions): Promise<ConvertResult> {
+  const dir = modelSetDir(opts.modelsDir, opts.name);
+  const warn = opts.warn ?? ((m: string) => console.warn(m));
+  const emit = opts.onEvent ?? (() => {});
+  const t5SeqLen = opts.t5SeqLen ?? T5_FLUX_SEQ_LEN;
+  const clipSeqLen = opts.clipSeqLen ?? CLIP_SEQ_LEN;
+
+  const ck = openCheckpoints(opts);
+  const closers: (() => void)[] = [() => ck.close()];
+  try {
+    let fluxWeights: WeightSource = ck.flux.weights;
+    if (opts.loras?.length) {
+      const merged = mergeLoras(ck.flux.weights, opts.loras, ck.flux.cfg, warn);
+      closers.push(() => merged.close());
+      fluxWeights = merged.source;
+    }
+    const ipDim = ck.ip.shape('0.to_k_ip.weight')?.[1] ?? ck.adapter.cfg.outputDim;
+    const parameters = parameterCounts(ck, ipDim);
+    const prints = fingerprints(ck, opts, t5SeqLen, clipSeqLen);
+
+    // Which components can be kept.
+    const state = readState(dir);
+    const complete = existsSync(join(dir, MANIFEST_FILE));
+    const stale = COMPONENTS.filter((c) => state.components[c]?.fingerprint !== prints[c]);
+    if (complete && stale.length && !opts.force) {
+      throw new Error(`model set "${opts.name}" already exists in ${opts.modelsDir} and was made from other checkpoints or settings (${stale.join(', ')} differ); pass --force to replace it, or choose another --name`);
+    }
+    const reuse: Partial<Record<ComponentName, FileEntry>> = {};
+    for (const c of COMPONENTS) {
+      const s = state.components[c];
+      if (!s || s.fingerprint !== prints[c]) continue;
+      const ok = await verifyEntry(dir, s.entry);
+      emit({ type: 'verify', component: c, ok });
+      if (ok) reuse[c] = s.entry;
+      else delete state.components[c];
+    }
+    const build = COMPONENTS.filter((c) => !reuse[c]);
+    emit({ type: 'plan', build, reuse: Object.keys(reuse) as ComponentName[], parameters });
+    // The set is absent while it is incomplete.
+    if (build.length) rmSync(join(dir, MANIFEST_FILE), { force: true });
+
+    // Per-tensor progress: every read is counted against the component being built.
+    let current: ComponentName = 'siglip';
+    let done = 0;
+    const track = (s: WeightSource) => trackedSource(s, (_k, n) => {
+      done += n;
+      emit({ type: 'weights', component: current, done, total: parameters[current] });
+    });
+    const spec: ModelSetSpec = {
+      name: opts.name,
+      dtype: opts.dtype,
+      siglip: { cfg: ck.siglip.cfg, weights: track(ck.siglip.weights), shallowLayers: SIGLIP_SHALLOW },
+      dinov2: { cfg: ck.dinov2.cfg, weights: track(ck.dinov2.weights), shallowLayers: DINOV2_SHALLOW },
+      adapter: { cfg: ck.adapter.cfg, weights: track(ck.adapter.weights) },
+      flux: { cfg: ck.flux.cfg, weights: track(fluxWeights), ip: track(ck.ip) },
+      vae: { cfg: ck.vae.cfg, weights: track(ck.vae.weights) },
+      t5: {
+        cfg: ck.t5.cfg, weights: track(ck.t5.weights), seqLen: t5SeqLen, tokenizer: ck.t5Tokenizer.json,
+        padId: required(ck.t5Tokenizer.pad, 'pad', 'T5'), eosId: required(ck.t5Tokenizer.eos, 'EOS', 'T5'),
+      },
+      clip: {
+        cfg: ck.clip.cfg, weights: track(ck.clip.weights), seqLen: clipSeqLen, tokenizer: ck.clipTokenizer.json,
+        bosId: required(ck.clipTokenizer.bos, 'BOS', 'CLIP'), eosId: required(ck.clipTokenizer.eos, 'EOS', 'CLIP'),
+        padId: required(ck.clipTokenizer.pad ?? ck.clipTokenizer.eos, 'pad', 'CLIP'),
+      },
+    };
+    const describe: Record<ComponentName, string> = {
+      siglip: ck.siglip.describe, dinov2: ck.dinov2.describe, adapter_static: ck.adapter.describe, adapter_time: ck.adapter.describe,
+      flux: `${ck.flux.describe}${opts.loras?.length ? ` with LoRAs ${opts.loras.map((l) => l.path).join(', ')}` : ''}, IP layers from ${ck.adapter.describe}`,
+      vae: ck.vae.describe, t5: ck.t5.describe, clip: ck.clip.describe,
+    };
+
+    let manifest: ModelSetManifest;
+    try {
+      manifest = await writeModelSet(spec, dir, (component) => {
+        current = component;
+        done = 0;
+        if (!reuse[component]) emit({ type: 'start', component, parameters: parameters[component] });
+      }, {
+        reuse,
+        onComponentWritten: (component, entry) => {
+          state.components[component] = { fingerprint: prints[component], entry };
+          writeState(dir, state);
+          emit({ type: 'written', component, entry });
+        },
+      });
+    } catch (err) {
+      throw new Error(`${(err as Error).message}\n  while converting ${describe[current]}`);
+    }
+    return { dir, manifest, built: build, reused: Object.keys(reuse) as ComponentName[] };
+  } finally {
+    closers.forEach((c) => c());
+  }
+}
