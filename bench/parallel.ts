@@ -52,7 +52,7 @@ async function measure(ctx: BenchContext, threads: number | undefined, reps: { m
       m.dinov2.push(w[1]!.solo['4']!);
       ctx.log(`  ${m.threads} thread(s): sequential ${w[1]!.ms.toFixed(0)} ms, parallel ${w[2]!.ms.toFixed(0)} ms, ratio ${(w[2]!.ms / w[1]!.ms).toFixed(3)}`);
       return w[2]!.ms / w[1]!.ms;
-    }, { ...reps, maxSpread: 0.1, mayExtend: ctx.mayExtend });
+    }, { ...reps, tolerance: 0.04, mayExtend: ctx.mayExtend });
     return m;
   } finally {
     await services.close();

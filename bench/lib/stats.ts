@@ -19,6 +19,23 @@ export function spread(xs: readonly number[]): number {
   return (Math.max(...xs) - Math.min(...xs)) / median(xs);
 }
 
+/** The q-quantile (0..1), linear between order statistics. */
+export function quantile(xs: readonly number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const pos = (s.length - 1) * q;
+  const lo = Math.floor(pos);
+  return s[lo]! + (s[Math.min(lo + 1, s.length - 1)]! - s[lo]!) * (pos - lo);
+}
+
+/**
+ * Relative uncertainty of the median: the half-width of a box plot's notch (1.58 IQR / sqrt(n)),
+ * over the median. Robust to a few disturbed samples, unlike the spread.
+ */
+export function medianUncertainty(xs: readonly number[]): number {
+  if (xs.length < 3) return Infinity;
+  return (1.58 * (quantile(xs, 0.75) - quantile(xs, 0.25))) / Math.sqrt(xs.length) / Math.abs(median(xs));
+}
+
 /** Milliseconds `fn` takes. */
 export async function timed<T>(fn: () => Promise<T> | T): Promise<[number, T]> {
   const t = performance.now();
@@ -29,21 +46,21 @@ export async function timed<T>(fn: () => Promise<T> | T): Promise<[number, T]> {
 export interface RepeatOptions {
   /** Repetitions always made. */
   min: number;
-  /** More are made while the samples spread by more than `maxSpread`, up to this many. */
+  /** More are made while the median is less certain than `tolerance` (relative), up to this many. */
   max: number;
-  maxSpread: number;
+  tolerance: number;
   /** Stop adding repetitions once this returns false (the global time budget). */
   mayExtend?: () => boolean;
 }
 
 /**
  * Calls `rep(i)` (one side-by-side measurement returning its key sample) `min` times, then again
- * while the samples look disturbed (spread above maxSpread), at most `max` times in all.
+ * while the median is uncertain (disturbed samples), at most `max` times in all.
  */
 export async function repeatUntilSteady(rep: (i: number) => Promise<number>, opts: RepeatOptions): Promise<number[]> {
   const samples: number[] = [];
   for (let i = 0; i < opts.max; i++) {
-    if (i >= opts.min && (spread(samples) <= opts.maxSpread || !(opts.mayExtend?.() ?? true))) break;
+    if (i >= opts.min && (medianUncertainty(samples) <= opts.tolerance || !(opts.mayExtend?.() ?? true))) break;
     samples.push(await rep(i));
   }
   return samples;

@@ -26,14 +26,12 @@ export async function fetchCatalog(): Promise<CatalogNode[]> {
 /** Path of an uploaded or listed file, as an image parameter takes it (relative to the inputs folder). */
 function fileValue(item: unknown): string | undefined {
   if (typeof item === 'string') return item;
-  if (item && typeof item === 'object') {
-    const o = item as Record<string, unknown>;
-    const name = o.name ?? o.filename ?? o.path;
-    if (typeof name !== 'string') return undefined;
-    const sub = typeof o.subfolder === 'string' && o.subfolder && typeof o.name !== 'string' ? `${o.subfolder}/` : '';
-    return sub + name;
-  }
-  return undefined;
+  if (!item || typeof item !== 'object') return undefined;
+  const o = item as Record<string, unknown>;
+  if (typeof o.path === 'string') return o.path;
+  const name = o.name ?? o.filename;
+  if (typeof name !== 'string') return undefined;
+  return typeof o.subfolder === 'string' && o.subfolder ? `${o.subfolder}/${name}` : name;
 }
 
 const IMAGE_FILE = /\.(png|jpe?g|webp|avif|tiff?|gif)$/i;

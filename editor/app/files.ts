@@ -75,8 +75,9 @@ export class Files {
     if (name) await this.load(name);
   }
 
-  async load(name: string): Promise<boolean> {
-    if (!(await this.confirmDiscard())) return false;
+  /** Opens a stored workflow; `ask` false skips the unsaved-changes question (e.g. on start-up). */
+  async load(name: string, ask = true): Promise<boolean> {
+    if (ask && !(await this.confirmDiscard())) return false;
     try {
       const reply = await this.host.conn.request({ type: 'workflows.load', name }, 'workflow');
       if (!this.host.open(reply.workflow, reply.name, reply.etag)) return false;

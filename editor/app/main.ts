@@ -181,7 +181,7 @@ class App {
   private async restoreSession(): Promise<void> {
     const hash = new URLSearchParams(location.hash.slice(1)).get('workflow');
     if (hash) {
-      await this.files.load(hash);
+      await this.files.load(hash, false);
       return;
     }
     let s: Session | null = null;
@@ -195,7 +195,7 @@ class App {
       return;
     }
     const unsaved = JSON.stringify(s.workflow) !== s.savedJson;
-    if (s.name && !unsaved && (await this.files.load(s.name))) return;
+    if (s.name && !unsaved && (await this.files.load(s.name, false))) return;
     this.open(s.workflow, s.name, s.etag);
     // Keep the unsaved mark: what is on screen differs from what was last saved.
     this.files.doc.savedJson = s.savedJson;

@@ -38,8 +38,11 @@ export function editText(opts: TextEditOptions): HTMLTextAreaElement {
   ta.focus();
   ta.setSelectionRange(ta.value.length, ta.value.length);
 
+  let closed = false;
   const close = (commit: boolean): void => {
-    if (!ta.isConnected) return;
+    // Removing a focused element fires blur, which calls close again: only the first call counts.
+    if (closed) return;
+    closed = true;
     ta.remove();
     open = null;
     document.removeEventListener('pointerdown', outside, true);

@@ -4,5 +4,7 @@ import type { CommandRegistrar } from './context.ts';
 import { registerNodes } from './nodes.ts';
 import { registerRun } from './run.ts';
 import { registerValidate } from './validate.ts';
+import { registerModels } from './models.ts';
+import { registerDemo } from './demo.ts';
 
-export const COMMANDS: CommandRegistrar[] = [registerRun, registerValidate, registerNodes];
+export const COMMANDS: CommandRegistrar[] = [registerRun, registerValidate, registerNodes, registerModels, registerDemo];

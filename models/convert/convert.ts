@@ -160,9 +160,8 @@ export async function convertCheckpoints(opts: ConvertOptions): Promise<ConvertR
   const warn = opts.warn ?? ((m: string) => console.warn(m));
   const emit = opts.onEvent ?? (() => {});
   const t5SeqLen = opts.t5SeqLen ?? T5_FLUX_SEQ_LEN;
-  const clipSeqLen = opts.clipSeqLen ?? CLIP_SEQ_LEN;
-
   const ck = openCheckpoints(opts);
+  const clipSeqLen = opts.clipSeqLen ?? Math.min(CLIP_SEQ_LEN, ck.clip.cfg.maxPositions);
   const closers: (() => void)[] = [() => ck.close()];
   try {
     let fluxWeights: WeightSource = ck.flux.weights;
@@ -229,7 +228,8 @@ export async function convertCheckpoints(opts: ConvertOptions): Promise<ConvertR
 
     let manifest: ModelSetManifest;
     try {
-      manifest = await writeModelSet(spec, dir, (component) => {
+      manifest = await writeModelSet(spec, dir, (component, index, total) => {
+        if (index >= total) return; // the writer's final "all done" call
         current = component;
         done = 0;
         if (!reuse[component]) emit({ type: 'start', component, parameters: parameters[component] });

@@ -91,7 +91,7 @@ const isDir = (p: string): boolean => existsSync(p) && statSync(p).isDirectory()
 function weightFiles(path: string): string[] {
   if (!isDir(path)) return [resolve(path)];
   return readdirSync(path)
-    .filter((n) => /\.(safetensors|bin|pt|pth|json)$/.test(n))
+    .filter((n) => /\.(safetensors|bin|pt|pth|index\.json)$/.test(n) || n === 'config.json')
     .map((n) => resolve(path, n))
     .filter((p) => statSync(p).isFile())
     .sort();

@@ -142,7 +142,7 @@ async function writeStream(body: ReadableStream<Uint8Array>, path: string, appen
     for (;;) {
       const { value, done: end } = await reader.read();
       if (end) break;
-      if (!out.write(value)) await new Promise((r) => out.once('drain', r));
+      if (!out.write(value)) await new Promise<void>((r) => out.once('drain', () => r()));
       onChunk(value.byteLength);
     }
   } finally {
@@ -201,10 +201,14 @@ async function pullFile(ctx: FileContext, entry: ListFileEntry): Promise<void> {
     body = res.body;
   }
   let done = offset;
-  await writeStream(body, partial, offset > 0, (n) => {
-    done += n;
-    ctx.emit({ type: 'bytes', repo: ctx.repo, path: entry.path, done, size: info.size });
-  });
+  try {
+    await writeStream(body, partial, offset > 0, (n) => {
+      done += n;
+      ctx.emit({ type: 'bytes', repo: ctx.repo, path: entry.path, done, size: info.size });
+    });
+  } catch (err) {
+    throw new Error(`${ctx.repo}: download of ${entry.path} interrupted after ${done} of ${info.size} bytes (${(err as Error).message}); run the command again to continue`);
+  }
   const size = statSync(partial).size;
   if (size !== info.size) throw new Error(`${ctx.repo}: ${entry.path} ended after ${size} of ${info.size} bytes; run again to continue`);
   const bad = await verify(partial, entry);

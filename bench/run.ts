@@ -1,0 +1,126 @@
+// `npm run bench`: what users feel, measured on this machine. Prints a table of every figure with
+// its target and PASS / MISS, writes bench/results.json and bench/RESULTS.md.
+// Options: --quick (fewer repetitions), --only 1,3,7 (sections), --no-write (print only).
+// Generated model files stay in CHARFLOW_BENCH_DIR (default <tmp>/charflow-bench) between runs.
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { performance } from 'node:perf_hooks';
+import { resolvePaths } from '../engine/paths.ts';
+import { createServices } from '../nodes/services.ts';
+import { nodeRegistry } from '../nodes/registry.ts';
+import { describeMachine } from './lib/machine.ts';
+import { BENCH_ROOT, MODELS_ROOT, ensureMidSet, ensureTinySet } from './lib/fixtures.ts';
+import type { BenchContext } from './lib/context.ts';
+import { type Figure, failed, judged, markdown, terminalTable, writeResults } from './lib/report.ts';
+import { benchPipeline } from './engine-overhead.ts';
+import { benchParallel } from './parallel.ts';
+import { benchAdapter } from './adapter-cost.ts';
+import { benchDiT } from './dit-efficiency.ts';
+import { benchColdStart } from './cold-start.ts';
+
+const HERE = fileURLToPath(new URL('.', import.meta.url));
+/** Past this, sections stop adding repetitions for disturbed samples. */
+const BUDGET_S = 200;
+
+function option(name: string): string | undefined {
+  const i = process.argv.findIndex((a) => a === `--${name}` || a.startsWith(`--${name}=`));
+  if (i < 0) return undefined;
+  const a = process.argv[i]!;
+  return a.includes('=') ? a.slice(a.indexOf('=') + 1) : process.argv[i + 1] ?? '';
+}
+
+const quick = process.argv.includes('--quick');
+const only = option('only')?.split(',').map(Number);
+const wanted = (s: number): boolean => !only || only.includes(s);
+const t0 = performance.now();
+const elapsedS = (): number => (performance.now() - t0) / 1000;
+const log = (m: string): void => console.log(`[${elapsedS().toFixed(0).padStart(3)} s] ${m}`);
+
+async function graphScale(): Promise<Figure[]> {
+  if (!existsSync(join(HERE, 'graph-scale.ts'))) return [failed(5, 'graph scale', 'skipped', 'bench/graph-scale.ts is not there yet')];
+  const mod = (await import('./graph-scale.ts')) as { benchGraphScale?: () => Promise<{ validateMs: number; scheduleMs: number; perNodeUs: number }> };
+  if (!mod.benchGraphScale) return [failed(5, 'graph scale', 'skipped', 'bench/graph-scale.ts has no benchGraphScale() yet')];
+  const r = await mod.benchGraphScale();
+  return [
+    judged(5, 'validate + schedule 10,000 nodes', r.validateMs + r.scheduleMs, 'ms', '<=', 200, {
+      note: `validate ${r.validateMs.toFixed(1)} ms + plan ${r.scheduleMs.toFixed(1)} ms (best of 3, bench/graph-scale.ts)`,
+    }),
+    judged(5, 'executor overhead per node', r.perNodeUs, 'us', '<=', 50, { note: 'a 10,000-node run of no-op nodes minus its planning, per node (best of 3)' }),
+  ];
+}
+
+async function main(): Promise<void> {
+  const machine = describeMachine();
+  const startedAt = new Date().toISOString();
+  log(`charflow bench on ${machine.cpuModel}, ${machine.cores} cores, load ${machine.loadStart.map((l) => l.toFixed(1)).join(' ')}${quick ? ' (quick)' : ''}`);
+  const figures: Figure[] = [];
+  const notes: string[] = [];
+  const details: Record<string, unknown> = {};
+  const section = async (numbers: number[], name: string, fn: () => Promise<Figure[]>): Promise<void> => {
+    if (!numbers.some(wanted)) return;
+    log(`${name}`);
+    const s = performance.now();
+    try {
+      figures.push(...(await fn()));
+    } catch (err) {
+      const e = err as Error;
+      log(`  FAILED: ${e.stack ?? e.message}`);
+      for (const n of numbers) figures.push(failed(n, name, 'error', e.message));
+    }
+    log(`  (${((performance.now() - s) / 1000).toFixed(1)} s)`);
+  };
+
+  // Graph scale first: it needs no models and is the most sensitive to a busy CPU.
+  await section([5], 'graph scale (bench/graph-scale.ts)', graphScale);
+
+  const needsModels = [1, 2, 3, 4, 6, 7, 8, 9].some(wanted);
+  if (!needsModels) return finish();
+  log('model sets');
+  const [tinyMs, made] = await timedGen(ensureTinySet);
+  const [midMs, madeMid] = await timedGen(ensureMidSet);
+  log(`  tiny ${made ? `written in ${tinyMs.toFixed(0)} ms` : 'cached'}, mid-size ${madeMid ? `written in ${midMs.toFixed(0)} ms` : 'cached'} (${MODELS_ROOT})`);
+
+  const paths = resolvePaths({ data: join(BENCH_ROOT, `run-${process.pid}`), models: MODELS_ROOT });
+  const services = await createServices(paths, { device: 'cpu', log: () => {} });
+  const ctx: BenchContext = {
+    services, registry: nodeRegistry(), paths, quick, details,
+    log, mayExtend: () => elapsedS() < BUDGET_S,
+  };
+  notes.push(`Runtime: CPU provider, ${services.pool.intraOpThreads} intra-op thread(s) per session (charflow's default for ${machine.cores} cores), inter-op 1, sequential execution, graph optimisation 'all'.`);
+  try {
+    await section([1, 2, 4, 6, 9], 'engine overhead, prompt re-run, event-loop delay, cache budget (tiny set)', () => benchPipeline(ctx));
+    await section([3], 'parallel branches (mid-size encoders)', () => benchParallel(ctx));
+    await section([4], 'adapter cost per step (mid-size adapter)', () => benchAdapter(ctx));
+    await section([7], 'model efficiency (mid-size DiT step vs MatMul peak)', () => benchDiT(ctx));
+  } finally {
+    await services.close();
+    rmSync(paths.root, { recursive: true, force: true });
+  }
+  await section([8, 9], 'cold start and demo peak RSS (child processes)', () => benchColdStart(ctx, MODELS_ROOT, BENCH_ROOT));
+  return finish();
+
+  function finish(): void {
+    machine.loadEnd = loadavg();
+    figures.sort((a, b) => a.section - b.section);
+    const totalS = elapsedS();
+    console.log(`\n${terminalTable(figures)}\n`);
+    const misses = figures.filter((f) => f.status === 'miss' || f.status === 'error');
+    console.log(`${figures.filter((f) => f.status === 'pass').length} pass, ${misses.length} miss/error, in ${totalS.toFixed(0)} s; load average now ${machine.loadEnd.map((l) => l.toFixed(1)).join(' ')}`);
+    for (const f of misses) console.log(`  ${f.status.toUpperCase()} ${f.section}. ${f.name}: ${f.note ?? ''}`);
+    if (process.argv.includes('--no-write')) return;
+    const partial = only ? ` (sections ${only.join(', ')} only)` : quick ? ' (quick run)' : '';
+    writeResults(join(HERE, 'results.json'), { startedAt, totalS, quick, only: only ?? null, machine, figures, details });
+    writeFileSync(join(HERE, 'RESULTS.md'), markdown(figures, machine, { startedAt: startedAt + partial, totalS, notes }));
+    console.log(`wrote bench/results.json and bench/RESULTS.md`);
+  }
+}
+
+async function timedGen(fn: () => Promise<boolean>): Promise<[number, boolean]> {
+  const s = performance.now();
+  const made = await fn();
+  return [performance.now() - s, made];
+}
+
+await main();

@@ -1,0 +1,318 @@
+// The browser editor against a real server: Debian's chromium driven by playwright-core, the tiny
+// model set, real UI actions (clicks, typing, drags between socket positions computed from the graph).
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { ensureDirs, resolvePaths, type DataPaths } from '../../engine/paths.ts';
+import { writeTinyModelSet } from '../../models/tiny.ts';
+import { PACKAGE_ROOT } from '../../nodes/services.ts';
+import { readPngText } from '../../nodes/lib/image.ts';
+import { startServer } from '../../editor/server/index.ts';
+import { buildEditor } from '../../editor/build.ts';
+
+const CHROMIUM = '/usr/bin/chromium';
+const ARTIFACTS = join(PACKAGE_ROOT, 'test-artifacts', 'editor');
+const haveChromium = existsSync(CHROMIUM);
+if (!haveChromium) console.warn(`editor tests skipped: ${CHROMIUM} is missing (apt-get install -y chromium)`);
+
+type Server = Awaited<ReturnType<typeof startServer>>;
+type Point = [number, number];
+
+let dir: string;
+let paths: DataPaths;
+let server: Server | undefined;
+let browser: Browser | undefined;
+let page: Page;
+let port = 0;
+const pageErrors: string[] = [];
+
+/** Evaluates a JavaScript expression in the page (a string, so no transpiler helpers leak in). */
+function js<T>(expr: string): Promise<T> {
+  return page.evaluate(expr) as Promise<T>;
+}
+
+const app = 'window.charflow.app';
+
+async function shot(name: string): Promise<void> {
+  await page.waitForTimeout(150); // one more animation frame for the canvas
+  await page.screenshot({ path: join(ARTIFACTS, `${name}.png`) });
+}
+
+async function statusMessage(): Promise<string> {
+  return (await page.locator('.cf-msg').textContent()) ?? '';
+}
+
+async function waitConnected(): Promise<void> {
+  await page.waitForSelector('.cf-status[data-connection="open"]', { timeout: 20_000 });
+  await page.waitForSelector('.cf-node-item[data-type="LoadModels"]', { timeout: 20_000 });
+}
+
+async function widgetPos(node: string, name: string, fraction = 0.5): Promise<Point> {
+  const p = await js<Point | null>(`${app}.widgetPos(${JSON.stringify(node)}, ${JSON.stringify(name)}, ${fraction})`);
+  if (!p) throw new Error(`no widget ${name} on node ${node}`);
+  return p;
+}
+
+async function socketPos(node: string, kind: 'input' | 'output', name: string): Promise<Point> {
+  const p = await js<Point | null>(`${app}.socketPos(${JSON.stringify(node)}, '${kind}', ${JSON.stringify(name)})`);
+  if (!p) throw new Error(`no ${kind} ${name} on node ${node}`);
+  return p;
+}
+
+/** Clicks a number or text widget and types the value into litegraph's prompt dialog. */
+async function typeIntoWidget(node: string, name: string, value: string | number): Promise<void> {
+  const [x, y] = await widgetPos(node, name);
+  await page.mouse.click(x, y);
+  const input = page.locator('.graphdialog input.value');
+  await input.waitFor({ state: 'visible', timeout: 5000 });
+  await input.fill(String(value));
+  await input.press('Enter');
+  await input.waitFor({ state: 'detached', timeout: 5000 });
+}
+
+/** Clicks the multiline prompt widget and types into the in-place editor. */
+async function typePrompt(node: string, text: string): Promise<void> {
+  const [x, y] = await widgetPos(node, 'prompt');
+  await page.mouse.click(x, y);
+  const ta = page.locator('textarea.cf-text-edit');
+  await ta.waitFor({ state: 'visible', timeout: 5000 });
+  await ta.fill(text);
+  await ta.press('Control+Enter');
+  await ta.waitFor({ state: 'detached', timeout: 5000 });
+}
+
+async function drag(from: Point, to: Point): Promise<void> {
+  await page.mouse.move(from[0], from[1]);
+  await page.mouse.down();
+  await page.mouse.move((from[0] + to[0]) / 2, (from[1] + to[1]) / 2, { steps: 8 });
+  await page.mouse.move(to[0], to[1], { steps: 8 });
+  await page.mouse.up();
+  await page.waitForTimeout(50);
+}
+
+async function values(node: string): Promise<Record<string, unknown>> {
+  return js(`${app}.values(${JSON.stringify(node)})`);
+}
+
+interface WfNode {
+  type: string;
+  inputs: Record<string, unknown>;
+  ui: { pos: Point; size: Point; [k: string]: unknown };
+}
+async function workflow(): Promise<{ nodes: Record<string, WfNode> }> {
+  return js(`${app}.workflow()`);
+}
+
+async function openEditor(): Promise<void> {
+  await page.goto(server!.url.replace(/\/?$/, '/'));
+  await waitConnected();
+}
+
+beforeAll(async () => {
+  if (!haveChromium) return;
+  mkdirSync(ARTIFACTS, { recursive: true });
+  for (const f of readdirSync(ARTIFACTS)) if (f.endsWith('.png')) rmSync(join(ARTIFACTS, f));
+  dir = mkdtempSync(join(tmpdir(), 'charflow-editor-'));
+  paths = resolvePaths({ data: dir, env: {} });
+  await ensureDirs(paths);
+  await writeTinyModelSet(join(paths.models, 'tiny'));
+  copyFileSync(join(PACKAGE_ROOT, 'workflows', 'instantcharacter.json'), join(paths.workflows, 'instantcharacter.json'));
+  await buildEditor();
+  server = await startServer({ paths, host: '127.0.0.1', port: 0 });
+  port = server.port;
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+  });
+  page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+}, 240_000);
+
+afterAll(async () => {
+  await browser?.close();
+  await server?.close();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+describe.skipIf(!haveChromium)('the browser editor', () => {
+  it('opens, lists node types by category and loads the default workflow from the server', async () => {
+    await openEditor();
+    const categories = await page.locator('.cf-category').allTextContents();
+    expect(categories).toEqual(expect.arrayContaining(['character', 'sampling', 'loaders']));
+    // Search narrows the palette.
+    await page.fill('.cf-search', 'dit');
+    expect(await page.locator('.cf-node-item').evaluateAll((els) => els.map((e) => (e as HTMLElement).dataset.type))).toEqual(['DiTSample']);
+    await page.fill('.cf-search', '');
+
+    await page.click('button[data-action="open"]');
+    await page.locator('.cf-list li[data-name*="instantcharacter"]').click();
+    await page.waitForFunction(`window.charflow.graph._nodes.length === 9 && /instantcharacter/.test(document.querySelector('.cf-doc').textContent)`);
+    const wf = await workflow();
+    expect(wf.nodes['7']!.type).toBe('DiTSample');
+    expect(wf.nodes['7']!.inputs.conditioning).toEqual({ node: '6', output: 'conditioning' });
+    expect(wf.nodes['9']!.ui.pos).toEqual([1540, 200]);
+    await shot('01-default-workflow');
+  });
+
+  it('makes the workflow small and changes the prompt through the widgets', async () => {
+    await typeIntoWidget('7', 'width', 96);
+    await typeIntoWidget('7', 'height', 64);
+    await typeIntoWidget('7', 'steps', 3);
+    // Values snap to the schema: 70 is not a multiple of 16 (width), so it rounds.
+    await typePrompt('6', 'a character is reading a book in the rain');
+    expect(await values('7')).toMatchObject({ width: 96, height: 64, steps: 3 });
+    expect(await values('6')).toEqual({ prompt: 'a character is reading a book in the rain' });
+    await expect.poll(() => page.locator('.cf-doc').textContent()).toContain('•');
+    await shot('02-small-via-widgets');
+  });
+
+  it('runs it: the running node is highlighted with progress and preview, the image lands on SaveImage', async () => {
+    await page.click('button[data-action="run"]');
+    await page.waitForFunction(`${app}.runs.log.some((e) => e.event.type === 'node_progress' && e.event.nodeId === '7')`, undefined, { timeout: 60_000 });
+    await shot('03-running');
+    await page.waitForFunction(`${app}.runs.log.some((e) => e.event.type === 'run_finished')`, undefined, { timeout: 120_000 });
+    const log = await js<{ event: { type: string; nodeId?: string; step?: number; total?: number; preview?: string; status?: string } }[]>(`${app}.runs.log`);
+    const progress = log.filter((e) => e.event.type === 'node_progress' && e.event.nodeId === '7').map((e) => e.event);
+    expect(progress.map((e) => `${e.step}/${e.total}`)).toEqual(['1/3', '2/3', '3/3']);
+    expect(progress.some((e) => e.preview?.startsWith('data:image/'))).toBe(true);
+    expect(log.at(-1)!.event).toMatchObject({ type: 'run_finished', status: 'done' });
+    // The final image is shown on node 9 and is the 96x64 picture the server wrote.
+    await page.waitForFunction(`(() => { const n = ${app}.node('9'); const i = n.run.images[0]; return i && i.img.complete && i.img.naturalWidth > 0; })()`);
+    const shown = await js<{ w: number; h: number; url: string; state: string }>(
+      `(() => { const n = ${app}.node('9'); const i = n.run.images[0]; return { w: i.img.naturalWidth, h: i.img.naturalHeight, url: i.ref.url, state: n.run.state }; })()`,
+    );
+    expect([shown.w, shown.h, shown.state]).toEqual([96, 64, 'done']);
+    const png = new Uint8Array(await (await page.request.get(new URL(shown.url, server!.url).href)).body());
+    const embedded = JSON.parse(readPngText(png).workflow!) as { nodes: Record<string, WfNode> };
+    expect(embedded.nodes['6']!.inputs.prompt).toBe('a character is reading a book in the rain');
+    expect(await js(`${app}.node('7').run.state`)).toBe('done');
+    await expect.poll(statusMessage).toMatch(/finished/);
+    await shot('04-finished');
+  });
+
+  let savedPositions: Record<string, Point> = {};
+
+  it('builds a small graph from the palette, links compatible sockets only, saves it and finds it intact after a reload', async () => {
+    await page.click('button[data-action="new"]');
+    await page.locator('.cf-modal button[data-key="discard"]').click();
+    await page.waitForFunction('window.charflow.graph._nodes.length === 0');
+
+    // Add nodes from the palette: search + click, then move each by dragging its title bar.
+    const add = async (query: string, type: string, to: Point): Promise<string> => {
+      await page.fill('.cf-search', query);
+      await page.locator(`.cf-node-item[data-type="${type}"]`).click();
+      const id = await js<string>(`String(window.charflow.graph._nodes.at(-1).id)`);
+      const title = await js<Point>(`(() => { const n = ${app}.node('${id}'); return ${app}.toClient(n.pos[0] + 40, n.pos[1] - 15); })()`);
+      const target = await js<Point>(`${app}.toClient(${to[0]}, ${to[1]})`);
+      await drag(title, target);
+      return id;
+    };
+    const canvasBox = (await page.locator('canvas.cf-canvas').boundingBox())!;
+    const origin = await js<Point>(`${app}.toGraph(${canvasBox.x + 60}, ${canvasBox.y + 120})`);
+    const models = await add('load models', 'LoadModels', [origin[0] + 40, origin[1]]);
+    const text = await add('text', 'TextEncode', [origin[0] + 420, origin[1]]);
+    const save = await add('save', 'SaveImage', [origin[0] + 420, origin[1] + 260]);
+    await page.fill('.cf-search', '');
+    expect(await js(`window.charflow.graph._nodes.map((n) => n.type)`)).toEqual(['LoadModels', 'TextEncode', 'SaveImage']);
+
+    // Compatible: MODELS -> MODELS.
+    await drag(await socketPos(models, 'output', 'models'), await socketPos(text, 'input', 'models'));
+    // Incompatible: MODELS -> IMAGE, and MODELS onto TextEncode's STRING parameter socket.
+    await drag(await socketPos(models, 'output', 'models'), await socketPos(save, 'input', 'image'));
+    const promptRow = await widgetPos(text, 'prompt', 0.02);
+    await drag(await socketPos(models, 'output', 'models'), promptRow);
+    const wf = await workflow();
+    expect(wf.nodes[text]!.inputs.models).toEqual({ node: models, output: 'models' });
+    expect(wf.nodes[save]!.inputs.image).toBeUndefined();
+    expect(typeof wf.nodes[text]!.inputs.prompt).toBe('string');
+    expect(await js('window.charflow.graph.links.size')).toBe(1);
+
+    await typePrompt(text, 'a red fox in a library');
+    await typeIntoWidget(save, 'filename_prefix', 'fox');
+    await shot('05-small-graph');
+
+    await page.click('button[data-action="saveas"]');
+    await page.locator('.cf-modal input').fill('fox-test');
+    await page.locator('.cf-modal button.primary').click();
+    await expect.poll(() => page.locator('.cf-doc').textContent()).toMatch(/^fox-test(\.json)?$/);
+    const before = await workflow();
+    savedPositions = Object.fromEntries(Object.entries(before.nodes).map(([id, n]) => [id, n.ui.pos]));
+
+    await page.reload();
+    await waitConnected();
+    await page.waitForFunction('window.charflow.graph._nodes.length === 3');
+    await expect.poll(() => page.locator('.cf-doc').textContent()).toMatch(/^fox-test(\.json)?$/);
+    const after = await workflow();
+    expect(after).toEqual(before);
+    expect(after.nodes[text]!.inputs).toEqual({ models: { node: models, output: 'models' }, prompt: 'a red fox in a library' });
+    expect(after.nodes[save]!.inputs).toEqual({ filename_prefix: 'fox' });
+    expect(Object.fromEntries(Object.entries(after.nodes).map(([id, n]) => [id, n.ui.pos]))).toEqual(savedPositions);
+    expect(await js('window.charflow.graph.links.size')).toBe(1);
+    await shot('06-reloaded');
+  });
+
+  it('shows validation errors of a refused run on their nodes', async () => {
+    // SaveImage has no image linked: the server refuses the run.
+    await page.click('button[data-action="run"]');
+    await page.waitForFunction(`window.charflow.graph._nodes.some((n) => n.type === 'SaveImage' && n.run.error)`, undefined, { timeout: 10_000 });
+    const error = await js<string>(`window.charflow.graph._nodes.find((n) => n.type === 'SaveImage').run.error`);
+    expect(error).toMatch(/image/);
+    await expect.poll(statusMessage).toMatch(/refused/);
+    await shot('07-validation-errors');
+  });
+
+  it('shows the conflict message when the file changed on the server since it was opened', async () => {
+    const files = readdirSync(paths.workflows).filter((f) => f.startsWith('fox-test'));
+    expect(files.length).toBe(1);
+    const file = join(paths.workflows, files[0]!);
+    const onDisk = JSON.parse(readFileSync(file, 'utf8')) as { meta?: Record<string, unknown> };
+    writeFileSync(file, JSON.stringify({ ...onDisk, meta: { ...onDisk.meta, changedBy: 'someone else' } }, null, 2));
+    await typeIntoWidget(await js<string>(`String(window.charflow.graph._nodes.find((n) => n.type === 'SaveImage').id)`), 'filename_prefix', 'fox2');
+    await page.click('button[data-action="save"]');
+    const dialog = page.locator('.cf-modal.cf-choose');
+    await dialog.waitFor({ timeout: 10_000 });
+    expect(await dialog.locator('h2').textContent()).toBe('Save conflict');
+    expect((await dialog.locator('.cf-message').textContent())!.length).toBeGreaterThan(10);
+    await shot('08-save-conflict');
+    await dialog.locator('button[data-key="overwrite"]').click();
+    await expect.poll(statusMessage).toMatch(/saved/);
+    expect(readFileSync(file, 'utf8')).toContain('"fox2"');
+  });
+
+  it('reopens the workflow of a dropped charflow PNG', async () => {
+    const outputs = readdirSync(paths.outputs).filter((f) => f.endsWith('.png'));
+    expect(outputs.length).toBeGreaterThan(0);
+    const b64 = readFileSync(join(paths.outputs, outputs[0]!)).toString('base64');
+    await page.evaluate(
+      `(() => {
+        const bytes = Uint8Array.from(atob(${JSON.stringify(b64)}), (c) => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], 'result.png', { type: 'image/png' }));
+        const target = document.querySelector('canvas.cf-canvas');
+        const r = target.getBoundingClientRect();
+        const opts = { dataTransfer: dt, bubbles: true, cancelable: true, clientX: r.x + 200, clientY: r.y + 200 };
+        target.dispatchEvent(new DragEvent('dragenter', opts));
+        target.dispatchEvent(new DragEvent('dragover', opts));
+        target.dispatchEvent(new DragEvent('drop', opts));
+      })()`,
+    );
+    // The graph has unsaved changes? No: it was just saved, so the dropped workflow opens directly.
+    await page.waitForFunction('window.charflow.graph._nodes.length === 9', undefined, { timeout: 10_000 });
+    expect(await values('6')).toEqual({ prompt: 'a character is reading a book in the rain' });
+    expect(await values('7')).toMatchObject({ width: 96, height: 64, steps: 3 });
+    await shot('09-dropped-png');
+  });
+
+  it('reconnects by itself when the server restarts', async () => {
+    await server!.close();
+    await page.waitForSelector('.cf-status[data-connection="closed"]', { timeout: 15_000 });
+    await shot('10-offline');
+    server = await startServer({ paths, host: '127.0.0.1', port });
+    await page.waitForSelector('.cf-status[data-connection="open"]', { timeout: 20_000 });
+    expect(await page.locator('.cf-conn').textContent()).toBe('connected');
+    expect(pageErrors).toEqual([]);
+  });
+});
