@@ -82,6 +82,7 @@ function typeName(v: unknown): string {
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
   if (typeof v === 'object') return 'an object';
+  if (v === undefined) return 'nothing';
   return `a ${typeof v}`;
 }
 

@@ -110,7 +110,8 @@ export function isLink(v: unknown): v is Link {
 
 /** `node 7 (DiTSample)`, or `node 7` when the type is unknown. */
 export function nodeLabel(id: string, type?: string): string {
-  return type ? `node ${id} (${type})` : `node ${id}`;
+  const shown = /^[\w.-]+$/.test(id) ? id : JSON.stringify(id);
+  return type ? `node ${shown} (${type})` : `node ${shown}`;
 }
 
 /** Numeric-aware id order: "2" < "10" < "a". */
