@@ -2,11 +2,9 @@
 // Token + learned position embeddings, pre-LN causal transformer, final LayerNorm. FLUX uses
 // `pooler_output`, the final hidden state at each row's end-of-text token.
 import type { Value } from './onnx/graph.ts';
-import {
-  type Module, gelu, layerNorm, linear, multiHeadAttention, param, quickGelu, slice,
-} from './layers.ts';
+import { type HfActivation, type Module, layerNorm, param, parseActivation, slice } from './layers.ts';
+import { clipLayer, clipLayerShapes } from './clip_encoder.ts';
 
-export type ClipActivation = 'quick_gelu' | 'gelu' | 'gelu_new' | 'gelu_pytorch_tanh';
 
 export interface ClipTextConfig {
   vocabSize: number;
@@ -16,7 +14,7 @@ export interface ClipTextConfig {
   numHeads: number;
   maxPositions: number;
   layerNormEps: number;
-  hiddenAct: ClipActivation;
+  hiddenAct: HfActivation;
   /** 2 selects transformers' legacy pooling (argmax of the ids); otherwise the first position equal to it. */
   eosTokenId: number;
 }
@@ -35,7 +33,6 @@ export const FULL_CLIP: ClipTextConfig = {
 };
 
 const PREFIX = 'text_model';
-const ACTIVATIONS: readonly ClipActivation[] = ['quick_gelu', 'gelu', 'gelu_new', 'gelu_pytorch_tanh'];
 /** The eos_token_id of configs written before transformers knew the real one; it means "pool at argmax(ids)". */
 const LEGACY_EOS_ID = 2;
 /** Added to masked scores: exp() underflows to exactly 0 (and becomes -inf, still harmless, in fp16). */
@@ -57,7 +54,6 @@ export function clipConfigFromJson(json: Record<string, unknown>): ClipTextConfi
   const full = json['model_type'] === 'clip' || nested !== undefined;
   const t = (full ? nested ?? {} : json) as Record<string, unknown>;
   const act = t['hidden_act'] ?? 'quick_gelu';
-  if (!ACTIVATIONS.includes(act as ClipActivation)) throw new Error(`clip config: unsupported hidden_act ${JSON.stringify(act)}`);
   return {
     vocabSize: numberField(t, 'vocab_size', 49408),
     hiddenSize: numberField(t, 'hidden_size', 512),
@@ -66,7 +62,7 @@ export function clipConfigFromJson(json: Record<string, unknown>): ClipTextConfi
     numHeads: numberField(t, 'num_attention_heads', 8),
     maxPositions: numberField(t, 'max_position_embeddings', 77),
     layerNormEps: numberField(t, 'layer_norm_eps', 1e-5),
-    hiddenAct: act as ClipActivation,
+    hiddenAct: parseActivation('clip', act),
     eosTokenId: numberField(t, 'eos_token_id', 49407),
   };
 }
@@ -79,21 +75,7 @@ export function clipWeightShapes(cfg: ClipTextConfig): Record<string, number[]> 
     [`${PREFIX}.embeddings.token_embedding.weight`]: [cfg.vocabSize, C],
     [`${PREFIX}.embeddings.position_embedding.weight`]: [cfg.maxPositions, C],
   };
-  for (let i = 0; i < cfg.numLayers; i++) {
-    const p = `${PREFIX}.encoder.layers.${i}`;
-    for (const proj of ['q_proj', 'k_proj', 'v_proj', 'out_proj']) {
-      shapes[`${p}.self_attn.${proj}.weight`] = [C, C];
-      shapes[`${p}.self_attn.${proj}.bias`] = [C];
-    }
-    for (const norm of ['layer_norm1', 'layer_norm2']) {
-      shapes[`${p}.${norm}.weight`] = [C];
-      shapes[`${p}.${norm}.bias`] = [C];
-    }
-    shapes[`${p}.mlp.fc1.weight`] = [F, C];
-    shapes[`${p}.mlp.fc1.bias`] = [F];
-    shapes[`${p}.mlp.fc2.weight`] = [C, F];
-    shapes[`${p}.mlp.fc2.bias`] = [C];
-  }
+  for (let i = 0; i < cfg.numLayers; i++) Object.assign(shapes, clipLayerShapes(`${PREFIX}.encoder.layers.${i}`, C, F));
   shapes[`${PREFIX}.final_layer_norm.weight`] = [C];
   shapes[`${PREFIX}.final_layer_norm.bias`] = [C];
   return shapes;
@@ -114,35 +96,6 @@ function causalMask(m: Module, T: number): Value {
   const mask = new Float32Array(T * T);
   for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) mask[i * T + j] = MASKED;
   return m.g.floats(mask, [T, T]);
-}
-
-function activation(m: Module, x: Value, act: ClipActivation): Value {
-  switch (act) {
-    case 'quick_gelu': return quickGelu(m.g, x);
-    case 'gelu': return gelu(m.g, x, 'none');
-    case 'gelu_new':
-    case 'gelu_pytorch_tanh': return gelu(m.g, x, 'tanh');
-  }
-}
-
-/** Pre-LN block: x + attn(ln1(x)) with the causal mask, then + fc2(act(fc1(ln2(x)))). [B, T, C] -> [B, T, C]. */
-function encoderLayer(m: Module, x: Value, i: number, cfg: ClipTextConfig, mask: Value): Value {
-  const { g } = m;
-  const C = cfg.hiddenSize;
-  const F = cfg.intermediateSize;
-  const eps = cfg.layerNormEps;
-  const p = `${PREFIX}.encoder.layers.${i}`;
-
-  const h1 = layerNorm(m, x, `${p}.layer_norm1`, C, eps); // [B, T, C]
-  const q = linear(m, h1, `${p}.self_attn.q_proj`, C, C);
-  const k = linear(m, h1, `${p}.self_attn.k_proj`, C, C);
-  const v = linear(m, h1, `${p}.self_attn.v_proj`, C, C);
-  const attn = multiHeadAttention(g, q, k, v, cfg.numHeads, C / cfg.numHeads, { bias: mask }); // [B, T, C]
-  const x1 = g.node('Add', [x, linear(m, attn, `${p}.self_attn.out_proj`, C, C)]); // [B, T, C]
-
-  const h2 = layerNorm(m, x1, `${p}.layer_norm2`, C, eps);
-  const ff = linear(m, activation(m, linear(m, h2, `${p}.mlp.fc1`, C, F), cfg.hiddenAct), `${p}.mlp.fc2`, F, C); // [B, T, C]
-  return g.node('Add', [x1, ff]); // [B, T, C]
 }
 
 /**
@@ -175,7 +128,8 @@ export function buildClip(m: Module, cfg: ClipTextConfig, opts: ClipOptions = {}
   const ids = g.input('input_ids', 'int64', ['batch', T]);
   let x = embeddings(m, ids, cfg, T); // [B, T, C]
   const mask = causalMask(m, T);
-  for (let i = 0; i < cfg.numLayers; i++) x = encoderLayer(m, x, i, cfg, mask);
+  const dims = { hidden: cfg.hiddenSize, intermediate: cfg.intermediateSize, heads: cfg.numHeads, eps: cfg.layerNormEps, act: cfg.hiddenAct };
+  for (let i = 0; i < cfg.numLayers; i++) x = clipLayer(m, x, `${PREFIX}.encoder.layers.${i}`, dims, mask); // [B, T, C]
   const last = layerNorm(m, x, `${PREFIX}.final_layer_norm`, C, cfg.layerNormEps); // [B, T, C]
   const pooled = g.node('GatherND', [last, poolIndex(m, ids, cfg.eosTokenId)], { batch_dims: 1 }); // [B, C]
   g.output(last, 'last_hidden_state', g.dtype, ['batch', T, C]);

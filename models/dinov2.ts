@@ -5,13 +5,12 @@
 // is computed here at build time, so it is a constant of the graph.
 import type { Value } from './onnx/graph.ts';
 import {
-  type Module, chunk, concat, gelu, layerNorm, linear, multiHeadAttention, param, quickGelu, reshape, silu, transpose,
+  type HfActivation, type Module, activation, chunk, concat, layerNorm, linear, multiHeadAttention, param, parseActivation, reshape, silu, transpose,
 } from './layers.ts';
 import { takeWeight } from './weights/source.ts';
 import { type Tensor, toFloat32 } from './tensor.ts';
 import { resizeBicubicHWC } from './bicubic.ts';
 
-export type Dinov2Activation = 'gelu' | 'gelu_pytorch_tanh' | 'gelu_new' | 'quick_gelu' | 'silu';
 
 export interface Dinov2Config {
   hiddenSize: number;
@@ -19,7 +18,7 @@ export interface Dinov2Config {
   numHeads: number;
   mlpRatio: number;
   /** Activation of the plain MLP (unused by the SwiGLU FFN, which is always SiLU-gated). */
-  hiddenAct: Dinov2Activation;
+  hiddenAct: HfActivation;
   layerNormEps: number;
   /** The training resolution: position embeddings cover (imageSize / patchSize)^2 patches + CLS. */
   imageSize: number;
@@ -47,7 +46,6 @@ export const FULL_DINOV2: Dinov2Config = {
 /** InstantCharacter feeds DINOv2 384-px images (27x27 patches), not the 518 px it was trained at. */
 const PIPELINE_IMAGE_SIZE = 384;
 
-const ACTIVATIONS: readonly Dinov2Activation[] = ['gelu', 'gelu_pytorch_tanh', 'gelu_new', 'quick_gelu', 'silu'];
 
 function numberField(json: Record<string, unknown>, key: string, fallback: number): number {
   const v = json[key] ?? fallback;
@@ -64,13 +62,12 @@ function boolField(json: Record<string, unknown>, key: string, fallback: boolean
 /** Parses a transformers Dinov2Config json; missing fields take the transformers defaults. */
 export function dinov2ConfigFromJson(json: Record<string, unknown>): Dinov2Config {
   const act = json['hidden_act'] ?? 'gelu';
-  if (!ACTIVATIONS.includes(act as Dinov2Activation)) throw new Error(`dinov2 config: unsupported hidden_act ${JSON.stringify(act)}`);
   return {
     hiddenSize: numberField(json, 'hidden_size', 768),
     numLayers: numberField(json, 'num_hidden_layers', 12),
     numHeads: numberField(json, 'num_attention_heads', 12),
     mlpRatio: numberField(json, 'mlp_ratio', 4),
-    hiddenAct: act as Dinov2Activation,
+    hiddenAct: parseActivation('dinov2', act),
     layerNormEps: numberField(json, 'layer_norm_eps', 1e-6),
     imageSize: numberField(json, 'image_size', 224),
     patchSize: numberField(json, 'patch_size', 14),
@@ -173,16 +170,6 @@ function embeddings(m: Module, pixels: Value, cfg: Dinov2Config, grid: number): 
   return g.node('Add', [concat(g, [cls, tokens], 1), positionEmbeddings(m, cfg, grid)]); // [B, 1+N, C]
 }
 
-function activation(m: Module, x: Value, act: Dinov2Activation): Value {
-  switch (act) {
-    case 'gelu': return gelu(m.g, x, 'none');
-    case 'gelu_pytorch_tanh':
-    case 'gelu_new': return gelu(m.g, x, 'tanh');
-    case 'quick_gelu': return quickGelu(m.g, x);
-    case 'silu': return silu(m.g, x);
-  }
-}
-
 function selfAttention(m: Module, x: Value, p: string, cfg: Dinov2Config): Value {
   const C = cfg.hiddenSize;
   const q = linear(m, x, `${p}.attention.query`, C, C, cfg.qkvBias); // [B, T, C]
@@ -200,7 +187,7 @@ function ffn(m: Module, x: Value, p: string, cfg: Dinov2Config): Value {
     const [x1, x2] = chunk(m.g, linear(m, x, `${p}.weights_in`, C, 2 * F), 2) as [Value, Value]; // 2 x [B, T, F]
     return linear(m, m.g.node('Mul', [silu(m.g, x1), x2]), `${p}.weights_out`, F, C);
   }
-  return linear(m, activation(m, linear(m, x, `${p}.fc1`, C, F), cfg.hiddenAct), `${p}.fc2`, F, C);
+  return linear(m, activation(m.g, linear(m, x, `${p}.fc1`, C, F), cfg.hiddenAct), `${p}.fc2`, F, C);
 }
 
 /** x * lambda, per channel. */

@@ -124,3 +124,24 @@ export function countParameters(shapes: Record<string, readonly number[]>): numb
   for (const dims of Object.values(shapes)) n += numel(dims);
   return n;
 }
+
+/** The transformers `hidden_act` names these encoders use. */
+export type HfActivation = 'gelu' | 'gelu_new' | 'gelu_pytorch_tanh' | 'quick_gelu' | 'silu';
+export const HF_ACTIVATIONS: readonly HfActivation[] = ['gelu', 'gelu_new', 'gelu_pytorch_tanh', 'quick_gelu', 'silu'];
+
+/** Parses a config's `hidden_act`, naming the model on an unsupported value. */
+export function parseActivation(model: string, act: unknown): HfActivation {
+  if (!HF_ACTIVATIONS.includes(act as HfActivation)) throw new Error(`${model} config: unsupported hidden_act ${JSON.stringify(act)}`);
+  return act as HfActivation;
+}
+
+/** transformers' ACT2FN: 'gelu' is exact erf, 'gelu_new' and 'gelu_pytorch_tanh' the tanh form. */
+export function activation(g: Graph, x: Value, act: HfActivation): Value {
+  switch (act) {
+    case 'gelu': return gelu(g, x, 'none');
+    case 'gelu_new':
+    case 'gelu_pytorch_tanh': return gelu(g, x, 'tanh');
+    case 'quick_gelu': return quickGelu(g, x);
+    case 'silu': return silu(g, x);
+  }
+}

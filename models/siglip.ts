@@ -2,14 +2,12 @@
 // InstantCharacter: last_hidden_state (after post_layernorm) is the deep feature, hidden_states[7,13,26]
 // (before any final norm) are the shallow ones. Pre-LN ViT: patch conv + learned positions, no CLS token.
 import type { Value } from './onnx/graph.ts';
-import {
-  type Module, gelu, layerNorm, linear, multiHeadAttention, param, quickGelu, reshape, transpose,
-} from './layers.ts';
+import { type HfActivation, type Module, layerNorm, param, parseActivation, reshape, transpose } from './layers.ts';
+import { clipLayer, clipLayerShapes } from './clip_encoder.ts';
 import { takeWeight } from './weights/source.ts';
 import { toFloat32 } from './tensor.ts';
 import { resizeBicubicHWC } from './bicubic.ts';
 
-export type SiglipActivation = 'gelu_pytorch_tanh' | 'gelu_new' | 'gelu' | 'quick_gelu';
 
 export interface SiglipConfig {
   hiddenSize: number;
@@ -21,7 +19,7 @@ export interface SiglipConfig {
   imageSize: number;
   patchSize: number;
   layerNormEps: number;
-  hiddenAct: SiglipActivation;
+  hiddenAct: HfActivation;
 }
 
 /** google/siglip-so400m-patch14-384, vision tower. */
@@ -38,7 +36,6 @@ export const FULL_SIGLIP: SiglipConfig = {
 };
 
 const PREFIX = 'vision_model';
-const ACTIVATIONS: readonly SiglipActivation[] = ['gelu_pytorch_tanh', 'gelu_new', 'gelu', 'quick_gelu'];
 
 function numberField(json: Record<string, unknown>, key: string, fallback: number): number {
   const v = json[key] ?? fallback;
@@ -56,7 +53,6 @@ export function siglipConfigFromJson(json: Record<string, unknown>): SiglipConfi
   const full = json['model_type'] === 'siglip' || 'text_config' in json || nested !== undefined;
   const v = (full ? nested ?? {} : json) as Record<string, unknown>;
   const act = v['hidden_act'] ?? 'gelu_pytorch_tanh';
-  if (!ACTIVATIONS.includes(act as SiglipActivation)) throw new Error(`siglip config: unsupported hidden_act ${JSON.stringify(act)}`);
   return {
     hiddenSize: numberField(v, 'hidden_size', 768),
     intermediateSize: numberField(v, 'intermediate_size', 3072),
@@ -66,7 +62,7 @@ export function siglipConfigFromJson(json: Record<string, unknown>): SiglipConfi
     imageSize: numberField(v, 'image_size', 224),
     patchSize: numberField(v, 'patch_size', 16),
     layerNormEps: numberField(v, 'layer_norm_eps', 1e-6),
-    hiddenAct: act as SiglipActivation,
+    hiddenAct: parseActivation('siglip', act),
   };
 }
 
@@ -83,21 +79,7 @@ export function siglipWeightShapes(cfg: SiglipConfig): Record<string, number[]> 
     [`${PREFIX}.embeddings.patch_embedding.bias`]: [C],
     [`${PREFIX}.embeddings.position_embedding.weight`]: [positions, C],
   };
-  for (let i = 0; i < cfg.numLayers; i++) {
-    const p = `${PREFIX}.encoder.layers.${i}`;
-    for (const proj of ['q_proj', 'k_proj', 'v_proj', 'out_proj']) {
-      shapes[`${p}.self_attn.${proj}.weight`] = [C, C];
-      shapes[`${p}.self_attn.${proj}.bias`] = [C];
-    }
-    for (const norm of ['layer_norm1', 'layer_norm2']) {
-      shapes[`${p}.${norm}.weight`] = [C];
-      shapes[`${p}.${norm}.bias`] = [C];
-    }
-    shapes[`${p}.mlp.fc1.weight`] = [F, C];
-    shapes[`${p}.mlp.fc1.bias`] = [F];
-    shapes[`${p}.mlp.fc2.weight`] = [C, F];
-    shapes[`${p}.mlp.fc2.bias`] = [C];
-  }
+  for (let i = 0; i < cfg.numLayers; i++) Object.assign(shapes, clipLayerShapes(`${PREFIX}.encoder.layers.${i}`, C, F));
   shapes[`${PREFIX}.post_layernorm.weight`] = [C];
   shapes[`${PREFIX}.post_layernorm.bias`] = [C];
   return shapes;
@@ -133,38 +115,6 @@ function embeddings(m: Module, pixels: Value, cfg: SiglipConfig, grid: number): 
   return g.node('Add', [tokens, positionEmbedding(m, cfg, grid)]); // [B, N, C]
 }
 
-function activation(m: Module, x: Value, act: SiglipActivation): Value {
-  switch (act) {
-    case 'gelu_pytorch_tanh':
-    case 'gelu_new': return gelu(m.g, x, 'tanh');
-    case 'gelu': return gelu(m.g, x, 'none');
-    case 'quick_gelu': return quickGelu(m.g, x);
-  }
-}
-
-function selfAttention(m: Module, x: Value, p: string, cfg: SiglipConfig): Value {
-  const C = cfg.hiddenSize;
-  const headDim = C / cfg.numHeads;
-  const q = linear(m, x, `${p}.q_proj`, C, C); // [B, N, C]
-  const k = linear(m, x, `${p}.k_proj`, C, C);
-  const v = linear(m, x, `${p}.v_proj`, C, C);
-  const o = multiHeadAttention(m.g, q, k, v, cfg.numHeads, headDim); // [B, N, C]
-  return linear(m, o, `${p}.out_proj`, C, C);
-}
-
-function mlp(m: Module, x: Value, p: string, cfg: SiglipConfig): Value {
-  const h = activation(m, linear(m, x, `${p}.fc1`, cfg.hiddenSize, cfg.intermediateSize), cfg.hiddenAct); // [B, N, F]
-  return linear(m, h, `${p}.fc2`, cfg.intermediateSize, cfg.hiddenSize); // [B, N, C]
-}
-
-/** Pre-LN block: x + attn(LN1(x)), then + mlp(LN2(x)). */
-function encoderLayer(m: Module, x: Value, p: string, cfg: SiglipConfig): Value {
-  const C = cfg.hiddenSize;
-  const eps = cfg.layerNormEps;
-  const h = m.g.node('Add', [x, selfAttention(m, layerNorm(m, x, `${p}.layer_norm1`, C, eps), `${p}.self_attn`, cfg)]);
-  return m.g.node('Add', [h, mlp(m, layerNorm(m, h, `${p}.layer_norm2`, C, eps), `${p}.mlp`, cfg)]); // [B, N, C]
-}
-
 /**
  * Graph input `pixel_values` [B, 3, S, S] (normalised pixels, S = opts.imageSize ?? cfg.imageSize);
  * outputs `last_hidden_state` [B, N, C] and `hidden_states.<i>` [B, N, C] for each requested i.
@@ -180,10 +130,11 @@ export function buildSiglip(m: Module, cfg: SiglipConfig, opts: SiglipOptions = 
   }
   const outDims = ['B', grid * grid, C];
   const pixels = g.input('pixel_values', g.dtype, ['B', cfg.numChannels, S, S]);
+  const dims = { hidden: C, intermediate: cfg.intermediateSize, heads: cfg.numHeads, eps: cfg.layerNormEps, act: cfg.hiddenAct };
   let x = embeddings(m, pixels, cfg, grid); // [B, N, C]
   if (wanted.has(0)) g.output(x, 'hidden_states.0', g.dtype, outDims);
   for (let i = 0; i < cfg.numLayers; i++) {
-    x = encoderLayer(m, x, `${PREFIX}.encoder.layers.${i}`, cfg);
+    x = clipLayer(m, x, `${PREFIX}.encoder.layers.${i}`, dims); // [B, N, C]
     if (wanted.has(i + 1)) g.output(x, `hidden_states.${i + 1}`, g.dtype, outDims);
   }
   const last = layerNorm(m, x, `${PREFIX}.post_layernorm`, C, cfg.layerNormEps); // [B, N, C]
