@@ -10,7 +10,7 @@ export function catalogNode<S>(def: NodeDef<S>): CatalogNode {
   const params: CatalogNode['params'] = {};
   for (const [name, p] of Object.entries(def.params)) {
     // The schema as declared (JSON Schema subset), plus the socket type a link to it must have.
-    params[name] = { ...(structuredClone(p) as Record<string, unknown>), type: p.type, socket: PARAM_SOCKET[p.type] };
+    params[name] = { ...(structuredClone(p) as unknown as Record<string, unknown>), type: p.type, socket: PARAM_SOCKET[p.type] };
   }
   const outputs: CatalogNode['outputs'] = {};
   for (const [name, o] of Object.entries(def.outputs)) {

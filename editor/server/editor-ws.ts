@@ -248,8 +248,7 @@ export class EditorHub<S> {
         return { type: 'renamed', from: r.from, to: r.to, etag: r.etag };
       }
       case 'workflows.delete':
-        await store.delete(msg.name);
-        return { type: 'deleted', name: msg.name };
+        return { type: 'deleted', name: await store.delete(msg.name) };
       case 'run':
         return this.run(c, msg.workflow, msg.targets);
       case 'cancel': {

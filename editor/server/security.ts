@@ -78,7 +78,8 @@ function parseCookies(header: string | undefined): Map<string, string> {
 
 export class Guard {
   readonly token: string | undefined;
-  readonly cookieName: string;
+  /** Cookies are not port-scoped: the name carries the port so two servers on one host do not clash. */
+  cookieName: string;
   private readonly tokenDigest: Buffer | undefined;
   private readonly hosts: Set<string>;
 
@@ -98,6 +99,11 @@ export class Guard {
       this.hosts.add(bound);
     }
     for (const h of opts.allowedHosts ?? []) this.hosts.add(stripBrackets(h.trim().toLowerCase()));
+  }
+
+  /** Called once the real port is known (port 0 picks one at listen time). */
+  setPort(port: number): void {
+    this.cookieName = `charflow_token_${port}`;
   }
 
   /** The Host header must name this server (DNS-rebinding defence). */

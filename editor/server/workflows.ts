@@ -141,10 +141,11 @@ export class WorkflowStore {
   }
 
   /**
-   * Saves when `etag` matches the stored file (null: the file must not exist). The workflow must
-   * have the file format's structure; unfinished graphs (missing inputs, unknown types) are fine.
+   * Saves when `etag` matches the stored file (null: the file must not exist; undefined: overwrite
+   * unconditionally). The workflow must have the file format's structure; unfinished graphs
+   * (missing inputs, unknown types) are fine.
    */
-  async save(rawName: unknown, workflow: unknown, etag: string | null): Promise<{ name: string; etag: string }> {
+  async save(rawName: unknown, workflow: unknown, etag: string | null | undefined): Promise<{ name: string; etag: string }> {
     const name = checkWorkflowName(rawName);
     const migrated = migrateWorkflow(workflow);
     if (!migrated.ok) throw new StoreError('invalid_workflow', migrated.error.message, [migrated.error]);
@@ -153,14 +154,14 @@ export class WorkflowStore {
     const bytes = Buffer.from(`${JSON.stringify(workflow, null, 2)}\n`, 'utf8');
     if (bytes.length > this.maxBytes) throw new StoreError('too_large', `the workflow is ${bytes.length} bytes, over the ${this.maxBytes} byte limit`);
     return this.exclusive(async () => {
-      const current = await this.read(name);
+      const current = etag === undefined ? undefined : await this.read(name);
       if (etag === null && current) {
         throw new StoreError('exists', `a workflow named "${name}" already exists; open it first or choose another name`);
       }
-      if (etag !== null && !current) {
+      if (typeof etag === 'string' && !current) {
         throw new StoreError('conflict', `workflow "${name}" was deleted since you opened it; save it again as a new workflow`);
       }
-      if (etag !== null && current && current.etag !== etag) {
+      if (typeof etag === 'string' && current && current.etag !== etag) {
         throw new StoreError(
           'conflict',
           `workflow "${name}" was changed (in another tab or by another program) since you opened it; reload it or save under another name`,
@@ -192,13 +193,15 @@ export class WorkflowStore {
     });
   }
 
-  async delete(rawName: unknown): Promise<void> {
+  /** Deletes a workflow; returns its (normalised) name. */
+  async delete(rawName: unknown): Promise<string> {
     const name = checkWorkflowName(rawName);
     return this.exclusive(async () => {
       try {
         const st = await lstat(this.fileOf(name));
         if (!st.isFile() && !st.isSymbolicLink()) throw new StoreError('not_found', `workflow "${name}" not found`);
         await unlink(this.fileOf(name));
+        return name;
       } catch (err) {
         if (err instanceof StoreError) throw err;
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new StoreError('not_found', `workflow "${name}" not found`);

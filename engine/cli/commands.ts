@@ -6,5 +6,6 @@ import { registerRun } from './run.ts';
 import { registerValidate } from './validate.ts';
 import { registerModels } from './models.ts';
 import { registerDemo } from './demo.ts';
+import { registerServe } from '../../editor/server/cli.ts';
 
-export const COMMANDS: CommandRegistrar[] = [registerRun, registerValidate, registerNodes, registerModels, registerDemo];
+export const COMMANDS: CommandRegistrar[] = [registerRun, registerValidate, registerNodes, registerModels, registerDemo, registerServe];
