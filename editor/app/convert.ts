@@ -14,6 +14,10 @@ import {
 import { migrateWorkflow } from '../../engine/workflow/migrate.ts';
 import { CharflowNode, isCharflowNode } from './nodes.ts';
 
+/** Groups as the file had them, so keys the editor does not use (and an unset colour) stay as they were. */
+const rawGroups = new WeakMap<LGraphGroup, WorkflowGroup>();
+const DEFAULT_GROUP_COLOR = new LGraphGroup().color;
+
 /** Workflow node keys the editor handles itself; anything else in `ui` is kept as it was. */
 const KNOWN_UI = new Set(['pos', 'size', 'title', 'color', 'collapsed', 'randomize']);
 
@@ -57,7 +61,7 @@ export function workflowToGraph(wf: Workflow, graph: LGraph): LoadReport {
     graph.add(node, true);
     if (Array.isArray(ui.size)) {
       // Never smaller than the widgets need (sizes saved by another tool may be tight).
-      const min = node.computeSize();
+      const min = made ? node.computeSize() : [0, 0];
       node.size = [Math.max(Number(ui.size[0]) || 0, min[0]), Math.max(Number(ui.size[1]) || 0, min[1])];
     }
     if (ui.collapsed === true) node.collapse(true);
@@ -112,6 +116,7 @@ export function workflowToGraph(wf: Workflow, graph: LGraph): LoadReport {
     const group = new LGraphGroup(typeof g.title === 'string' ? g.title : 'Group');
     if (Array.isArray(g.bounding) && g.bounding.length === 4) group._bounding.set(g.bounding.map(Number));
     if (typeof g.color === 'string') group.color = g.color;
+    rawGroups.set(group, g);
     graph.add(group);
   }
   graph.updateExecutionOrder();
@@ -124,9 +129,12 @@ function ensureSlot(node: LGraphNode, kind: 'input' | 'output', name: string): n
   const slots = kind === 'input' ? node.inputs : node.outputs;
   const i = slots.findIndex((s) => s.name === name);
   if (i >= 0 || !(node instanceof MissingNode)) return i;
+  // Adding a slot grows the node to fit; keep the size the file gave (we cannot know better).
+  const size: [number, number] = [node.size[0], node.size[1]];
   if (kind === 'input') node.addInput(name, '*');
   else node.addOutput(name, '*');
-  return slots.length - 1;
+  node.size = size;
+  return (kind === 'input' ? node.inputs : node.outputs).length - 1;
 }
 
 const round = (v: number): number => Math.round(v * 10) / 10;
@@ -184,11 +192,14 @@ export function graphToWorkflow(graph: LGraph, base?: Pick<Workflow, 'meta'>): W
   const nodes: Record<string, WorkflowNode> = {};
   const sorted = [...graph._nodes].sort((a, b) => compareIds(String(a.id), String(b.id)));
   for (const node of sorted) nodes[String(node.id)] = nodeToWorkflow(graph, node);
-  const groups: WorkflowGroup[] = graph._groups.map((g) => ({
-    title: g.title,
-    bounding: Array.from(g._bounding, round) as [number, number, number, number],
-    ...(g.color ? { color: g.color } : {}),
-  }));
+  const groups: WorkflowGroup[] = graph._groups.map((g) => {
+    const raw = rawGroups.get(g);
+    const out: WorkflowGroup = { ...raw, title: g.title, bounding: Array.from(g._bounding, round) as [number, number, number, number] };
+    // litegraph gives every group a colour; write it only when the file had one or it was changed.
+    if (g.color && (raw?.color !== undefined || (raw === undefined ? true : g.color !== DEFAULT_GROUP_COLOR))) out.color = g.color;
+    else delete out.color;
+    return out;
+  });
   const wf: Workflow = { format: WORKFLOW_FORMAT, version: WORKFLOW_VERSION, nodes, groups };
   if (base?.meta) wf.meta = base.meta;
   return wf;

@@ -18,7 +18,7 @@ export interface FilesHost {
   /** The editor's current workflow. */
   current(): Workflow;
   /** Replaces the editor's content. */
-  open(workflow: unknown, name: string | null, etag: string | null): boolean;
+  open(workflow: unknown, name: string | null, etag: string | null, label?: string): boolean;
   message(text: string, kind?: 'info' | 'error' | 'ok'): void;
   changed(): void;
 }
@@ -55,8 +55,7 @@ export class Files {
   async newWorkflow(example?: unknown): Promise<void> {
     if (!(await this.confirmDiscard())) return;
     const empty = { format: 'charflow.workflow', version: 1, nodes: {}, groups: [] };
-    this.host.open(example ?? empty, null, null);
-    this.host.message(example ? 'opened the InstantCharacter example' : 'new workflow');
+    if (this.host.open(example ?? empty, null, null, example ? 'the InstantCharacter example' : 'a new workflow') && !example) this.host.message('new workflow');
   }
 
   async openDialog(): Promise<void> {
@@ -80,9 +79,7 @@ export class Files {
     if (ask && !(await this.confirmDiscard())) return false;
     try {
       const reply = await this.host.conn.request({ type: 'workflows.load', name }, 'workflow');
-      if (!this.host.open(reply.workflow, reply.name, reply.etag)) return false;
-      this.host.message(`opened ${reply.name}`, 'ok');
-      return true;
+      return this.host.open(reply.workflow, reply.name, reply.etag);
     } catch (err) {
       this.host.message(`cannot open ${name}: ${(err as Error).message}`, 'error');
       return false;

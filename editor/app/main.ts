@@ -16,18 +16,11 @@ import { createStatusLine } from './status.ts';
 import { RunView } from './runview.ts';
 import { Files } from './files.ts';
 import { installDropHandler, readDroppedFile } from './drop.ts';
-import { el } from './dialogs.ts';
+import { choose, el } from './dialogs.ts';
 import { randomSeed } from './schema.ts';
 import { applyTheme } from './theme.ts';
-
-const SESSION_KEY = 'charflow.editor.session';
-
-interface Session {
-  name: string | null;
-  etag: string | null;
-  workflow: Workflow;
-  savedJson: string;
-}
+import { fitView, toClient, toGraph } from './viewport.ts';
+import { loadSession, storeSession, workflowFromAddress } from './session.ts';
 
 class App {
   readonly graph = new LGraph();
@@ -77,7 +70,7 @@ class App {
     this.files = new Files({
       conn: this.conn,
       current: () => this.workflow(),
-      open: (wf, name, etag) => this.open(wf, name, etag),
+      open: (wf, name, etag, label) => this.open(wf, name, etag, label),
       message: (t, k) => this.status.message(t, k),
       changed: () => this.refreshDocState(true),
     });
@@ -125,11 +118,11 @@ class App {
     this.palette.setCatalog(catalog);
     this.inputs = await listInputImages();
     this.conn.request({ type: 'queue' }, 'queue').then((q) => this.status.queue(q.items), () => {});
+    this.status.message(`connected — ${catalog.length} node types`);
     if (!this.started) {
       this.started = true;
       await this.restoreSession();
     }
-    this.status.message(`connected — ${catalog.length} node types`);
   }
 
   private receive(msg: ServerMessage): void {
@@ -143,8 +136,11 @@ class App {
     else if (msg.type === 'error') this.status.message(msg.message, 'error');
   }
 
-  /** Replaces the editor's content with `value` (a workflow); false (and a message) if it is not one. */
-  open(value: unknown, name: string | null, etag: string | null): boolean {
+  /**
+   * Replaces the editor's content with `value` (a workflow); false (and a message) if it is not one.
+   * Says what was opened, or what could not be taken over (unknown types, dropped links).
+   */
+  open(value: unknown, name: string | null, etag: string | null, label = name ?? 'workflow'): boolean {
     const wf = asWorkflow(value);
     if (typeof wf === 'string') {
       this.status.message(wf, 'error');
@@ -155,7 +151,8 @@ class App {
     this.meta = wf.meta;
     this.fit();
     this.files.markSaved(name, etag);
-    if (warnings.length) this.status.message(`${warnings.length} problem(s) while opening: ${warnings.join('; ')}`, 'error');
+    if (warnings.length) this.status.message(`opened ${label} with ${warnings.length} problem(s): ${warnings.join('; ')}`, 'error');
+    else this.status.message(`opened ${label}`, 'ok');
     return true;
   }
 
@@ -169,34 +166,24 @@ class App {
 
   private saveSession(): void {
     if (!this.started) return;
-    const s: Session = { name: this.files.doc.name, etag: this.files.doc.etag, workflow: this.workflow(), savedJson: this.files.doc.savedJson };
-    try {
-      localStorage.setItem(SESSION_KEY, JSON.stringify(s));
-    } catch {
-      // Storage full or disabled: the session just is not restored.
-    }
+    storeSession({ name: this.files.doc.name, etag: this.files.doc.etag, workflow: this.workflow(), savedJson: this.files.doc.savedJson });
   }
 
   /** After a reload: the workflow that was open, fresh from the server unless it had unsaved changes. */
   private async restoreSession(): Promise<void> {
-    const hash = new URLSearchParams(location.hash.slice(1)).get('workflow');
-    if (hash) {
-      await this.files.load(hash, false);
+    const named = workflowFromAddress();
+    if (named) {
+      await this.files.load(named, false);
       return;
     }
-    let s: Session | null = null;
-    try {
-      s = JSON.parse(localStorage.getItem(SESSION_KEY) ?? 'null') as Session | null;
-    } catch {
-      s = null;
-    }
-    if (!s?.workflow) {
-      this.open(exampleWorkflow, null, null);
+    const s = loadSession();
+    if (!s) {
+      this.open(exampleWorkflow, null, null, 'the InstantCharacter example');
       return;
     }
     const unsaved = JSON.stringify(s.workflow) !== s.savedJson;
     if (s.name && !unsaved && (await this.files.load(s.name, false))) return;
-    this.open(s.workflow, s.name, s.etag);
+    this.open(s.workflow, s.name, s.etag, s.name ?? 'the last session');
     // Keep the unsaved mark: what is on screen differs from what was last saved.
     this.files.doc.savedJson = s.savedJson;
     this.refreshDocState(true);
@@ -219,29 +206,7 @@ class App {
 
   /** Zooms and pans so every node is visible. */
   fit(): void {
-    const nodes = this.graph._nodes;
-    this.canvas.resize();
-    const cw = this.canvas.canvas.width;
-    const ch = this.canvas.canvas.height;
-    if (!nodes.length || !cw || !ch) {
-      this.canvas.ds.offset[0] = 0;
-      this.canvas.ds.offset[1] = 0;
-      this.canvas.ds.scale = 1;
-    } else {
-      let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
-      for (const n of nodes) {
-        x0 = Math.min(x0, n.pos[0]);
-        y0 = Math.min(y0, n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT);
-        x1 = Math.max(x1, n.pos[0] + n.size[0]);
-        y1 = Math.max(y1, n.pos[1] + n.size[1]);
-      }
-      const pad = 40;
-      const scale = Math.min(1, (cw - pad * 2) / (x1 - x0), (ch - pad * 2) / (y1 - y0));
-      this.canvas.ds.scale = scale;
-      this.canvas.ds.offset[0] = (cw / scale - (x1 - x0)) / 2 - x0;
-      this.canvas.ds.offset[1] = (ch / scale - (y1 - y0)) / 2 - y0;
-    }
-    this.canvas.setDirty(true, true);
+    fitView(this.canvas, this.graph);
   }
 
   private randomizeSeeds(): void {
@@ -287,7 +252,7 @@ class App {
     const dropped = await readDroppedFile(file);
     if (dropped.kind === 'error') this.status.message(dropped.message, 'error');
     else if (dropped.kind === 'workflow') {
-      if (await this.confirmReplace()) this.open(dropped.workflow, null, null) && this.status.message(`opened ${file.name}`, 'ok');
+      if (await this.confirmReplace()) this.open(dropped.workflow, null, null, file.name);
     } else {
       // A plain picture: upload it and add a node that loads it as the character.
       const type = this.catalog.find((n) => Object.values(n.params).some((p) => p.format === 'image'));
@@ -310,25 +275,18 @@ class App {
 
   private async confirmReplace(): Promise<boolean> {
     if (!this.files.modified) return true;
-    const { choose } = await import('./dialogs.ts');
     return (await choose('Unsaved changes', 'Opening this file replaces the current workflow, which has unsaved changes.', [
       { key: 'cancel', label: 'Cancel' },
       { key: 'open', label: 'Open anyway', primary: true },
     ])) === 'open';
   }
 
-  /** Client (page) coordinates to graph coordinates. */
   toGraph(clientX: number, clientY: number): [number, number] {
-    const r = this.canvas.canvas.getBoundingClientRect();
-    const { scale, offset } = this.canvas.ds;
-    return [(clientX - r.left) / scale - offset[0], (clientY - r.top) / scale - offset[1]];
+    return toGraph(this.canvas, clientX, clientY);
   }
 
-  /** Graph coordinates to client (page) coordinates. */
   toClient(x: number, y: number): [number, number] {
-    const r = this.canvas.canvas.getBoundingClientRect();
-    const { scale, offset } = this.canvas.ds;
-    return [r.left + (x + offset[0]) * scale, r.top + (y + offset[1]) * scale];
+    return toClient(this.canvas, x, y);
   }
 
   private installCanvasDrop(canvasEl: HTMLCanvasElement): void {
@@ -422,6 +380,11 @@ class App {
     if (!n || !w) return null;
     const h = w.computedHeight ? w.computedHeight - 4 : LiteGraph.NODE_WIDGET_HEIGHT;
     return this.toClient(n.pos[0] + 15 + (n.size[0] - 30) * fraction, n.pos[1] + w.y + h / 2);
+  }
+
+  /** Images the server listed in its inputs folder (as the image widgets offer them). */
+  inputsList(): string[] {
+    return [...this.inputs];
   }
 
   values(id: string | number): Record<string, unknown> {

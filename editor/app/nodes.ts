@@ -101,6 +101,8 @@ export class CharflowNode extends LGraphNode {
     };
     this.size = this.computeSize();
     this.size[0] = Math.max(this.size[0], 240);
+    // Room for the thumbnail of the chosen picture (workflows may save another size).
+    if ([...this.params.values()].some((b) => b.info.format === 'image')) this.size[1] += 160;
   }
 
   override onConnectInput = (targetSlot: number, type: unknown, output: INodeOutputSlot | unknown): boolean => {
@@ -206,15 +208,16 @@ export class CharflowNode extends LGraphNode {
     return below;
   }
 
+  /** State and timing above the node's title bar (never over the title itself). */
   private drawRunBadge(ctx: CanvasRenderingContext2D): void {
     const { state, ms } = this.run;
     let text = '';
     let color = '#aaa';
     if (state === 'running') {
-      text = this.run.total ? `${this.run.step ?? 0}/${this.run.total}` : 'running…';
+      text = this.run.total ? `running ${this.run.step ?? 0}/${this.run.total}` : 'running…';
       color = '#4fb3ff';
     } else if (state === 'done') {
-      text = ms !== undefined ? `✓ ${ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(1)} s`}` : '✓';
+      text = ms === undefined ? '✓ done' : `✓ ${ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`}`;
       color = '#7bd88f';
     } else if (state === 'cached') {
       text = '✓ cached';
@@ -223,12 +226,12 @@ export class CharflowNode extends LGraphNode {
       text = '✗ failed';
       color = '#ff6b6b';
     } else if (state === 'skipped') text = 'skipped';
-    else if (state === 'queued') text = 'queued';
+    else if (state === 'queued') text = 'waiting';
     if (!text) return;
     ctx.font = '11px sans-serif';
     ctx.textAlign = 'right';
     ctx.fillStyle = color;
-    ctx.fillText(text, this.size[0] - 10, -LiteGraph.NODE_TITLE_HEIGHT / 2 + 4);
+    ctx.fillText(text, this.size[0] - 4, -LiteGraph.NODE_TITLE_HEIGHT - 6);
     ctx.textAlign = 'left';
   }
 

@@ -10,10 +10,12 @@ export interface Palette {
   setCatalog(nodes: CatalogNode[]): void;
 }
 
+/** Every query word is inside a name, or starts a word of the category or description. */
 function matches(node: CatalogNode, q: string): boolean {
   if (!q) return true;
-  const hay = `${node.type} ${node.displayName} ${node.category} ${node.description}`.toLowerCase();
-  return q.split(/\s+/).every((word) => hay.includes(word));
+  const names = `${node.type} ${node.displayName}`.toLowerCase();
+  const words = `${node.category} ${node.description}`.toLowerCase().split(/[^\p{L}\p{N}]+/u);
+  return q.split(/\s+/).every((w) => names.includes(w) || words.some((d) => d.startsWith(w)));
 }
 
 export function createPalette(onAdd: (type: string) => void): Palette {

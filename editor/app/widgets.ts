@@ -148,14 +148,20 @@ class ColorWidget extends BaseWidget {
 
   override onClick(): void {
     if (this.computedDisabled) return;
+    // Some browsers open the picker only for an input in the document; keep it invisible.
+    for (const old of document.querySelectorAll('.cf-hidden-input')) old.remove();
     const input = document.createElement('input');
     input.type = 'color';
+    input.className = 'cf-hidden-input';
     const color = String(this.value ?? '');
     input.value = /^#[0-9a-f]{6}$/i.test(color) ? color : '#000000';
     input.addEventListener('input', () => {
       this.value = input.value;
       this.env.changed();
     });
+    input.addEventListener('change', () => input.remove());
+    input.addEventListener('blur', () => input.remove());
+    document.body.append(input);
     input.click();
   }
 }
@@ -203,12 +209,12 @@ export function addParamWidget(node: LGraphNode, info: ParamInfo, env: WidgetEnv
     get = () => snapNumber(info, Number(widget.value));
     set = (v) => (widget.value = Number(v));
     if (info.format === 'seed') {
-      extras.push(
-        node.addWidget('button', '↻ randomize seed', undefined, () => {
-          widget.value = randomSeed(info);
-          env.changed();
-        }, {}),
-      );
+      const button = node.addWidget('button', `${info.name}_randomize`, undefined, () => {
+        widget.value = randomSeed(info);
+        env.changed();
+      }, {});
+      button.label = '↻ randomize seed';
+      extras.push(button);
       // "Random each run" lives in the node's ui (see convert.ts), not in the workflow's inputs.
       const toggle = node.addWidget('toggle', `${info.name}_random`, false, () => env.changed(), { on: 'new seed each run', off: 'fixed' });
       toggle.label = 'control';
@@ -233,22 +239,22 @@ export function addParamWidget(node: LGraphNode, info: ParamInfo, env: WidgetEnv
       return current && !list.includes(current) ? [current, ...list] : list.length ? list : [current];
     };
     widget = node.addWidget('combo', info.name, String(init), () => env.changed(), { values: values as unknown as string[] });
-    extras.push(
-      node.addWidget('button', '⬆ upload image…', undefined, () => {
-        void pickFile('image/*').then(async (file) => {
-          if (!file) return;
-          try {
-            env.notify(`uploading ${file.name}…`);
-            widget.value = await env.upload(file);
-            await env.refreshInputImages();
-            env.notify(`uploaded ${file.name}`);
-            env.changed();
-          } catch (err) {
-            env.notify((err as Error).message, 'error');
-          }
-        });
-      }, {}),
-    );
+    const upload = node.addWidget('button', `${info.name}_upload`, undefined, () => {
+      void pickFile('image/*').then(async (file) => {
+        if (!file) return;
+        try {
+          env.notify(`uploading ${file.name}…`);
+          widget.value = await env.upload(file);
+          await env.refreshInputImages();
+          env.notify(`uploaded ${file.name}`);
+          env.changed();
+        } catch (err) {
+          env.notify((err as Error).message, 'error');
+        }
+      });
+    }, {});
+    upload.label = '⬆ upload image…';
+    extras.push(upload);
     get = () => String(widget.value);
     set = (v) => (widget.value = String(v));
   } else {
