@@ -4,6 +4,22 @@ import { SOCKET, type RgbImage } from './types.ts';
 import { encodePng } from './lib/image.ts';
 import { type SavedImage, writeNumbered } from './lib/output.ts';
 
+/**
+ * The PNG's text chunks: the workflow itself, plus any a host asked for in `meta.png_text` (the
+ * ComfyUI API puts its `prompt` there), which are left out of the embedded workflow copy.
+ */
+export function pngTextFor(workflow: unknown): Record<string, string> {
+  const wf = (workflow ?? {}) as { meta?: Record<string, unknown> };
+  const requested = wf.meta?.png_text;
+  if (!requested || typeof requested !== 'object') return { workflow: JSON.stringify(workflow) };
+  const { png_text: _omitted, ...meta } = wf.meta!;
+  const chunks: Record<string, string> = {};
+  for (const [key, value] of Object.entries(requested)) {
+    if (typeof value === 'string' && /^[A-Za-z][A-Za-z0-9_ ]{0,78}$/.test(key) && key !== 'workflow') chunks[key] = value;
+  }
+  return { ...chunks, workflow: JSON.stringify({ ...wf, meta }) };
+}
+
 export const SaveImage: NodeDef<Services> = {
   type: 'SaveImage',
   version: 1,
@@ -18,7 +34,7 @@ export const SaveImage: NodeDef<Services> = {
   output: true,
   cacheable: false,
   async run(ctx, inputs) {
-    const png = await encodePng(inputs.image as RgbImage, { workflow: JSON.stringify(ctx.workflow) });
+    const png = await encodePng(inputs.image as RgbImage, pngTextFor(ctx.workflow));
     const filename = await writeNumbered(ctx.services.outputDir, inputs.filename_prefix as string, 'png', png);
     const images: SavedImage[] = [{ filename, subfolder: '', type: 'output' }];
     return { images };

@@ -16,6 +16,7 @@ import type { PoolOptions } from '../../engine/runtime/pool.ts';
 import { nodeRegistry } from '../../nodes/registry.ts';
 import { createServices, PACKAGE_ROOT, type Services } from '../../nodes/services.ts';
 import { buildCatalog } from './catalog.ts';
+import { mountComfyApi } from './comfy/index.ts';
 import { EditorHub } from './editor-ws.ts';
 import { FileRequestError, listInputs, resolveView, storeUpload } from './files.ts';
 import { Guard, isLoopbackHost, type Refusal } from './security.ts';
@@ -443,6 +444,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     })());
 
   try {
+    mountComfyApi(ctx); // ComfyUI's HTTP and WebSocket API over the same queue (editor/server/comfy)
     for (const plugin of opts.plugins ?? []) await plugin(ctx);
 
     // Static editor (or placeholder) last, after every API route.

@@ -318,7 +318,7 @@ export class JobQueue extends Emitter<QueueEvents> {
   enqueue(req: EnqueueRequest): Job {
     this.assertOpen();
     const clientId = req.clientId ?? null;
-    const id = randomUUID();
+    const id = req.id ?? randomUUID();
     const now = Date.now();
     const workflow = JSON.stringify(req.workflow);
     const targets = req.targets == null ? null : JSON.stringify([...req.targets]);

@@ -66,6 +66,8 @@ export interface Job {
 export type JobSummary = Pick<Job, 'id' | 'number' | 'clientId' | 'source' | 'status' | 'createdAt' | 'startedAt'>;
 
 export interface EnqueueRequest {
+  /** A caller-chosen job id (ComfyUI's client-chosen prompt_id); default a random UUID. Must be unused. */
+  id?: string;
   workflow: ValidWorkflow;
   targets?: readonly string[] | null;
   clientId?: string | null;

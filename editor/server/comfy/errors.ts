@@ -56,6 +56,21 @@ export interface ComfyErrorBody {
 
 type Registry = ReadonlyMap<string, NodeDef<unknown>>;
 
+/** A node of a submitted workflow, read defensively: a refused charflow workflow may be any JSON. */
+function rawNode(workflow: Workflow | undefined, id: string): { type?: unknown; inputs?: Record<string, unknown> } | undefined {
+  const nodes: unknown = workflow?.nodes;
+  if (typeof nodes !== 'object' || nodes === null || !Object.hasOwn(nodes, id)) return undefined;
+  const node = (nodes as Record<string, unknown>)[id];
+  if (typeof node !== 'object' || node === null) return undefined;
+  const { type, inputs } = node as { type?: unknown; inputs?: unknown };
+  return { type, ...(typeof inputs === 'object' && inputs !== null ? { inputs: inputs as Record<string, unknown> } : {}) };
+}
+
+function rawIds(workflow: Workflow): string[] {
+  const nodes: unknown = workflow.nodes;
+  return typeof nodes === 'object' && nodes !== null ? Object.keys(nodes) : [];
+}
+
 const SHORT: Record<ComfyErrorType, string> = {
   required_input_missing: 'Required input is missing',
   return_type_mismatch: 'Return type mismatch between linked nodes',
@@ -111,7 +126,7 @@ function typeOf(e: ValidationError, value: unknown, param: ParamSchema | undefin
     case 'unknown_input':
       return 'unknown_input';
     case 'schema':
-      return e.field !== undefined ? 'invalid_input_type' : 'invalid_prompt';
+      return e.nodeId !== undefined && e.field !== undefined ? 'invalid_input_type' : 'invalid_prompt';
     default: // file, invalid_json, unsupported_version, too_many_nodes, unknown_type, unknown_target
       return 'invalid_prompt';
   }
@@ -120,8 +135,8 @@ function typeOf(e: ValidationError, value: unknown, param: ParamSchema | undefin
 /** ComfyUI-typed issues for charflow validation errors of `workflow` (the workflow as submitted). */
 export function issuesFromValidation(errors: readonly ValidationError[], workflow: Workflow | undefined, registry: Registry): Issue[] {
   return errors.map((e) => {
-    const node = e.nodeId !== undefined ? workflow?.nodes[e.nodeId] : undefined;
-    const value = e.field !== undefined ? node?.inputs?.[e.field] : undefined;
+    const node = e.nodeId !== undefined ? rawNode(workflow, e.nodeId) : undefined;
+    const value = e.field !== undefined && node?.inputs && Object.hasOwn(node.inputs, e.field) ? node.inputs[e.field] : undefined;
     const def = e.nodeType !== undefined ? registry.get(e.nodeType) : undefined;
     const param = paramOf(def, e.field);
     const type = typeOf(e, value, param);
@@ -138,8 +153,8 @@ export function issuesFromValidation(errors: readonly ValidationError[], workflo
 /** Output nodes downstream of each node (itself included when it is one), following links. */
 export function dependentOutputs(workflow: Workflow, registry: Registry): (id: string) => string[] {
   const down = new Map<string, string[]>();
-  for (const [id, node] of Object.entries(workflow.nodes)) {
-    for (const v of Object.values(node.inputs ?? {})) {
+  for (const id of rawIds(workflow)) {
+    for (const v of Object.values(rawNode(workflow, id)?.inputs ?? {})) {
       if (!isLink(v)) continue;
       const list = down.get(v.node) ?? [];
       list.push(id);
@@ -147,8 +162,8 @@ export function dependentOutputs(workflow: Workflow, registry: Registry): (id: s
     }
   }
   const isOutput = (id: string): boolean => {
-    const n = workflow.nodes[id];
-    return n !== undefined && registry.get(n.type)?.output === true;
+    const type = rawNode(workflow, id)?.type;
+    return typeof type === 'string' && registry.get(type)?.output === true;
   };
   return (start) => {
     const seen = new Set([start]);
@@ -189,7 +204,7 @@ export function errorBody(
     const entry = (nodeErrors[i.nodeId] ??= {
       errors: [],
       dependent_outputs: deps(i.nodeId),
-      class_type: i.nodeType ?? workflow?.nodes[i.nodeId]?.type ?? '',
+      class_type: i.nodeType ?? String(rawNode(workflow, i.nodeId)?.type ?? ''),
     });
     const extra: Record<string, unknown> = { ...i.extra };
     if (i.field !== undefined) {

@@ -7,31 +7,18 @@ import type { NextFunction, Request, Response } from 'express';
 import type { Services } from '../../../nodes/services.ts';
 import type { ServerContext } from '../server.ts';
 import { promptError } from './errors.ts';
-import { PromptEmbedder } from './png.ts';
 import { comfyRouter } from './routes.ts';
-import { comfyExtra } from './history.ts';
-import { workflowToApi } from './convert.ts';
 import { ComfyHub } from './ws.ts';
 
 export { apiToWorkflow, workflowToApi, isCharflowWorkflow, outputNames, type ApiNode, type ApiPrompt } from './convert.ts';
 export { allObjectInfo, objectInfo, type ObjectInfo } from './object-info.ts';
 export { errorBody, issuesFromValidation, type ComfyErrorBody, type ComfyError, type ComfyNodeErrors } from './errors.ts';
 export { historyEntry, queueItem } from './history.ts';
-export { addPromptToPng } from './png.ts';
 export { previewFrame } from './ws.ts';
 
 /** Mounts the ComfyUI API on a starting server (a ServerPlugin). */
 export function mountComfyApi(ctx: ServerContext): void {
-  const embedder = new PromptEmbedder<Services>(ctx.paths, ctx.runner.executor, ctx.log);
-  const hub = new ComfyHub<Services>({ queue: ctx.queue, runner: ctx.runner, embedder, log: ctx.log });
-  // Jobs queued through /prompt get their API prompt in the PNGs they write.
-  const unsubscribe = [
-    ctx.runner.on('job_started', (job) => {
-      if (job.source === 'api') embedder.track(job.id, comfyExtra(job)?.prompt ?? workflowToApi(job.workflow, ctx.registry));
-    }),
-    ctx.runner.on('job_finished', (job) => embedder.untrack(job.id)),
-    ctx.runner.on('job_requeued', (job) => embedder.untrack(job.id)),
-  ];
+  const hub = new ComfyHub<Services>({ queue: ctx.queue, runner: ctx.runner, log: ctx.log });
 
   const router = comfyRouter(ctx, hub);
   ctx.app.use('/api', router);
@@ -47,8 +34,6 @@ export function mountComfyApi(ctx: ServerContext): void {
   for (const path of ['/ws', '/api/ws']) ctx.websocket(path, (ws, req) => hub.attach(ws, req));
 
   ctx.onClose(() => {
-    for (const u of unsubscribe) u();
     hub.close();
-    embedder.close();
   });
 }

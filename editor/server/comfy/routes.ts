@@ -48,6 +48,10 @@ export function comfyRouter(ctx: ServerContext, hub: ComfyHub<Services>): Router
     const format = isCharflowWorkflow(prompt) ? 'charflow' : 'api';
     const conv: Converted = format === 'charflow' ? { workflow: prompt as Converted['workflow'], issues: [] } : apiToWorkflow(prompt, registry);
     if (!conv.workflow) return { status: 400, body: errorBody(conv.issues, undefined, registry, configOf) };
+    if (format === 'api') {
+      // ComfyUI's PNGs carry the API prompt beside the workflow; SaveImage embeds what meta.png_text asks for.
+      conv.workflow = { ...conv.workflow, meta: { ...conv.workflow.meta, png_text: { prompt: JSON.stringify(prompt) } } };
+    }
     const v = validateWorkflow(conv.workflow, registry, { maxNodes: limits.maxNodes });
     // A bad link the conversion reported also fails validation; say it once.
     const seen = new Set(conv.issues.map((i) => `${i.nodeId}\0${i.field}`));

@@ -11,7 +11,6 @@ import type { RunEvent } from '../../../engine/executor/events.ts';
 import type { PreviewImage } from '../../../engine/node.ts';
 import { imagesOf, type Job, type JobQueue, type QueueRunner } from '../../../engine/queue/index.ts';
 import { executionError } from './history.ts';
-import type { PromptEmbedder } from './png.ts';
 
 /** Above this many unsent bytes a socket gets no preview frames until it catches up. */
 const PREVIEW_BACKLOG_BYTES = 4 * 1024 * 1024;
@@ -40,7 +39,6 @@ interface Client {
 interface RunState {
   job: Job;
   /** Frames of one job leave in order, even when one waits (for a PNG being completed). */
-  chain: Promise<void>;
   /** Cached nodes reported right after the start, sent together as one execution_cached. */
   cached: string[] | null;
   current: string | null;
@@ -51,7 +49,6 @@ interface RunState {
 export interface ComfyHubOptions<S> {
   queue: JobQueue;
   runner: QueueRunner<S>;
-  embedder: PromptEmbedder<S>;
   log: (message: string) => void;
 }
 
@@ -67,7 +64,7 @@ export class ComfyHub<S> {
     this.unsubscribe.push(
       o.queue.on('changed', () => this.scheduleStatus()),
       o.runner.on('job_started', (job) => {
-        if (job.source === 'api') this.runs.set(job.id, { job, chain: Promise.resolve(), cached: null, current: null, executed: [], errorSent: false });
+        if (job.source === 'api') this.runs.set(job.id, { job, cached: null, current: null, executed: [], errorSent: false });
       }),
       o.runner.on('event', (job, e) => this.onEvent(job, e)),
       o.runner.on('job_finished', (job) => this.onFinished(job)),
@@ -154,14 +151,12 @@ export class ComfyHub<S> {
     });
   }
 
-  /** Queues a frame of a run behind the ones before it (and behind `after`, if given). */
-  private send(st: RunState, type: string, data: Record<string, unknown>, after?: () => Promise<void>): void {
-    const frame = JSON.stringify({ type, data });
-    st.chain = st.chain.then(after).then(() => this.deliver(st.job, frame)).catch((err: unknown) => this.o.log(`comfy websocket: ${(err as Error).message}`));
+  private enqueue(st: RunState, frame: string | Buffer): void {
+    this.deliver(st.job, frame);
   }
 
-  private sendBinary(st: RunState, frame: Buffer): void {
-    st.chain = st.chain.then(() => this.deliver(st.job, frame));
+  private send(st: RunState, type: string, data: Record<string, unknown>): void {
+    this.enqueue(st, JSON.stringify({ type, data }));
   }
 
   private flushCached(st: RunState, time: number): void {
@@ -201,15 +196,14 @@ export class ComfyHub<S> {
         break;
       case 'node_progress':
         this.send(st, 'progress', { value: e.step, max: e.total, node: e.nodeId, prompt_id });
-        if (e.preview) this.sendBinary(st, previewFrame(e.preview));
+        if (e.preview) this.enqueue(st, previewFrame(e.preview));
         break;
       case 'node_finished': {
         st.executed.push(e.nodeId);
         if (st.current === e.nodeId) st.current = null;
         const images = imagesOf(e.outputs);
         if (images) {
-          const written = (): Promise<void> => this.o.embedder.settled(job.id, e.nodeId);
-          this.send(st, 'executed', { node: e.nodeId, display_node: e.nodeId, output: { images }, prompt_id, timestamp: e.time }, written);
+          this.send(st, 'executed', { node: e.nodeId, display_node: e.nodeId, output: { images }, prompt_id, timestamp: e.time });
         }
         break;
       }
