@@ -153,11 +153,16 @@ export interface UploadResult {
 export async function checkImage(bytes: Uint8Array): Promise<string> {
   let format: string | undefined;
   try {
-    const meta = await sharp(bytes, { limitInputPixels: MAX_UPLOAD_PIXELS, failOn: 'error' }).metadata();
+    // The header alone, so a decompression bomb is named as too large before anything is decoded.
+    const meta = await sharp(bytes, { limitInputPixels: false, failOn: 'error' }).metadata();
     format = meta.format;
+    if ((meta.width ?? 0) * (meta.height ?? 0) > MAX_UPLOAD_PIXELS) {
+      throw new FileRequestError(413, 'too_large', `the image is ${meta.width}x${meta.height} pixels, more than the limit of ${MAX_UPLOAD_PIXELS}`);
+    }
     // Decode it all (to a thumbnail): a valid header on a broken body is refused too.
     await sharp(bytes, { limitInputPixels: MAX_UPLOAD_PIXELS, failOn: 'error' }).resize(32, 32, { fit: 'inside' }).raw().toBuffer();
   } catch (err) {
+    if (err instanceof FileRequestError) throw err;
     throw new FileRequestError(415, 'not_an_image', `the file is not a readable image (${(err as Error).message})`);
   }
   if (!format || !(format in FORMAT_EXT)) {

@@ -4,6 +4,7 @@ import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import type { RunEvent } from '../../engine/executor/events.ts';
 import { imagesOf } from '../../engine/queue/runner.ts';
 import type { ClientMessage, ImageRef, RunEventMessage } from '../protocol.ts';
+import { userText } from '../../engine/workflow/types.ts';
 import { viewUrl } from './files.ts';
 
 const id = { type: 'string', minLength: 1, maxLength: 128 };
@@ -65,7 +66,7 @@ export function parseClientMessage(text: string): Parsed {
   if (typeof r.type !== 'string') return { ok: false, id: msgId, message: 'the message lacks a "type"' };
   const validate = validatorFor(r.type);
   if (!validate) {
-    return { ok: false, id: msgId, message: `unknown message type "${r.type.slice(0, 64)}" (known: ${Object.keys(SCHEMAS).join(', ')})` };
+    return { ok: false, id: msgId, message: `unknown message type "${userText(r.type)}" (known: ${Object.keys(SCHEMAS).join(', ')})` };
   }
   if (!validate(raw)) {
     return { ok: false, id: msgId, message: `invalid "${r.type}" message: ${(validate.errors ?? []).map(describe).join('; ')}` };

@@ -10,7 +10,7 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { NodeDef } from '../../engine/node.ts';
 import { ensureDirs, type DataPaths } from '../../engine/paths.ts';
-import { DEFAULT_MAX_NODES } from '../../engine/workflow/types.ts';
+import { DEFAULT_MAX_NODES, userText } from '../../engine/workflow/types.ts';
 import { JobQueue, QueueRunner, type Job, type JobSummary } from '../../engine/queue/index.ts';
 import type { PoolOptions } from '../../engine/runtime/pool.ts';
 import { nodeRegistry } from '../../nodes/registry.ts';
@@ -398,7 +398,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   });
   app.get('/api/jobs/:id', (req, res) => {
     const job = queue.get(req.params.id);
-    if (!job) return void res.status(404).json({ error: 'not_found', message: `job ${req.params.id} not found` });
+    if (!job) return void res.status(404).json({ error: 'not_found', message: `job "${userText(req.params.id)}" not found` });
     res.json({ ...summary(job), attempts: job.attempts, targets: job.targets, nodes: job.nodes, workflow: job.workflow });
   });
 

@@ -6,7 +6,7 @@ import { link, lstat, readdir, realpath, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { FileError, readFileLimited, writeFileAtomic } from '../../engine/fsutil.ts';
 import { checkSchema, migrateWorkflow } from '../../engine/workflow/index.ts';
-import { DEFAULT_MAX_WORKFLOW_BYTES, type ValidationError } from '../../engine/workflow/types.ts';
+import { DEFAULT_MAX_WORKFLOW_BYTES, userText, type ValidationError } from '../../engine/workflow/types.ts';
 import type { WorkflowInfo } from '../protocol.ts';
 
 export type StoreErrorCode = 'not_found' | 'conflict' | 'exists' | 'invalid_name' | 'invalid_workflow' | 'too_large' | 'io';
@@ -32,7 +32,7 @@ export function checkWorkflowName(raw: unknown): string {
   if (typeof raw !== 'string') throw new StoreError('invalid_name', 'a workflow name must be a string');
   let name = raw.normalize('NFC').trim();
   if (name.toLowerCase().endsWith(EXT)) name = name.slice(0, -EXT.length).trimEnd();
-  const bad = (why: string): StoreError => new StoreError('invalid_name', `"${raw}" is not a valid workflow name: ${why}`);
+  const bad = (why: string): StoreError => new StoreError('invalid_name', `"${userText(raw)}" is not a valid workflow name: ${why}`);
   if (name === '') throw bad('it is empty');
   if (name.length > MAX_NAME) throw bad(`longer than ${MAX_NAME} characters`);
   if (/[/\\]/.test(name)) throw bad('it may not contain / or \\ (workflows live in one folder)');

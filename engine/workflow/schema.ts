@@ -2,7 +2,7 @@
 // one-line messages that name the node, like every other validation message.
 import { readFileSync } from 'node:fs';
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
-import { nodeLabel, type ValidationError } from './types.ts';
+import { nodeLabel, userText, type ValidationError } from './types.ts';
 
 let schemaCache: Record<string, unknown> | undefined;
 let validatorCache: ValidateFunction | undefined;
@@ -62,7 +62,7 @@ function locate(segs: string[], raw: unknown): Where {
     const field = rest[1]!;
     const deeper = rest.slice(2);
     return {
-      prefix: `${base} input "${field}"${deeper.length ? ` link "${joinPath(deeper)}"` : ''}`,
+      prefix: `${base} input "${userText(field)}"${deeper.length ? ` link "${joinPath(deeper)}"` : ''}`,
       nodeId,
       nodeType,
       field,
@@ -121,8 +121,8 @@ function describe(e: ErrorObject, raw: unknown): ValidationError | undefined {
     case 'additionalProperties':
       what =
         where.kind === 'input'
-          ? `link has unknown property "${String(p.additionalProperty)}" (a link is {"node": id, "output": name})`
-          : `unknown property "${String(p.additionalProperty)}"`;
+          ? `link has unknown property "${userText(String(p.additionalProperty))}" (a link is {"node": id, "output": name})`
+          : `unknown property "${userText(String(p.additionalProperty))}"`;
       break;
     case 'type':
       what =
@@ -137,7 +137,7 @@ function describe(e: ErrorObject, raw: unknown): ValidationError | undefined {
       what =
         p.propertyName === '__proto__'
           ? 'node id "__proto__" is not allowed'
-          : `node id "${String(p.propertyName)}" is not allowed (use 1 to 64 letters, digits, "_", ":" or "-")`;
+          : `node id "${userText(String(p.propertyName))}" is not allowed (use 1 to 64 letters, digits, "_", ":" or "-")`;
       break;
     case 'minLength':
       what = p.limit === 1 ? 'must not be empty' : `must be at least ${String(p.limit)} characters`;

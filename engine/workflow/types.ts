@@ -108,10 +108,15 @@ export function isLink(v: unknown): v is Link {
   return typeof v === 'object' && v !== null && typeof (v as Link).node === 'string' && typeof (v as Link).output === 'string';
 }
 
+/** Text a user sent, shown inside a message: control characters escaped, at most `max` characters. */
+export function userText(s: string, max = 64): string {
+  return JSON.stringify(s.length > max ? `${s.slice(0, max)}...` : s).slice(1, -1);
+}
+
 /** `node 7 (DiTSample)`, or `node 7` when the type is unknown. */
 export function nodeLabel(id: string, type?: string): string {
-  const shown = /^[\w.-]+$/.test(id) ? id : JSON.stringify(id);
-  return type ? `node ${shown} (${type})` : `node ${shown}`;
+  const shown = /^[\w.-]+$/.test(id) ? id : JSON.stringify(id.length > 64 ? `${id.slice(0, 64)}...` : id);
+  return type ? `node ${shown} (${userText(type)})` : `node ${shown}`;
 }
 
 /** Numeric-aware id order: "2" < "10" < "a". */

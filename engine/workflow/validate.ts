@@ -7,6 +7,7 @@ import {
   DEFAULT_MAX_NODES,
   isLink,
   nodeLabel,
+  userText,
   type InputValue,
   type ValidationCode,
   type ValidationError,
@@ -172,11 +173,11 @@ export function validateWorkflow<S>(raw: unknown, registry: Registry<S>, opts: V
     const label = nodeLabel(id, type);
     const push = (code: ValidationCode, field: string | undefined, what: string): void => {
       if (field === undefined) errors.push({ nodeId: id, nodeType: type, code, message: `${label}: ${what}` });
-      else errors.push({ nodeId: id, nodeType: type, field, code, message: `${label} input "${field}": ${what}` });
+      else errors.push({ nodeId: id, nodeType: type, field, code, message: `${label} input "${userText(field)}": ${what}` });
     };
     const def = registry.get(type);
     if (!def) {
-      push('unknown_type', undefined, `unknown node type "${type}"${suggest(type, registry)}`);
+      push('unknown_type', undefined, `unknown node type "${userText(type)}"${suggest(type, registry)}`);
       continue;
     }
     const rawInputs = (node as { inputs?: unknown }).inputs;
@@ -212,7 +213,7 @@ export function validateWorkflow<S>(raw: unknown, registry: Registry<S>, opts: V
           push(
             'unknown_output',
             name,
-            `${nodeLabel(value.node, upType)} has no output "${value.output}" (it has ${outs.length ? showList(outs, false) : 'no outputs'})`,
+            `${nodeLabel(value.node, upType)} has no output "${userText(value.output)}" (it has ${outs.length ? showList(outs, false) : 'no outputs'})`,
           );
           continue;
         }
@@ -221,7 +222,7 @@ export function validateWorkflow<S>(raw: unknown, registry: Registry<S>, opts: V
           push(
             'type_mismatch',
             name,
-            `${nodeLabel(value.node, upType)} output "${value.output}" is ${out.type}, but this input takes ${want}`,
+            `${nodeLabel(value.node, upType)} output "${userText(value.output)}" is ${out.type}, but this input takes ${want}`,
           );
         }
       } else if (isConstant(value)) {
@@ -386,7 +387,7 @@ function describeCycle(
   const err: ValidationError = {
     code: 'cycle',
     nodeId: id,
-    message: `${label(start)} input "${field}": links form a cycle: ${flow.map(label).join(' -> ')}`,
+    message: `${label(start)} input "${userText(String(field))}": links form a cycle: ${flow.map(label).join(' -> ')}`,
   };
   const type = typeOf(id);
   if (type !== undefined) err.nodeType = type;

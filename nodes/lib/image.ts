@@ -18,7 +18,8 @@ export const MAX_IMAGE_PIXELS = 64 * 1024 * 1024;
 export async function decodeImage(input: Uint8Array | string, maxPixels = MAX_IMAGE_PIXELS): Promise<RgbImage> {
   let meta: sharp.Metadata;
   try {
-    meta = await sharp(input, { limitInputPixels: maxPixels }).metadata();
+    // Header only: the size check below names the size; the pixel limit still guards the decode.
+    meta = await sharp(input, { limitInputPixels: false }).metadata();
   } catch (err) {
     throw new Error(`not a readable image: ${(err as Error).message}`);
   }
