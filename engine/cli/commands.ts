@@ -6,6 +6,7 @@ import { registerRun } from './run.ts';
 import { registerValidate } from './validate.ts';
 import { registerModels } from './models.ts';
 import { registerDemo } from './demo.ts';
+import { registerModels as registerConvert } from '../../models/convert/cli.ts';
 import { registerServe } from '../../editor/server/cli.ts';
 
-export const COMMANDS: CommandRegistrar[] = [registerRun, registerValidate, registerNodes, registerModels, registerDemo, registerServe];
+export const COMMANDS: CommandRegistrar[] = [registerRun, registerValidate, registerNodes, registerModels, registerConvert, registerDemo, registerServe];

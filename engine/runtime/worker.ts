@@ -8,7 +8,7 @@ import { parentPort, threadId } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import { Graph } from '../../models/onnx/graph.ts';
 import { fromOrt, toOrt } from '../../models/onnx/ort.ts';
-import type { Tensor } from '../../models/tensor.ts';
+import { type Tensor, float16ToFloat32, float32ToFloat16 } from '../../models/tensor.ts';
 import {
   type CacheRequest, type Device, type Envelope, type LoadResult, type ProbeOutcome, type Reply,
   type Replies, type Request, type RequestOf, type RunResult, type SessionConfig, transferList,
@@ -182,15 +182,31 @@ async function load(req: RequestOf<'load'>): Promise<LoadResult> {
 
 const now = (): number => performance.timeOrigin + performance.now();
 
+/**
+ * Half-precision model sets keep the host side simple: callers feed and receive float32, and the
+ * conversion to and from the graph's float16 happens here, off the main thread.
+ */
+function matchInputPrecision(s: ort.InferenceSession, name: string, t: Tensor): Tensor {
+  const meta = s.inputMetadata.find((m) => m.name === name);
+  if (meta?.isTensor && meta.type === 'float16' && t.dtype === 'float32') {
+    return { dtype: 'float16', dims: t.dims, data: float32ToFloat16(t.data as Float32Array) };
+  }
+  return t;
+}
+
+function asFloat32(t: Tensor): Tensor {
+  return t.dtype === 'float16' ? { dtype: 'float32', dims: t.dims, data: float16ToFloat32(t.data as Uint16Array) } : t;
+}
+
 async function run(req: RequestOf<'run'>): Promise<RunResult> {
   if (!session) throw new Error('no model is loaded in this worker');
   const feeds: Record<string, ort.Tensor> = {};
-  for (const [name, t] of Object.entries(req.feeds)) feeds[name] = toOrt(t);
+  for (const [name, t] of Object.entries(req.feeds)) feeds[name] = toOrt(matchInputPrecision(session, name, t));
   const startedAt = now();
   const out = req.outputs ? await session.run(feeds, req.outputs) : await session.run(feeds);
   const endedAt = now();
   const outputs: Record<string, Tensor> = {};
-  for (const [name, t] of Object.entries(out)) outputs[name] = fromOrt(t);
+  for (const [name, t] of Object.entries(out)) outputs[name] = asFloat32(fromOrt(t));
   return { outputs, threadId, startedAt, endedAt };
 }
 

@@ -208,6 +208,10 @@ export function mergeLoras(base: WeightSource, loras: readonly LoraSpec[], cfg: 
         if (downShape.length !== 2 || downShape[1] !== inF) {
           throw new Error(`${u.file}: LoRA tensor '${u.down}' has shape [${downShape}] but '${key}' takes ${inF} inputs`);
         }
+        const upShape = src.shape(u.up[0]!.key)!;
+        if (upShape.length !== 2 || upShape[1] !== rank) {
+          throw new Error(`${u.file}: LoRA tensor '${u.up[0]!.key}' has shape [${upShape}], expected [out, ${rank}] to match '${u.down}'`);
+        }
         const up = gatherUp(src, u, rank);
         if (up.rows !== out) throw new Error(`${u.file}: LoRA tensor '${u.up[0]!.key}' gives ${up.rows} output rows for '${key}', which has ${out}`);
         addLowRank(w, up.data, toFloat32(src.get(u.down)), out, rank, inF, u.scale);

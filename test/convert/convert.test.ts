@@ -143,6 +143,15 @@ describe('models convert: original BFL single-file transformer', () => {
     expect(manifest.files.vae.sha256).toBe(golden.files.vae.sha256);
   }, 300_000);
 
+  it('takes text encoders embedded in the single file (ComfyUI prefixes), read with the real models\' configs', async () => {
+    const file = join(root, 'checkpoints', 'flux1-dev-all-in-one.safetensors');
+    const clip = readSafetensors(goldenPath('clip_text', 'model.safetensors'));
+    writeBflTransformer(file, 'model.diffusion_model.', new Map([...clip].map(([k, t]) => [`text_encoders.clip_l.transformer.${k}`, t])));
+    // No config travels with an embedded encoder: the real CLIP-L's is assumed, which the tiny one does not fit.
+    await expect(convertCheckpoints(options({ name: 'aio', flux: file, base: paths.flux })))
+      .rejects.toThrow(/'text_model\.embeddings\.token_embedding\.weight' has shape \[100,32\] but the model config expects \[49408,768\][\s\S]*CLIP text encoder \(.*all-in-one/);
+  }, 300_000);
+
   it('says what is missing when a single file comes without the other parts', async () => {
     const file = join(root, 'checkpoints', 'flux1-dev.safetensors');
     await expect(convertCheckpoints(options({ name: 'lonely', flux: file }))).rejects.toThrow(/no VAE: pass --vae, or --base/);
@@ -180,6 +189,28 @@ describe('models convert: resume', () => {
   it('refuses to overwrite a set made from other inputs without --force', async () => {
     await expect(convertCheckpoints(options({ t5SeqLen: 16 }))).rejects.toThrow(/already exists.*t5.*--force/s);
   });
+});
+
+describe('models convert: the command line', () => {
+  it('converts with `charflow models convert` and reports errors as one line with exit code 1', async () => {
+    const { Command } = await import('commander');
+    const { registerModels } = await import('../../models/convert/cli.ts');
+    const run = async (...args: string[]) => {
+      const program = new Command().exitOverride();
+      registerModels(program);
+      process.exitCode = 0;
+      await program.parseAsync(args, { from: 'user' });
+      const code = Number(process.exitCode ?? 0);
+      process.exitCode = 0;
+      return code;
+    };
+    const common = ['--siglip', paths.siglip, '--dinov2', paths.dinov2, '--adapter', paths.adapter, '--adapter-config', paths.adapterConfig!, '--models', models];
+    expect(await run('models', 'convert', '--flux', paths.flux, '--name', 'cli', '--dtype', 'fp32', ...common)).toBe(0);
+    const set = openModelSet(models, 'cli');
+    expect(set.manifest.files.flux.sha256).toBe(golden.files.flux.sha256);
+    expect(set.manifest.t5.seqLen).toBe(512);
+    expect(await run('models', 'convert', '--flux', join(root, 'nowhere'), '--name', 'cli2', ...common)).toBe(1);
+  }, 300_000);
 });
 
 describe('models convert: broken checkpoints', () => {

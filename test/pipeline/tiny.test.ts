@@ -10,7 +10,8 @@ import { validateWorkflow } from '../../engine/workflow/index.ts';
 import type { ValidWorkflow } from '../../engine/workflow/types.ts';
 import { createServices, PACKAGE_ROOT, type OwnedServices } from '../../nodes/services.ts';
 import { nodeRegistry } from '../../nodes/registry.ts';
-import { writeTinyModelSet } from '../../models/tiny.ts';
+import { tinySpec, writeTinyModelSet } from '../../models/tiny.ts';
+import { writeModelSet } from '../../models/modelset.ts';
 import { readPngText } from '../../nodes/lib/image.ts';
 
 const registry = nodeRegistry();
@@ -121,5 +122,15 @@ describe('the default workflow on the tiny set', () => {
     const bad = validateWorkflow({ ...structuredClone(base), nodes: { ...structuredClone(base).nodes, 7: { ...base.nodes['7'], inputs: { ...base.nodes['7']!.inputs, width: 100 } } } }, registry);
     expect(bad.ok).toBe(false);
     expect(bad.errors[0]!.message).toMatch(/node 7 \(DiTSample\).*width/);
+  });
+
+  it('runs a float16 model set through the same nodes (the host side stays float32)', async () => {
+    await writeModelSet({ ...tinySpec(), name: 'tiny16', dtype: 'float16' }, join(paths.models, 'tiny16'));
+    const executor = new Executor({ registry, services, logger: { info: () => {}, warn: () => {} } });
+    const result = await executor.run(workflow({ 1: { set: 'tiny16' } }));
+    expect(result.status, JSON.stringify(result.nodes)).toBe('done');
+    const name = (result.outputs['9'] as { images: { filename: string }[] }).images[0]!.filename;
+    const meta = await sharp(join(paths.outputs, name)).metadata();
+    expect([meta.width, meta.height]).toEqual([96, 64]);
   });
 });
