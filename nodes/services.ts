@@ -32,10 +32,18 @@ export interface OwnedServices extends Services {
   close(): Promise<void>;
 }
 
+/** A memory budget in GiB (`--memory-budget`, CHARFLOW_MEMORY_BUDGET) as bytes. */
+export function parseMemoryBudget(gib: string, source: string): number {
+  const n = Number(gib);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`${source} ${JSON.stringify(gib)}: expected a number of GiB above 0, e.g. 16`);
+  return Math.round(n * 1024 ** 3);
+}
+
 export async function createServices(paths: DataPaths, opts: ServiceOptions = {}): Promise<OwnedServices> {
+  const envBudget = process.env.CHARFLOW_MEMORY_BUDGET;
   const pool = await SessionPool.create({
     device: opts.device ?? 'auto',
-    memoryBudgetBytes: opts.memoryBudgetBytes,
+    memoryBudgetBytes: opts.memoryBudgetBytes ?? (envBudget ? parseMemoryBudget(envBudget, 'CHARFLOW_MEMORY_BUDGET') : undefined),
     intraOpThreads: opts.intraOpThreads,
     cacheDir: join(paths.root, 'cache', 'ort'),
     // An optimised copy doubles a model's disk use: worth it for start-up, not for the 24 GB transformer.

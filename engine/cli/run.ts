@@ -11,6 +11,7 @@ import { nodeLabel, WorkflowError } from '../workflow/types.ts';
 import { CliError, EXIT, pathsFor, withDataOption, type CliContext } from './context.ts';
 import { toJsonLine } from './format.ts';
 import { printErrors, readAndMigrate, resolveWorkflowPath } from './load.ts';
+import { parseMemoryBudget } from '../../nodes/services.ts';
 import { barReporter, jsonReporter, plainReporter, type Reporter } from './progress.ts';
 
 export const DEVICES = ['auto', 'cpu', 'cuda', 'webgpu'] as const;
@@ -24,6 +25,7 @@ export interface RunCommandOptions {
   data?: string;
   json?: boolean;
   concurrency?: string;
+  memoryBudget?: string;
 }
 
 export interface SetAssignment {
@@ -86,6 +88,12 @@ export async function runCommand(ctx: CliContext, file: string, opts: RunCommand
   const sets = (opts.set ?? []).map(parseSet);
   const targets = opts.target ?? [];
   const concurrency = parseConcurrency(opts.concurrency);
+  let memoryBudgetBytes: number | undefined;
+  try {
+    memoryBudgetBytes = opts.memoryBudget === undefined ? undefined : parseMemoryBudget(opts.memoryBudget, '--memory-budget');
+  } catch (err) {
+    throw new CliError((err as Error).message);
+  }
   const paths = pathsFor(ctx, opts);
   const registry = await ctx.registry();
   const fail = (lines: readonly string[]): number => {
@@ -110,7 +118,11 @@ export async function runCommand(ctx: CliContext, file: string, opts: RunCommand
   if (outputDir) await mkdir(outputDir, { recursive: true });
   let services: { close(): Promise<void> };
   try {
-    services = await ctx.createServices(paths, { device: opts.device ?? 'auto', ...(outputDir ? { outputDir } : {}) });
+    services = await ctx.createServices(paths, {
+      device: opts.device ?? 'auto',
+      ...(outputDir ? { outputDir } : {}),
+      ...(memoryBudgetBytes !== undefined ? { memoryBudgetBytes } : {}),
+    });
   } catch (err) {
     throw new CliError(`cannot start: ${(err as Error).message ?? String(err)}`, EXIT.nodeFailed);
   }
@@ -160,6 +172,7 @@ export function registerRun(program: Command, ctx: CliContext): void {
       .addOption(new Option('--device <device>', 'where models run').choices(DEVICES).default('auto'))
       .option('--models <dir>', 'models folder (default: $CHARFLOW_MODELS or <data>/models)')
       .option('--concurrency <n>', 'nodes run at once (default 2)')
+      .option('--memory-budget <GiB>', 'models loaded at once stay under this (default: $CHARFLOW_MEMORY_BUDGET or 75% of RAM)')
       .option('--json', 'print one JSON event per line instead of progress bars'),
   ).action(async (file: string, opts: RunCommandOptions) => {
     ctx.exitCode = await runCommand(ctx, file, opts);

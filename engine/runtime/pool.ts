@@ -331,7 +331,7 @@ export class SessionPool {
   private async reserve(e: Entry, bytes: number): Promise<void> {
     if (bytes > this.budgetBytes) {
       throw new Error(`model ${e.path} needs about ${fmtBytes(bytes)} (${bytes} bytes), more than the whole memory `
-        + `budget of ${fmtBytes(this.budgetBytes)} (${this.budgetBytes} bytes); raise memoryBudgetBytes or use a smaller model`);
+        + `budget of ${fmtBytes(this.budgetBytes)} (${this.budgetBytes} bytes); raise the memory budget (--memory-budget or CHARFLOW_MEMORY_BUDGET) or use a smaller model`);
     }
     for (;;) {
       this.assertOpen();
