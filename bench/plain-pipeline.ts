@@ -4,12 +4,12 @@
 // no validation, planning, cache keys, output cache, events or node contexts. It is the baseline
 // of the engine-overhead figure.
 // Run alone: `node --import tsx bench/plain-pipeline.ts` (on the bench's tiny set).
+import { rmSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import type { NodeContext } from '../engine/node.ts';
-import type { SessionPool } from '../engine/runtime/pool.ts';
 import type { ModelSet } from '../models/modelset.ts';
 import { eulerStep, flowMatchSchedule, packLatents, seededNormal, unpackLatents } from '../models/sampling.ts';
 import { fluxRopeFor } from '../models/rope.ts';
@@ -136,27 +136,13 @@ export async function runPlainPipeline(services: Services, models: ModelSet, p: 
   return { ms: performance.now() - t0, filename };
 }
 
-/** Sum of the time spent inside ORT (session.run on the workers) by the runs of `pool`, for notes. */
-export function countOrtTime(pool: SessionPool): { readonly ms: number; restore(): void } {
-  const original = pool.run;
-  const state = { ms: 0 };
-  pool.run = async (path, feeds, opts) => {
-    const r = await pool.runWithInfo(path, feeds, opts);
-    state.ms += r.info.endedAt - r.info.startedAt;
-    return r.outputs;
-  };
-  return {
-    get ms() { return state.ms; },
-    restore: () => { pool.run = original; },
-  };
-}
-
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const { ensureTinySet, BENCH_ROOT, MODELS_ROOT, defaultWorkflowJson } = await import('./lib/fixtures.ts');
   const { resolvePaths } = await import('../engine/paths.ts');
   const { createServices } = await import('../nodes/services.ts');
   await ensureTinySet();
-  const services = await createServices(resolvePaths({ data: join(BENCH_ROOT, 'plain'), models: MODELS_ROOT }), { device: 'cpu', log: () => {} });
+  const paths = resolvePaths({ data: join(BENCH_ROOT, 'work'), models: MODELS_ROOT });
+  const services = await createServices(paths, { device: 'cpu', log: () => {} });
   try {
     const wf = defaultWorkflowJson();
     Object.assign(wf.nodes['7']!.inputs, { width: 96, height: 64, steps: 3 });
@@ -167,5 +153,6 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
     }
   } finally {
     await services.close();
+    rmSync(paths.outputs, { recursive: true, force: true });
   }
 }

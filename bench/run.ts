@@ -19,10 +19,14 @@ import { benchParallel } from './parallel.ts';
 import { benchAdapter } from './adapter-cost.ts';
 import { benchDiT } from './dit-efficiency.ts';
 import { benchColdStart } from './cold-start.ts';
+import { benchLag } from './server-lag.ts';
+import { cpuMeter, describeShare } from './lib/cpuload.ts';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 /** Past this, sections stop adding repetitions for disturbed samples. */
-const BUDGET_S = 200;
+const BUDGET_S = 170;
+/** A section that misses while other processes keep this many cores busy is run again. */
+const DISTURBED_CORES = 0.5;
 
 function option(name: string): string | undefined {
   const i = process.argv.findIndex((a) => a === `--${name}` || a.startsWith(`--${name}=`));
@@ -42,12 +46,15 @@ async function graphScale(): Promise<Figure[]> {
   if (!existsSync(join(HERE, 'graph-scale.ts'))) return [failed(5, 'graph scale', 'skipped', 'bench/graph-scale.ts is not there yet')];
   const mod = (await import('./graph-scale.ts')) as { benchGraphScale?: () => Promise<{ validateMs: number; scheduleMs: number; perNodeUs: number }> };
   if (!mod.benchGraphScale) return [failed(5, 'graph scale', 'skipped', 'bench/graph-scale.ts has no benchGraphScale() yet')];
+  const meter = cpuMeter();
   const r = await mod.benchGraphScale();
+  const otherCores = meter().otherCores;
   return [
     judged(5, 'validate + schedule 10,000 nodes', r.validateMs + r.scheduleMs, 'ms', '<=', 200, {
+      otherCores,
       note: `validate ${r.validateMs.toFixed(1)} ms + plan ${r.scheduleMs.toFixed(1)} ms (best of 3, bench/graph-scale.ts)`,
     }),
-    judged(5, 'executor overhead per node', r.perNodeUs, 'us', '<=', 50, { note: 'a 10,000-node run of no-op nodes minus its planning, per node (best of 3)' }),
+    judged(5, 'executor overhead per node', r.perNodeUs, 'us', '<=', 50, { otherCores, note: 'a 10,000-node run of no-op nodes minus its planning, per node (best of 3)' }),
   ];
 }
 
@@ -58,22 +65,53 @@ async function main(): Promise<void> {
   const figures: Figure[] = [];
   const notes: string[] = [];
   const details: Record<string, unknown> = {};
-  const section = async (numbers: number[], name: string, fn: () => Promise<Figure[]>): Promise<void> => {
-    if (!numbers.some(wanted)) return;
+  const shares: Record<string, string> = {};
+  /** Runs one section; its figures, or error figures for its section numbers. */
+  const attempt = async (numbers: number[], name: string, fn: () => Promise<Figure[]>, children = false): Promise<Figure[]> => {
     log(`${name}`);
     const s = performance.now();
+    const meter = cpuMeter();
+    let out: Figure[];
     try {
-      figures.push(...(await fn()));
+      out = await fn();
     } catch (err) {
       const e = err as Error;
       log(`  FAILED: ${e.stack ?? e.message}`);
-      for (const n of numbers) figures.push(failed(n, name, 'error', e.message));
+      out = numbers.map((n) => failed(n, name, 'error', e.message));
     }
-    log(`  (${((performance.now() - s) / 1000).toFixed(1)} s)`);
+    const share = meter();
+    const load = children ? `the CPU was ${((share.ownCores + share.otherCores) / share.cores * 100).toFixed(0)} % busy (its own child processes included)` : describeShare(share);
+    shares[name] = `${name}: ${((performance.now() - s) / 1000).toFixed(1)} s; ${load}`;
+    log(`  (${((performance.now() - s) / 1000).toFixed(1)} s; ${load})`);
+    return out;
+  };
+  const retryable: { numbers: number[]; name: string; fn: () => Promise<Figure[]>; figures: Figure[] }[] = [];
+  const section = async (numbers: number[], name: string, fn: () => Promise<Figure[]>, retry = false, children = false): Promise<void> => {
+    if (!numbers.some(wanted)) return;
+    const out = await attempt(numbers, name, fn, children);
+    figures.push(...out);
+    if (retry) retryable.push({ numbers, name, fn, figures: out });
+  };
+  /** A section that missed while other processes held the CPU runs once more if time allows; the calmer attempt counts. */
+  const retryDisturbed = async (): Promise<void> => {
+    for (const r of retryable) {
+      const disturbance = Math.max(0, ...r.figures.filter((f) => f.status === 'miss').map((f) => f.otherCores ?? 0));
+      if (disturbance < DISTURBED_CORES || elapsedS() > BUDGET_S) continue;
+      log(`re-running "${r.name}": it missed while other processes kept ${disturbance.toFixed(2)} cores busy`);
+      const again = await attempt(r.numbers, `${r.name} (again)`, r.fn);
+      const calm = (fs: Figure[]) => Math.max(0, ...fs.map((f) => f.otherCores ?? 0));
+      const keep = calm(again) < calm(r.figures) ? again : r.figures;
+      notes.push(`"${r.name}" ran twice (the first attempt missed while other processes kept ${disturbance.toFixed(2)} cores busy); `
+        + `the table shows the ${keep === again ? 'second' : 'first'} attempt, the calmer one (other processes: ${calm(r.figures).toFixed(2)} cores in the first, ${calm(again).toFixed(2)} in the second).`);
+      if (keep === again) {
+        for (const f of r.figures) figures.splice(figures.indexOf(f), 1);
+        figures.push(...again);
+      }
+    }
   };
 
   // Graph scale first: it needs no models and is the most sensitive to a busy CPU.
-  await section([5], 'graph scale (bench/graph-scale.ts)', graphScale);
+  await section([5], 'graph scale (bench/graph-scale.ts)', graphScale, true);
 
   const needsModels = [1, 2, 3, 4, 6, 7, 8, 9].some(wanted);
   if (!needsModels) return finish();
@@ -82,7 +120,8 @@ async function main(): Promise<void> {
   const [midMs, madeMid] = await timedGen(ensureMidSet);
   log(`  tiny ${made ? `written in ${tinyMs.toFixed(0)} ms` : 'cached'}, mid-size ${madeMid ? `written in ${midMs.toFixed(0)} ms` : 'cached'} (${MODELS_ROOT})`);
 
-  const paths = resolvePaths({ data: join(BENCH_ROOT, `run-${process.pid}`), models: MODELS_ROOT });
+  // A data folder kept between bench runs: its optimised-session cache makes the warm-up quick.
+  const paths = resolvePaths({ data: join(BENCH_ROOT, 'work'), models: MODELS_ROOT });
   const services = await createServices(paths, { device: 'cpu', log: () => {} });
   const ctx: BenchContext = {
     services, registry: nodeRegistry(), paths, quick, details,
@@ -90,15 +129,17 @@ async function main(): Promise<void> {
   };
   notes.push(`Runtime: CPU provider, ${services.pool.intraOpThreads} intra-op thread(s) per session (charflow's default for ${machine.cores} cores), inter-op 1, sequential execution, graph optimisation 'all'.`);
   try {
-    await section([1, 2, 4, 6, 9], 'engine overhead, prompt re-run, event-loop delay, cache budget (tiny set)', () => benchPipeline(ctx));
-    await section([3], 'parallel branches (mid-size encoders)', () => benchParallel(ctx));
+    await section([1, 2, 4, 9], 'engine overhead, prompt re-run, cache budget (tiny set)', () => benchPipeline(ctx), true);
+    await section([6], 'server responsiveness (event-loop delay during runs)', () => benchLag(ctx), true);
+    await section([3], 'parallel branches (mid-size encoders)', () => benchParallel(ctx), true);
     await section([4], 'adapter cost per step (mid-size adapter)', () => benchAdapter(ctx));
-    await section([7], 'model efficiency (mid-size DiT step vs MatMul peak)', () => benchDiT(ctx));
+    await section([7], 'model efficiency (mid-size DiT step vs MatMul peak)', () => benchDiT(ctx), true);
+    await retryDisturbed();
   } finally {
     await services.close();
-    rmSync(paths.root, { recursive: true, force: true });
+    rmSync(paths.outputs, { recursive: true, force: true });
   }
-  await section([8, 9], 'cold start and demo peak RSS (child processes)', () => benchColdStart(ctx, MODELS_ROOT, BENCH_ROOT));
+  await section([8, 9], 'cold start and demo peak RSS (child processes)', () => benchColdStart(ctx, MODELS_ROOT, BENCH_ROOT), false, true);
   return finish();
 
   function finish(): void {
@@ -111,7 +152,8 @@ async function main(): Promise<void> {
     for (const f of misses) console.log(`  ${f.status.toUpperCase()} ${f.section}. ${f.name}: ${f.note ?? ''}`);
     if (process.argv.includes('--no-write')) return;
     const partial = only ? ` (sections ${only.join(', ')} only)` : quick ? ' (quick run)' : '';
-    writeResults(join(HERE, 'results.json'), { startedAt, totalS, quick, only: only ?? null, machine, figures, details });
+    notes.push(...Object.values(shares).map((v) => `Section timing: ${v}.`));
+    writeResults(join(HERE, 'results.json'), { startedAt, totalS, quick, only: only ?? null, machine, figures, notes, details });
     writeFileSync(join(HERE, 'RESULTS.md'), markdown(figures, machine, { startedAt: startedAt + partial, totalS, notes }));
     console.log(`wrote bench/results.json and bench/RESULTS.md`);
   }

@@ -33,14 +33,14 @@ const GRAPHS_ROOT = join(BENCH_ROOT, 'graphs');
 
 /** Encoders 8x (SigLIP) and 5x (DINOv2) wider than tiny, head dim 64, the pipeline's real token counts. */
 export const MID_SIGLIP = siglipConfigFromJson({
-  hidden_size: 128, intermediate_size: 512, num_hidden_layers: 6, num_attention_heads: 2, num_channels: 3,
+  hidden_size: 128, intermediate_size: 512, num_hidden_layers: 8, num_attention_heads: 2, num_channels: 3,
   image_size: 384, patch_size: 14, hidden_act: 'gelu_pytorch_tanh', layer_norm_eps: 1e-6,
 });
 export const MID_DINOV2 = dinov2ConfigFromJson({
-  hidden_size: 128, num_hidden_layers: 6, num_attention_heads: 2, mlp_ratio: 4, hidden_act: 'gelu', layer_norm_eps: 1e-6,
+  hidden_size: 128, num_hidden_layers: 8, num_attention_heads: 2, mlp_ratio: 4, hidden_act: 'gelu', layer_norm_eps: 1e-6,
   image_size: 518, patch_size: 14, num_channels: 3, qkv_bias: true, layerscale_value: 1.0, use_swiglu_ffn: true,
 });
-const MID_SHALLOW = [2, 4, 5];
+const MID_SHALLOW = [2, 5, 7];
 /** The real adapter's depth (4 + 4 blocks, 4 resampler layers) at 1/10 of its width. */
 export const MID_ADAPTER = adapterConfigFromJson({
   inner_dim: MID_SIGLIP.hiddenSize + MID_DINOV2.hiddenSize, num_attention_heads: 4, attention_head_dim: 64,
@@ -95,18 +95,24 @@ export async function ensureTinySet(): Promise<boolean> {
 }
 
 export async function ensureMidSet(): Promise<boolean> {
-  const stamp = stampOf(['mid', 1, MID_SIGLIP, MID_DINOV2, MID_ADAPTER, MID_FLUX, TINY_VAE, TINY_T5, TINY_CLIP]);
+  const stamp = stampOf(['mid', 3, MID_SIGLIP, MID_DINOV2, MID_ADAPTER, MID_FLUX, TINY_VAE, TINY_T5, TINY_CLIP]);
   return once(join(MODELS_ROOT, MID_SET_NAME), stamp, MANIFEST_FILE, () => writeModelSet(midSpec(), join(MODELS_ROOT, MID_SET_NAME)));
 }
 
-/** c = a @ B for a [n, n] input and a constant B (a weight, as in every Linear of the models). */
+/**
+ * c = a @ B for an [n, n] input and a constant B (a weight, as in every Linear of the models),
+ * returned summed over its rows ([n, 1]): a full [n, n] output would be a fresh 16 MiB buffer
+ * per run, whose page faults and copy out of ORT would be timed too (the DiT's output is small).
+ * The sum reads c once (n^2 adds against 2 n^3 FLOPs).
+ */
 export async function ensureMatMulGraph(n: number): Promise<string> {
   const dir = join(GRAPHS_ROOT, `matmul-${n}`);
-  await once(dir, stampOf(['matmul', 1, n]), 'model.onnx', () => {
+  await once(dir, stampOf(['matmul', 2, n]), 'model.onnx', () => {
     const g = new Graph({ name: `matmul_${n}` });
     const a = g.input('a', 'float32', [n, n]);
     const b = randomWeights({ b: [n, n] }, 7).get('b')!;
-    g.output(g.node('MatMul', [a, g.weight('b', b)]), 'c', 'float32', [n, n]);
+    const c = g.node('MatMul', [a, g.weight('b', b)]); // [n, n]
+    g.output(g.node('ReduceSum', [c, g.ints([1])], { keepdims: 1 }), 'c_sum', 'float32', [n, 1]);
     g.save(join(dir, 'model.onnx'));
   });
   return join(dir, 'model.onnx');
@@ -114,10 +120,21 @@ export async function ensureMatMulGraph(n: number): Promise<string> {
 
 // ---- workflows --------------------------------------------------------------------------------
 
+/** The pipeline size of the tiny-set sections: the encoders (fixed 384 px, 5 views) dominate at any size. */
+export const PIPE = { width: 96, height: 64, steps: 3 };
+
 type RawWorkflow = { nodes: Record<string, { type: string; inputs: Record<string, unknown> }> } & Record<string, unknown>;
 
 export function defaultWorkflowJson(): RawWorkflow {
   return JSON.parse(readFileSync(join(PACKAGE_ROOT, 'workflows/instantcharacter.json'), 'utf8')) as RawWorkflow;
+}
+
+/** The default workflow's JSON at the PIPE size with some node inputs changed (not validated: for the server). */
+export function rawWorkflow(changes: Record<string, Record<string, unknown>> = {}): RawWorkflow {
+  const wf = defaultWorkflowJson();
+  Object.assign(wf.nodes['7']!.inputs, PIPE);
+  for (const [id, inputs] of Object.entries(changes)) Object.assign(wf.nodes[id]!.inputs, inputs);
+  return wf;
 }
 
 /** The default workflow with some node inputs changed, validated. */

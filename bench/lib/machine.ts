@@ -19,7 +19,14 @@ export interface Machine {
 function cpuInfo(): { model: string; flags: string } {
   try {
     const text = readFileSync('/proc/cpuinfo', 'utf8');
-    const model = /^model name\s*:\s*(.+)$/m.exec(text)?.[1]?.trim() ?? 'unknown';
+    const field = (name: string) => new RegExp(`^${name}\\s*:\\s*(.+)$`, 'm').exec(text)?.[1]?.trim();
+    const extra = [
+      field('cpu family') && `family ${field('cpu family')}`,
+      field('model') && `model ${field('model')}`,
+      field('cpu MHz') && `${Number(field('cpu MHz')).toFixed(0)} MHz`,
+      field('cache size') && `L2 ${field('cache size')}`,
+    ].filter(Boolean);
+    const model = `${field('model name') ?? 'unknown'}${extra.length ? ` (${extra.join(', ')})` : ''}`;
     const flags = /^flags\s*:\s*(.+)$/m.exec(text)?.[1]?.split(/\s+/) ?? [];
     const simd = ['avx512f', 'avx2', 'fma', 'avx512_bf16', 'avx512_vnni'].filter((f) => flags.includes(f));
     return { model, flags: simd.join(' ') || 'no AVX' };

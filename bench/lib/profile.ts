@@ -42,7 +42,8 @@ export async function profileMainThread<T>(fn: () => Promise<T>, top = 8): Promi
       const ms = (profile.timeDeltas[i] ?? 0) / 1000;
       if (IDLE.has(f.functionName)) return;
       busy += ms;
-      const where = f.url ? `${f.url.replace(/^file:\/\/.*?\/(engine|nodes|models|bench|node_modules)\//, '$1/')}:${f.lineNumber + 1}` : 'native';
+      // Line numbers are those of tsx's transpiled code, so only the file is named.
+      const where = f.url ? f.url.replace(/^file:\/\/.*?\/(engine|nodes|models|bench|editor|node_modules)\//, '$1/').replace(/\?.*$/, '') : 'native';
       const key = `${f.functionName || '(anonymous)'} ${where}`;
       self.set(key, (self.get(key) ?? 0) + ms);
     });

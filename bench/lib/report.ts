@@ -17,6 +17,8 @@ export interface Figure {
   /** How it was measured, the medians behind a ratio, or why it missed. */
   note?: string;
   samples?: number[];
+  /** Average cores other processes kept busy during the measurement (shared machine). */
+  otherCores?: number;
 }
 
 export const SECTION_TITLES: Record<number, string> = {
