@@ -1,6 +1,7 @@
 // The editor's WebSocket (/ws/editor): requests answered by id, run events and queue changes pushed
 // to every tab (`mine` marks the tab that queued the run). A bad frame gets an `error` reply and the
 // connection stays up; a slow tab gets progress without preview pictures rather than a growing buffer.
+import { pingClients, trackPongs } from './heartbeat.ts';
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { WebSocket } from 'ws';
@@ -110,7 +111,7 @@ export class EditorHub<S> {
     const asked = new URL(req.url ?? '/', 'http://x').searchParams.get('clientId');
     const client: Client = { ws, clientId: asked && CLIENT_ID_RE.test(asked) ? asked : randomUUID(), inFlight: 0, alive: true };
     this.clients.add(client);
-    ws.on('pong', () => (client.alive = true));
+    trackPongs(client);
     ws.on('close', () => this.clients.delete(client));
     ws.on('error', (err) => this.o.log(`editor websocket: ${err.message}`));
     ws.on('message', (data, isBinary) => {
@@ -135,15 +136,7 @@ export class EditorHub<S> {
   }
 
   private ping(): void {
-    for (const c of this.clients) {
-      if (!c.alive) {
-        c.ws.terminate();
-        this.clients.delete(c);
-        continue;
-      }
-      c.alive = false;
-      c.ws.ping();
-    }
+    pingClients(this.clients);
   }
 
   private send(c: Client, msg: ServerMessage): void {

@@ -4,6 +4,7 @@
 // preview frames), executed, execution_success / execution_error / execution_interrupted, and
 // finally executing {node: null} once the history entry is written. Only jobs queued through this
 // API are reported here; the editor has its own socket.
+import { pingClients, trackPongs } from '../heartbeat.ts';
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { WebSocket } from 'ws';
@@ -92,7 +93,7 @@ export class ComfyHub<S> {
     const asked = new URL(req.url ?? '/', 'http://x').searchParams.get('clientId');
     const client: Client = { ws, clientId: asked && CLIENT_ID_RE.test(asked) ? asked : randomUUID().replace(/-/g, ''), alive: true };
     this.clients.add(client);
-    ws.on('pong', () => (client.alive = true));
+    trackPongs(client);
     ws.on('close', () => this.clients.delete(client));
     ws.on('error', (err) => this.o.log(`comfy websocket: ${err.message}`));
     ws.on('message', () => {}); // clients may announce features; nothing here needs an answer
@@ -117,15 +118,7 @@ export class ComfyHub<S> {
   }
 
   private ping(): void {
-    for (const c of this.clients) {
-      if (!c.alive) {
-        c.ws.terminate();
-        this.clients.delete(c);
-        continue;
-      }
-      c.alive = false;
-      c.ws.ping();
-    }
+    pingClients(this.clients);
   }
 
   private sendTo(c: Client, frame: string | Buffer): void {
