@@ -26,9 +26,12 @@ export interface PoolOptions {
   device?: DeviceRequest;
   /** Default: 75% of RAM (CPU, WebGPU) or 80% of GPU memory (CUDA, via nvidia-smi). */
   memoryBudgetBytes?: number;
-  /** ORT intra-op threads per session. Default max(1, floor(cores / expectedConcurrency)). */
+  /**
+   * ORT intra-op threads per session. Default max(1, floor(cores / expectedConcurrency)); idle
+   * threads sleep rather than spin, so sessions running at once share the cores without a fight.
+   */
   intraOpThreads?: number;
-  /** How many sessions are expected to run at once (sizes the default thread count). Default 2. */
+  /** How many sessions are expected to run at once (sizes the default thread count). Default 1: the sampler, which dominates a run, runs alone and gets every core. */
   expectedConcurrency?: number;
   /**
    * Folder for optimised model copies (e.g. <data>/cache/ort). Off when unset. A copy holds all the
@@ -153,7 +156,7 @@ export class SessionPool {
   /** Probes the device (once per process), sizes threads and budget. */
   static async create(opts: PoolOptions = {}): Promise<SessionPool> {
     const log = opts.log ?? ((m: string) => console.error(`[charflow] ${m}`));
-    const concurrency = Math.max(1, Math.floor(opts.expectedConcurrency ?? 2));
+    const concurrency = Math.max(1, Math.floor(opts.expectedConcurrency ?? 1));
     const threads = opts.intraOpThreads ?? Math.max(1, Math.floor(availableParallelism() / concurrency));
     if (!Number.isInteger(threads) || threads < 1) throw new Error(`intraOpThreads must be a positive integer, got ${threads}`);
     if (opts.memoryBudgetBytes !== undefined && !(opts.memoryBudgetBytes > 0)) {

@@ -36,6 +36,8 @@ function sessionOptions(config: SessionConfig): ort.InferenceSession.SessionOpti
     interOpNumThreads: 1,
     executionMode: 'sequential',
     graphOptimizationLevel: 'all',
+    // Idle intra-op threads sleep instead of spinning, so sessions sharing the cores do not fight.
+    extra: { session: { 'intra_op.allow_spinning': '0' } },
   };
 }
 
@@ -137,6 +139,7 @@ async function createWithCache(modelPath: string, config: SessionConfig, cache: 
     // Weights go to an external file next to the copy (a protobuf cannot hold more than 2 GB).
     saving.extra = {
       session: {
+        ...(base.extra as { session?: Record<string, string> } | undefined)?.session,
         optimized_model_external_initializers_file_name: 'model.onnx.data',
         optimized_model_external_initializers_min_size_in_bytes: '1024',
       },
