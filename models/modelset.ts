@@ -15,6 +15,7 @@ import { type FluxConfig, buildFlux, fluxWeightShapes } from './flux.ts';
 import { type VaeConfig, buildVaeDecoder, vaeWeightShapes } from './vae.ts';
 import { type T5Config, buildT5, t5WeightShapes } from './t5.ts';
 import { type ClipTextConfig, buildClip, clipWeightShapes } from './clip.ts';
+import { type TextTokenizer, loadTokenizer } from './tokenizers.ts';
 
 export const MANIFEST_FILE = 'manifest.json';
 
@@ -199,6 +200,8 @@ export interface ModelSet {
   digest: string;
   path(component: ComponentName): string;
   tokenizerPath(kind: 't5' | 'clip'): string;
+  /** The loaded tokenizer (parsed once per opened set). */
+  tokenizer(kind: 't5' | 'clip'): TextTokenizer;
 }
 
 export function modelSetDir(modelsRoot: string, name: string): string {
@@ -232,9 +235,15 @@ export function openModelSet(modelsRoot: string, name: string): ModelSet {
     }
   }
   const digest = createHash('sha256').update(JSON.stringify(manifest.files)).digest('hex').slice(0, 16);
+  const tokenizerPath = (kind: 't5' | 'clip'): string => join(dir, manifest.tokenizers[kind]);
+  const tokenizers = new Map<'t5' | 'clip', TextTokenizer>();
   return {
-    name, dir, manifest, digest,
+    name, dir, manifest, digest, tokenizerPath,
     path: (component) => join(dir, manifest.files[component].file),
-    tokenizerPath: (kind) => join(dir, manifest.tokenizers[kind]),
+    tokenizer(kind) {
+      let tok = tokenizers.get(kind);
+      if (!tok) tokenizers.set(kind, (tok = loadTokenizer(tokenizerPath(kind))));
+      return tok;
+    },
   };
 }

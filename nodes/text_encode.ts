@@ -2,7 +2,7 @@ import type { NodeDef } from '../engine/node.ts';
 import type { Services } from './services.ts';
 import { SOCKET, type ModelSet } from './types.ts';
 import { tensorBytes } from './lib/tensors.ts';
-import { encodeClip, encodeT5, loadTokenizer } from '../models/tokenizers.ts';
+import { encodeClip, encodeT5 } from '../models/tokenizers.ts';
 import { i64 } from '../models/tensor.ts';
 
 export const TextEncode: NodeDef<Services> = {
@@ -21,8 +21,8 @@ export const TextEncode: NodeDef<Services> = {
     const models = inputs.models as ModelSet;
     const prompt = inputs.prompt as string;
     const { t5, clip } = models.manifest;
-    const t5Ids = encodeT5(loadTokenizer(models.tokenizerPath('t5')), prompt, t5.seqLen);
-    const clipIds = encodeClip(loadTokenizer(models.tokenizerPath('clip')), prompt, clip.seqLen, { bos: clip.bosId, eos: clip.eosId, pad: clip.padId });
+    const t5Ids = encodeT5(models.tokenizer('t5'), prompt, t5.seqLen);
+    const clipIds = encodeClip(models.tokenizer('clip'), prompt, clip.seqLen, { bos: clip.bosId, eos: clip.eosId, pad: clip.padId });
     const [t5Out, clipOut] = await Promise.all([
       ctx.services.pool.run(models.path('t5'), { input_ids: i64([1, t5Ids.length], t5Ids) }, { signal: ctx.signal }),
       ctx.services.pool.run(models.path('clip'), { input_ids: i64([1, clipIds.length], clipIds) }, { outputs: ['pooler_output'], signal: ctx.signal }),

@@ -4,6 +4,7 @@ import cliProgress from 'cli-progress';
 import { resolvePaths } from '../../engine/paths.ts';
 import type { ComponentName } from '../modelset.ts';
 import { type ConvertEvent, type ConvertOptions, convertCheckpoints } from './convert.ts';
+import type { CheckpointPaths } from './layouts.ts';
 import { type LoraSpec, parseLoraArg } from './lora.ts';
 import { ADAPTER_FILE, ADAPTER_REPO, DINOV2_REPO, FLUX_REPO, type PullEvent, SIGLIP_REPO, pullRepos } from './pull.ts';
 import { join } from 'node:path';
@@ -20,18 +21,8 @@ interface CommonFlags {
   adapterConfig?: string;
 }
 
-interface ConvertFlags extends CommonFlags {
-  flux: string;
-  base?: string;
-  vae?: string;
-  clip?: string;
-  t5?: string;
-  clipTokenizer?: string;
-  t5Tokenizer?: string;
-  siglip: string;
-  dinov2: string;
-  adapter: string;
-}
+/** The checkpoint options are exactly the converter's inputs. */
+type ConvertFlags = CommonFlags & CheckpointPaths;
 
 interface PullFlags extends CommonFlags {
   token?: string;

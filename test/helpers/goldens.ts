@@ -26,6 +26,13 @@ export function goldenWeights(caseName: string, file = 'model.safetensors'): Saf
   return new SafetensorsFile(goldenPath(caseName, file));
 }
 
+/** A golden tensor that must be there, failing with its name otherwise. */
+export function need(map: Map<string, Tensor>, key: string): Tensor {
+  const t = map.get(key);
+  if (!t) throw new Error(`golden tensor ${key} missing`);
+  return t;
+}
+
 /** Max |a - b| over all elements; shapes must match. */
 export function maxAbsDiff(actual: Tensor, expected: Tensor): number {
   expect(actual.dims, 'shape').toEqual(expected.dims);

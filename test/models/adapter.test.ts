@@ -8,7 +8,7 @@ import { Graph } from '../../models/onnx/graph.ts';
 import { runOnce } from '../../models/onnx/ort.ts';
 import type { Tensor } from '../../models/tensor.ts';
 import { type WeightSource, memorySource, withPrefix } from '../../models/weights/source.ts';
-import { expectClose, goldenConfig, goldenTensors, goldenWeights } from '../helpers/goldens.ts';
+import { expectClose, goldenConfig, goldenTensors, goldenWeights, need } from '../helpers/goldens.ts';
 
 const CASE = 'ic_projector';
 const TOL = 1e-4;
@@ -16,11 +16,6 @@ const cfg = adapterConfigFromJson(goldenConfig(CASE));
 const inputs = goldenTensors(CASE, 'inputs.safetensors');
 const outputs = goldenTensors(CASE, 'outputs.safetensors');
 
-function need(map: Map<string, Tensor>, key: string): Tensor {
-  const t = map.get(key);
-  if (!t) throw new Error(`golden tensor ${key} missing`);
-  return t;
-}
 
 /** Max |x|, to scale the tolerance of the larger-magnitude resampler input. */
 function maxAbs(t: Tensor): number {

@@ -6,7 +6,7 @@ import { Graph } from '../../models/onnx/graph.ts';
 import { runOnce } from '../../models/onnx/ort.ts';
 import { type Tensor, toFloat32 } from '../../models/tensor.ts';
 import { type WeightSource, memorySource } from '../../models/weights/source.ts';
-import { expectClose, goldenConfig, goldenTensors, goldenWeights } from '../helpers/goldens.ts';
+import { expectClose, goldenConfig, goldenTensors, goldenWeights, need } from '../helpers/goldens.ts';
 
 const CASE = 'clip_text';
 const TOL = 1e-4;
@@ -14,11 +14,6 @@ const cfg = clipConfigFromJson(goldenConfig(CASE));
 const inputs = goldenTensors(CASE, 'inputs.safetensors');
 const outputs = goldenTensors(CASE, 'outputs.safetensors');
 
-function need(map: Map<string, Tensor>, key: string): Tensor {
-  const t = map.get(key);
-  if (!t) throw new Error(`golden tensor ${key} missing`);
-  return t;
-}
 
 const inputIds = need(inputs, 'input_ids');
 
