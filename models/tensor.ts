@@ -5,6 +5,18 @@ export type DType = 'float32' | 'float16' | 'bfloat16' | 'float64' | 'int64' | '
 
 export type TensorData = Float32Array | Float64Array | Uint16Array | BigInt64Array | Int32Array | Uint8Array;
 
+/** A typed array of `dtype` over raw little-endian bytes (16-bit floats as Uint16Array). */
+export function typedArrayOf(dtype: DType, buf: ArrayBuffer): TensorData {
+  switch (dtype) {
+    case 'float32': return new Float32Array(buf);
+    case 'float64': return new Float64Array(buf);
+    case 'float16': case 'bfloat16': return new Uint16Array(buf);
+    case 'int64': return new BigInt64Array(buf);
+    case 'int32': return new Int32Array(buf);
+    case 'uint8': case 'bool': return new Uint8Array(buf);
+  }
+}
+
 export interface Tensor {
   dtype: DType;
   dims: number[];

@@ -7,7 +7,7 @@
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { inflateRawSync } from 'node:zlib';
 import type { WeightSource } from './source.ts';
-import { BYTES_PER_ELEMENT, type DType, type Tensor, numel } from '../tensor.ts';
+import { BYTES_PER_ELEMENT, type DType, type Tensor, numel, typedArrayOf } from '../tensor.ts';
 import { type ReadAt, type ZipEntry, entryDataOffset, readZipEntries } from './zip.ts';
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -358,14 +358,14 @@ export class PytorchCheckpoint implements WeightSource {
     const { dtype } = t.storage;
     const es = BYTES_PER_ELEMENT[dtype];
     const n = numel(t.size);
-    if (n === 0) return { dtype, dims: [...t.size], data: typedArray(dtype, new ArrayBuffer(0)) };
+    if (n === 0) return { dtype, dims: [...t.size], data: typedArrayOf(dtype, new ArrayBuffer(0)) };
     const base = this.storageOffset(t.storage) + t.offset * es;
     if (isContiguous(t)) {
-      return { dtype, dims: [...t.size], data: typedArray(dtype, this.readInto(base, n * es)) };
+      return { dtype, dims: [...t.size], data: typedArrayOf(dtype, this.readInto(base, n * es)) };
     }
     // A strided view: read the span it covers, then gather its elements in row-major order.
     const span = this.readInto(base, (extent(t) + 1) * es);
-    return { dtype, dims: [...t.size], data: typedArray(dtype, gather(span, t, es)) };
+    return { dtype, dims: [...t.size], data: typedArrayOf(dtype, gather(span, t, es)) };
   }
 
   close(): void {
@@ -458,13 +458,3 @@ function gather(span: ArrayBuffer, t: TensorRef, es: number): ArrayBuffer {
   return dst.buffer as ArrayBuffer;
 }
 
-function typedArray(dtype: DType, buf: ArrayBuffer): Tensor['data'] {
-  switch (dtype) {
-    case 'float32': return new Float32Array(buf);
-    case 'float64': return new Float64Array(buf);
-    case 'float16': case 'bfloat16': return new Uint16Array(buf);
-    case 'int64': return new BigInt64Array(buf);
-    case 'int32': return new Int32Array(buf);
-    case 'uint8': case 'bool': return new Uint8Array(buf);
-  }
-}

@@ -2,7 +2,7 @@
 // Tensors are read one at a time with positioned reads, so a large file never sits in memory.
 import { closeSync, fstatSync, openSync, readSync, writeFileSync, renameSync } from 'node:fs';
 import type { WeightSource } from './source.ts';
-import { BYTES_PER_ELEMENT, type DType, type Tensor, numel } from '../tensor.ts';
+import { BYTES_PER_ELEMENT, type DType, type Tensor, numel, typedArrayOf } from '../tensor.ts';
 
 const DTYPES: Record<string, DType> = {
   F32: 'float32', F16: 'float16', BF16: 'bfloat16', F64: 'float64', I64: 'int64', I32: 'int32', U8: 'uint8', BOOL: 'bool',
@@ -80,7 +80,7 @@ export class SafetensorsFile implements WeightSource {
       if (n <= 0) throw new Error(`${this.path}: truncated tensor '${key}'`);
       done += n;
     }
-    return { dtype: e.dtype, dims: [...e.shape], data: typedView(e.dtype, buf) };
+    return { dtype: e.dtype, dims: [...e.shape], data: typedArrayOf(e.dtype, buf) };
   }
 
   close(): void {
@@ -89,16 +89,6 @@ export class SafetensorsFile implements WeightSource {
   }
 }
 
-function typedView(dtype: DType, buf: ArrayBuffer): Tensor['data'] {
-  switch (dtype) {
-    case 'float32': return new Float32Array(buf);
-    case 'float64': return new Float64Array(buf);
-    case 'float16': case 'bfloat16': return new Uint16Array(buf);
-    case 'int64': return new BigInt64Array(buf);
-    case 'int32': return new Int32Array(buf);
-    case 'uint8': case 'bool': return new Uint8Array(buf);
-  }
-}
 
 /** Reads a whole (small) safetensors file into a map. */
 export function readSafetensors(path: string): Map<string, Tensor> {

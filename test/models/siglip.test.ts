@@ -1,4 +1,3 @@
-import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { Graph } from '../../models/onnx/graph.ts';
 import { runOnce } from '../../models/onnx/ort.ts';
@@ -9,6 +8,7 @@ import {
   FULL_SIGLIP, type SiglipOptions, buildSiglip, siglipConfigFromJson, siglipWeightShapes,
 } from '../../models/siglip.ts';
 import { expectClose, goldenConfig, goldenPath, goldenTensors, goldenWeights } from '../helpers/goldens.ts';
+import { diffToPipeline, e2ePixels } from '../helpers/e2e.ts';
 
 const TOL = 1e-4;
 
@@ -16,33 +16,6 @@ function buildGraph(caseName: string, w: WeightSource, opts: SiglipOptions = {})
   const g = new Graph({ name: 'siglip_vision' });
   buildSiglip({ g, w }, siglipConfigFromJson(goldenConfig(caseName)), opts);
   return g.toBytes();
-}
-
-/** The e2e case's 384-px stage image as normalised pixel values [1, 3, 384, 384]: (png/255 - mean) / std. */
-async function e2ePixels(mean: readonly number[], std: readonly number[]): Promise<Tensor> {
-  const { data, info } = await sharp(goldenPath('instantcharacter_e2e', 'stage_low_res_384.png')).removeAlpha().raw().toBuffer({ resolveWithObject: true });
-  const hw = info.width * info.height;
-  const out = new Float32Array(3 * hw);
-  for (let c = 0; c < 3; c++) {
-    for (let i = 0; i < hw; i++) out[c * hw + i] = (Math.fround(data[i * 3 + c]! / 255) - mean[c]!) / std[c]!;
-  }
-  return { dtype: 'float32', dims: [1, 3, info.height, info.width], data: out };
-}
-
-/**
- * Max |ours - ref| where ref is the channel slice [offset, offset+C) of the pipeline's [1, T, 40]
- * feature tensor, tokens [refStart, refStart+count), and ours is [1, skip+count, C] (skip = CLS).
- */
-function diffToPipeline(ours: Tensor, ref: Tensor, offset: number, refStart: number, skip: number): number {
-  const [, T, C] = ours.dims as [number, number, number];
-  const width = ref.dims[2]!;
-  const a = ours.data as Float32Array;
-  const b = ref.data as Float32Array;
-  let m = 0;
-  for (let n = 0; n < T - skip; n++) {
-    for (let c = 0; c < C; c++) m = Math.max(m, Math.abs(a[(n + skip) * C + c]! - b[(refStart + n) * width + offset + c]!));
-  }
-  return m;
 }
 
 describe('SigLIP vision tower', () => {
