@@ -5,6 +5,7 @@
 // on a tiny graph runs on it and gives the right values. Probes run in a worker thread, once per
 // process and device.
 import { execFile } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { WorkerClient } from './client.ts';
 import type { Device, DeviceRequest, ProbeOutcome } from './protocol.ts';
@@ -35,6 +36,24 @@ function probeWith(worker: () => WorkerClient, device: Device): Promise<ProbeOut
   return p;
 }
 
+/**
+ * Whether this Linux machine exposes a GPU to user space: a DRM render node (Mesa, AMD, Intel), the
+ * NVIDIA driver's device, or WSL2's GPU paravirtualisation device. Without one, any Vulkan adapter is a software rasteriser (lavapipe,
+ * SwiftShader) that runs the WebGPU provider far slower than the CPU provider. Other platforms: yes.
+ */
+export function hasGpuDeviceNode(): boolean {
+  if (process.platform !== 'linux') return true;
+  if (existsSync('/dev/nvidia0') || existsSync('/dev/dxg')) return true;
+  try {
+    return readdirSync('/dev/dri').some((n) => n.startsWith('renderD'));
+  } catch {
+    return false;
+  }
+}
+
+const SOFTWARE_VULKAN = 'no GPU device node (/dev/dri/renderD*, /dev/nvidia0), so its Vulkan adapter can only be a '
+  + 'software one (lavapipe, SwiftShader)';
+
 export function unavailableMessage(o: ProbeOutcome): string {
   const reason = o.reason ?? 'unknown reason';
   switch (o.device) {
@@ -54,8 +73,8 @@ export function unavailableMessage(o: ProbeOutcome): string {
 }
 
 /**
- * Resolves the device to use. 'auto' tries CUDA, then WebGPU, then CPU and logs what it got and why
- * it skipped the others. An explicit device that cannot run throws DeviceUnavailableError.
+ * Resolves the device to use. 'auto' tries CUDA, then WebGPU (only where a GPU device node exists),
+ * then CPU, and logs what it got and why it skipped the others. An explicit device that cannot run throws DeviceUnavailableError.
  * Probes run on `host` when given (it stays alive), else on a worker started and ended here.
  */
 export async function resolveDevice(requested: DeviceRequest, log: (msg: string) => void, host?: WorkerClient): Promise<Device> {
@@ -65,6 +84,13 @@ export async function resolveDevice(requested: DeviceRequest, log: (msg: string)
   try {
     const skipped: string[] = [];
     for (const device of order) {
+      if (device === 'webgpu' && !hasGpuDeviceNode()) {
+        if (requested === 'auto') {
+          skipped.push(`webgpu: ${SOFTWARE_VULKAN}, slower than the CPU provider`);
+          continue; // not even probed: a software adapter would pass the trial
+        }
+        log(`runtime: WebGPU was requested with ${SOFTWARE_VULKAN}; expect it to be slower than --device cpu`);
+      }
       const outcome = await probeWith(lazyWorker, device);
       if (outcome.ok) {
         const why = skipped.length ? ` (skipped ${skipped.join('; ')})` : '';

@@ -138,6 +138,12 @@ export class SessionPool {
   private clock = 0;
   private closed = false;
   private spare?: WorkerClient;
+  /**
+   * ORT's WebGPU provider keeps one device context per process, shared by every session: two
+   * workers using it at once corrupt its command queue (seen as "deferred dispatch count exceeds
+   * maxNumPendingDispatches" and segfaults). So on WebGPU, loads, runs and releases take turns.
+   */
+  private readonly deviceTurns: Turns | undefined;
 
   private constructor(
     readonly device: Device,
@@ -149,8 +155,14 @@ export class SessionPool {
     private readonly log: (msg: string) => void,
     probeWorker: WorkerClient | undefined,
   ) {
+    this.deviceTurns = device === 'webgpu' ? new Turns() : undefined;
     if (probeWorker) this.adoptSpare(probeWorker);
     else this.startSpare();
+  }
+
+  /** Runs `f` alone among device work when the device context is shared (WebGPU), else at once. */
+  private onDevice<T>(f: () => Promise<T>): Promise<T> {
+    return this.deviceTurns ? this.deviceTurns.take(f) : f();
   }
 
   /** Probes the device (once per process), sizes threads and budget. */
@@ -315,7 +327,7 @@ export class SessionPool {
       e.client = client;
       const config: SessionConfig = { device: this.device, intraOpThreads: this.intraOpThreads };
       const cache = this.cacheFor(scan);
-      const r = await client.request({ type: 'load', modelPath: e.path, config, cache }).catch((err: Error) => {
+      const r = await this.onDevice(() => client.request({ type: 'load', modelPath: e.path, config, cache })).catch((err: Error) => {
         throw err instanceof WorkerCrashError ? err : new Error(`cannot load model ${e.path}: ${err.message}`);
       });
       if ((e.state as Entry['state']) === 'gone') throw new Error(`loading ${e.path} was cancelled`);
@@ -388,7 +400,8 @@ export class SessionPool {
     const wasReady = e.state === 'ready';
     if (this.entries.get(e.path) === e) this.entries.delete(e.path);
     e.state = 'gone';
-    await e.client?.request({ type: 'release' }).catch(() => {});
+    const client = e.client;
+    if (client) await this.onDevice(() => client.request({ type: 'release' })).catch(() => {});
     await this.drop(e, new Error(`${e.path} was unloaded`));
     if (wasReady) {
       this.unloads++;
@@ -456,7 +469,8 @@ export class SessionPool {
     if (!job) return;
     job.detachAbort(); // from here on the run goes into ORT and cannot be stopped
     e.busy = true;
-    e.client.request({ type: 'run', feeds: job.feeds, outputs: job.outputs }, job.transfer).then(
+    const client = e.client;
+    this.onDevice(() => client.request({ type: 'run', feeds: job.feeds, outputs: job.outputs }, job.transfer)).then(
       (r) => job.resolve(r),
       (err: Error) => job.reject(runError(e.path, err)),
     ).finally(() => {
@@ -475,6 +489,16 @@ export class SessionPool {
 
   private nextChange(): Promise<void> {
     return new Promise((r) => this.waiters.push(r));
+  }
+}
+
+/** A FIFO of async tasks, one at a time; a failed task does not stop the ones after it. */
+class Turns {
+  private tail: Promise<unknown> = Promise.resolve();
+  take<T>(f: () => Promise<T>): Promise<T> {
+    const turn = this.tail.then(f);
+    this.tail = turn.catch(() => {});
+    return turn;
   }
 }
 
