@@ -19,6 +19,9 @@ import { type TextTokenizer, loadTokenizer } from './tokenizers.ts';
 
 export const MANIFEST_FILE = 'manifest.json';
 
+/** Precision of a graph's weights and activations. */
+export type GraphDType = 'float32' | 'float16';
+
 export interface FileEntry {
   file: string;
   bytes: number;
@@ -26,6 +29,8 @@ export interface FileEntry {
   /** External-data files that belong to the graph. */
   data?: { file: string; bytes: number; sha256: string }[];
   parameters: number;
+  /** The graph's precision; absent in sets written before components could differ (then the set's dtype). */
+  dtype?: GraphDType;
 }
 
 export interface VisionSettings {
@@ -42,7 +47,8 @@ export interface ModelSetManifest {
   format: 'charflow.models';
   version: 1;
   name: string;
-  dtype: 'float32' | 'float16';
+  /** The precision asked for; a component may differ (files[c].dtype, e.g. a float32 VAE in a float16 set). */
+  dtype: GraphDType;
   files: Record<ComponentName, FileEntry>;
   tokenizers: { t5: string; clip: string };
   siglip: VisionSettings;
@@ -58,7 +64,9 @@ export type ComponentName = 'siglip' | 'dinov2' | 'adapter_static' | 'adapter_ti
 
 export interface ModelSetSpec {
   name: string;
-  dtype: 'float32' | 'float16';
+  dtype: GraphDType;
+  /** Components built in another precision than `dtype`. */
+  dtypes?: Partial<Record<ComponentName, GraphDType>>;
   siglip: { cfg: SiglipConfig; weights: WeightSource; shallowLayers: number[] };
   dinov2: { cfg: Dinov2Config; weights: WeightSource; shallowLayers: number[] };
   adapter: { cfg: AdapterConfig; weights: WeightSource };
@@ -135,18 +143,20 @@ export async function writeModelSet(spec: ModelSetSpec, dir: string, onProgress?
     { name: 't5', weights: spec.t5.weights, parameters: countParameters(t5WeightShapes(spec.t5.cfg)), build: (m) => buildT5(m, spec.t5.cfg, { seqLen: spec.t5.seqLen }) },
     { name: 'clip', weights: spec.clip.weights, parameters: countParameters(clipWeightShapes(spec.clip.cfg)), build: (m) => buildClip(m, spec.clip.cfg, { seqLen: spec.clip.seqLen }) },
   ];
-  const bytesPerWeight = spec.dtype === 'float16' ? 2 : 4;
   const files = {} as Record<ComponentName, FileEntry>;
   for (const [i, job] of jobs.entries()) {
     onProgress?.(job.name, i, jobs.length);
+    const dtype = spec.dtypes?.[job.name] ?? spec.dtype;
     const reused = opts.reuse?.[job.name];
     if (reused) {
-      files[job.name] = reused;
+      // The caller vouches that the files were built in this dtype (older records do not name it).
+      files[job.name] = { ...reused, dtype };
       continue;
     }
     const file = `${job.name}.onnx`;
+    const bytesPerWeight = dtype === 'float16' ? 2 : 4;
     const external = job.parameters * bytesPerWeight > EXTERNAL_THRESHOLD ? { dir, file: `${job.name}.onnx.data` } : undefined;
-    const g = new Graph({ name: job.name, dtype: spec.dtype, external });
+    const g = new Graph({ name: job.name, dtype, external });
     try {
       job.build({ g, w: job.weights });
       g.save(join(dir, file));
@@ -154,7 +164,7 @@ export async function writeModelSet(spec: ModelSetSpec, dir: string, onProgress?
       g.discard();
       throw new Error(`building ${job.name}: ${(err as Error).message}`);
     }
-    const entry: FileEntry = { file, bytes: statSync(join(dir, file)).size, sha256: await sha256File(join(dir, file)), parameters: job.parameters };
+    const entry: FileEntry = { file, bytes: statSync(join(dir, file)).size, sha256: await sha256File(join(dir, file)), parameters: job.parameters, dtype };
     if (external) {
       const p = join(dir, external.file);
       entry.data = [{ file: external.file, bytes: statSync(p).size, sha256: await sha256File(p) }];
@@ -199,6 +209,8 @@ export interface ModelSet {
   /** Content identity of the set, for cache keys. */
   digest: string;
   path(component: ComponentName): string;
+  /** The precision of a component's graph (sets may mix: a float32 VAE in a float16 set). */
+  dtype(component: ComponentName): GraphDType;
   tokenizerPath(kind: 't5' | 'clip'): string;
   /** The loaded tokenizer (parsed once per opened set). */
   tokenizer(kind: 't5' | 'clip'): TextTokenizer;
@@ -240,6 +252,7 @@ export function openModelSet(modelsRoot: string, name: string): ModelSet {
   return {
     name, dir, manifest, digest, tokenizerPath,
     path: (component) => join(dir, manifest.files[component].file),
+    dtype: (component) => manifest.files[component].dtype ?? manifest.dtype,
     tokenizer(kind) {
       let tok = tokenizers.get(kind);
       if (!tok) tokenizers.set(kind, (tok = loadTokenizer(tokenizerPath(kind))));

@@ -1,9 +1,9 @@
 // `charflow models convert` and `charflow models pull`: registered on the CLI's commander program.
-import { type Command, Option } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import { resolvePaths } from '../../engine/paths.ts';
 import type { ComponentName } from '../modelset.ts';
-import { type ConvertEvent, type ConvertOptions, convertCheckpoints } from './convert.ts';
+import { COMPONENTS, type ConvertEvent, type ConvertOptions, DEFAULT_FP32, convertCheckpoints } from './convert.ts';
 import type { CheckpointPaths } from './layouts.ts';
 import { type LoraSpec, parseLoraArg } from './lora.ts';
 import { ADAPTER_FILE, ADAPTER_REPO, DINOV2_REPO, FLUX_REPO, type PullEvent, SIGLIP_REPO, pullRepos } from './pull.ts';
@@ -14,6 +14,7 @@ export const DEFAULT_SET_NAME = 'instantcharacter';
 interface CommonFlags {
   name: string;
   dtype: 'fp16' | 'fp32';
+  fp32: ComponentName[];
   lora: LoraSpec[];
   force?: boolean;
   models?: string;
@@ -28,6 +29,23 @@ interface PullFlags extends CommonFlags {
   token?: string;
   endpoint?: string;
   downloadOnly?: boolean;
+}
+
+/** `--fp32` names: the components, with `adapter` for both adapter graphs. */
+const FP32_NAMES = ['siglip', 'dinov2', 'adapter', 'flux', 'vae', 't5', 'clip'];
+
+/** Parses `--fp32 vae,t5` (or `none`) into component names. */
+export function parseFp32List(value: string): ComponentName[] {
+  const names = value.split(',').map((s) => s.trim().toLowerCase()).filter(Boolean);
+  if (names.length === 1 && names[0] === 'none') return [];
+  const out = new Set<ComponentName>();
+  for (const n of names) {
+    if (n === 'adapter') ['adapter_static', 'adapter_time'].forEach((c) => out.add(c as ComponentName));
+    else if ((COMPONENTS as readonly string[]).includes(n)) out.add(n as ComponentName);
+    else throw new InvalidArgumentError(`"${n}" is not a component; use a comma list of ${FP32_NAMES.join(', ')}, or none`);
+  }
+  if (!out.size) throw new InvalidArgumentError(`name components (${FP32_NAMES.join(', ')}) or none`);
+  return [...out];
 }
 
 const mb = (n: number): string => `${(n / 1024 ** 2).toFixed(0)} MB`;
@@ -61,7 +79,7 @@ function convertReporter(): { onEvent: (e: ConvertEvent) => void; stop: () => vo
         bar?.update(bar.getTotal());
         bar = undefined;
         const bytes = e.entry.bytes + (e.entry.data ?? []).reduce((n, d) => n + d.bytes, 0);
-        log(`${e.component}: written (${mb(bytes)})`);
+        log(`${e.component}: written (${mb(bytes)}${e.entry.dtype ? `, ${e.entry.dtype}` : ''})`);
         break;
       }
     }
@@ -124,6 +142,8 @@ function addCommon(cmd: Command): Command {
   return cmd
     .option('--name <name>', 'name of the model set', DEFAULT_SET_NAME)
     .addOption(new Option('--dtype <dtype>', 'weight precision of the graphs').choices(['fp16', 'fp32']).default('fp16'))
+    .addOption(new Option('--fp32 <components>', `with --dtype fp16, the components kept in float32: a comma list of ${FP32_NAMES.join(', ')}, or none for all fp16 (the VAE decoder overflows fp16 at high resolutions and is small)`)
+      .argParser(parseFp32List).default([...DEFAULT_FP32], DEFAULT_FP32.join(',')))
     .option('--lora <file:weight>', 'merge a FLUX style LoRA into the transformer (repeatable)', (v: string, acc: LoraSpec[]) => [...acc, parseLoraArg(v)], [] as LoraSpec[])
     .option('--adapter-config <file>', 'adapter constructor kwargs as JSON (default: the official ones)')
     .option('--force', 'replace an existing set made from other checkpoints')
@@ -150,7 +170,7 @@ export function registerModels(program: Command): void {
     .action(action(async (flags: ConvertFlags) => {
       const { models: modelsDir } = resolvePaths({ data: flags.data, models: flags.models });
       await runConvert({
-        ...flags, modelsDir, name: flags.name, dtype: flags.dtype === 'fp32' ? 'float32' : 'float16', loras: flags.lora,
+        ...flags, modelsDir, name: flags.name, dtype: flags.dtype === 'fp32' ? 'float32' : 'float16', fp32: flags.fp32, loras: flags.lora,
       });
     }));
 
@@ -170,7 +190,7 @@ export function registerModels(program: Command): void {
       }
       if (flags.downloadOnly) return;
       await runConvert({
-        modelsDir, name: flags.name, dtype: flags.dtype === 'fp32' ? 'float32' : 'float16', loras: flags.lora, force: flags.force,
+        modelsDir, name: flags.name, dtype: flags.dtype === 'fp32' ? 'float32' : 'float16', fp32: flags.fp32, loras: flags.lora, force: flags.force,
         adapterConfig: flags.adapterConfig,
         flux: folders[FLUX_REPO]!, siglip: folders[SIGLIP_REPO]!, dinov2: folders[DINOV2_REPO]!, adapter: join(folders[ADAPTER_REPO]!, ADAPTER_FILE),
       });

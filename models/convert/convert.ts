@@ -17,7 +17,7 @@ import { T5_FLUX_SEQ_LEN, t5WeightShapes } from '../t5.ts';
 import { clipWeightShapes } from '../clip.ts';
 import type { WeightSource } from '../weights/source.ts';
 import {
-  type ComponentName, type FileEntry, type ModelSetManifest, type ModelSetSpec, MANIFEST_FILE, modelSetDir, writeModelSet,
+  type ComponentName, type FileEntry, type GraphDType, type ModelSetManifest, type ModelSetSpec, MANIFEST_FILE, modelSetDir, writeModelSet,
 } from '../modelset.ts';
 import { type CheckpointPaths, type OpenedCheckpoints, openCheckpoints } from './layouts.ts';
 import { type LoraSpec, mergeLoras } from './lora.ts';
@@ -33,11 +33,24 @@ const CLIP_SEQ_LEN = 77;
 
 export const COMPONENTS: readonly ComponentName[] = ['siglip', 'dinov2', 'adapter_static', 'adapter_time', 'flux', 'vae', 't5', 'clip'];
 
+/**
+ * Components a float16 conversion keeps in float32 unless told otherwise: the VAE decoder overflows half
+ * precision at high resolutions, and at ~50 M weights float32 costs only ~100 MB more.
+ */
+export const DEFAULT_FP32: readonly ComponentName[] = ['vae'];
+
+/** The precision of each component: `dtype`, except the `fp32` ones when `dtype` is float16. */
+export function componentDtypes(dtype: GraphDType, fp32: readonly ComponentName[] = DEFAULT_FP32): Record<ComponentName, GraphDType> {
+  return Object.fromEntries(COMPONENTS.map((c) => [c, fp32.includes(c) ? 'float32' : dtype])) as Record<ComponentName, GraphDType>;
+}
+
 export interface ConvertOptions extends CheckpointPaths {
   /** Models folder; the set goes to <modelsDir>/<name>. */
   modelsDir: string;
   name: string;
-  dtype: 'float32' | 'float16';
+  dtype: GraphDType;
+  /** With dtype float16: the components kept in float32 (default DEFAULT_FP32; [] for all float16). */
+  fp32?: readonly ComponentName[];
   loras?: readonly LoraSpec[];
   /** Sequence lengths the text graphs are built for (FLUX: 512 and 77). */
   t5SeqLen?: number;
@@ -113,22 +126,25 @@ function fingerprint(parts: unknown): string {
 }
 
 /** What each component is made from. */
-function fingerprints(ck: OpenedCheckpoints, opts: ConvertOptions, t5SeqLen: number, clipSeqLen: number): Record<ComponentName, string> {
-  const base = { v: CONVERTER_VERSION, dtype: opts.dtype };
+function fingerprints(
+  ck: OpenedCheckpoints, opts: ConvertOptions, dtypes: Record<ComponentName, GraphDType>, t5SeqLen: number, clipSeqLen: number,
+): Record<ComponentName, string> {
+  // Each component's own dtype (same key and order as when a set had one dtype, so those sets still resume).
+  const base = (c: ComponentName) => ({ v: CONVERTER_VERSION, dtype: dtypes[c] });
   const stamps = (files: string[]) => files.map(fileStamp);
-  const adapter = { ...base, files: stamps(ck.adapter.files), cfg: ck.adapter.cfg };
+  const adapter = (c: ComponentName) => ({ ...base(c), files: stamps(ck.adapter.files), cfg: ck.adapter.cfg });
   return {
-    siglip: fingerprint({ ...base, c: 'siglip', files: stamps(ck.siglip.files), cfg: ck.siglip.cfg, layers: SIGLIP_SHALLOW }),
-    dinov2: fingerprint({ ...base, c: 'dinov2', files: stamps(ck.dinov2.files), cfg: ck.dinov2.cfg, layers: DINOV2_SHALLOW }),
-    adapter_static: fingerprint({ ...adapter, c: 'adapter_static' }),
-    adapter_time: fingerprint({ ...adapter, c: 'adapter_time' }),
+    siglip: fingerprint({ ...base('siglip'), c: 'siglip', files: stamps(ck.siglip.files), cfg: ck.siglip.cfg, layers: SIGLIP_SHALLOW }),
+    dinov2: fingerprint({ ...base('dinov2'), c: 'dinov2', files: stamps(ck.dinov2.files), cfg: ck.dinov2.cfg, layers: DINOV2_SHALLOW }),
+    adapter_static: fingerprint({ ...adapter('adapter_static'), c: 'adapter_static' }),
+    adapter_time: fingerprint({ ...adapter('adapter_time'), c: 'adapter_time' }),
     flux: fingerprint({
-      ...base, c: 'flux', files: stamps(ck.flux.files), cfg: ck.flux.cfg, ip: stamps(ck.adapter.files),
+      ...base('flux'), c: 'flux', files: stamps(ck.flux.files), cfg: ck.flux.cfg, ip: stamps(ck.adapter.files),
       loras: (opts.loras ?? []).map((l) => [...fileStamp(l.path), l.weight]),
     }),
-    vae: fingerprint({ ...base, c: 'vae', files: stamps(ck.vae.files), cfg: ck.vae.cfg }),
-    t5: fingerprint({ ...base, c: 't5', files: stamps(ck.t5.files), cfg: ck.t5.cfg, seqLen: t5SeqLen }),
-    clip: fingerprint({ ...base, c: 'clip', files: stamps(ck.clip.files), cfg: ck.clip.cfg, seqLen: clipSeqLen }),
+    vae: fingerprint({ ...base('vae'), c: 'vae', files: stamps(ck.vae.files), cfg: ck.vae.cfg }),
+    t5: fingerprint({ ...base('t5'), c: 't5', files: stamps(ck.t5.files), cfg: ck.t5.cfg, seqLen: t5SeqLen }),
+    clip: fingerprint({ ...base('clip'), c: 'clip', files: stamps(ck.clip.files), cfg: ck.clip.cfg, seqLen: clipSeqLen }),
   };
 }
 
@@ -172,7 +188,8 @@ export async function convertCheckpoints(opts: ConvertOptions): Promise<ConvertR
     }
     const ipDim = ck.ip.shape('0.to_k_ip.weight')?.[1] ?? ck.adapter.cfg.outputDim;
     const parameters = parameterCounts(ck, ipDim);
-    const prints = fingerprints(ck, opts, t5SeqLen, clipSeqLen);
+    const dtypes = componentDtypes(opts.dtype, opts.fp32);
+    const prints = fingerprints(ck, opts, dtypes, t5SeqLen, clipSeqLen);
 
     // Which components can be kept.
     const state = readState(dir);
@@ -205,6 +222,7 @@ export async function convertCheckpoints(opts: ConvertOptions): Promise<ConvertR
     const spec: ModelSetSpec = {
       name: opts.name,
       dtype: opts.dtype,
+      dtypes,
       siglip: { cfg: ck.siglip.cfg, weights: track(ck.siglip.weights), shallowLayers: SIGLIP_SHALLOW },
       dinov2: { cfg: ck.dinov2.cfg, weights: track(ck.dinov2.weights), shallowLayers: DINOV2_SHALLOW },
       adapter: { cfg: ck.adapter.cfg, weights: track(ck.adapter.weights) },
