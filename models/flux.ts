@@ -7,7 +7,7 @@ import {
   type Module, chunk, concat, gelu, layerNorm, linear, param, reshape, rmsNorm, silu, transpose,
 } from './layers.ts';
 import { type WeightSource, takeWeight } from './weights/source.ts';
-import { toFloat32 } from './tensor.ts';
+import { castFloatTensor, toFloat32 } from './tensor.ts';
 
 export interface FluxConfig {
   patchSize: number;
@@ -157,7 +157,7 @@ function fusedLinear(m: Module, x: Value, prefixes: readonly string[], inF: numb
     off += outF;
   });
   const name = prefixes.join('+');
-  const wv = m.g.weight(`${name}.weight`, { dtype: 'float32', dims: [inF, total], data: wt });
+  const wv = m.g.weight(`${name}.weight`, castFloatTensor({ dtype: 'float32', dims: [inF, total], data: wt }, m.g.dtype, { inPlace: true }));
   const bv = m.g.weight(`${name}.bias`, { dtype: 'float32', dims: [total], data: bias });
   return m.g.node('Add', [m.g.node('MatMul', [x, wv]), bv]); // [..., sum(out)]
 }

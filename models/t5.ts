@@ -3,11 +3,16 @@
 // and a learned relative position bias: layer 0 owns a [num_buckets, H] table that every layer adds to
 // its scores. The graph is built for one sequence length, so the bucket of every (query, key) pair is
 // computed here in TypeScript and only the table lookup (Gather) runs in the graph.
+// float16 graphs follow transformers' T5 run in float16: every feed-forward output projection `wo` stays
+// float32 (`_keep_in_fp32_modules = ["wo"]`), which makes the residual stream float32 from block 0's
+// feed-forward on; norms take their mean square in float32 and emit float16 for the next matmuls, and the
+// attention softmax runs in float32. Costs 2 extra bytes per `wo` weight (about 2 GB for T5-XXL).
 import type { Value } from './onnx/graph.ts';
 import {
-  type Module, gelu, linear, multiHeadAttention, param, rmsNorm, transpose,
+  type Module, gelu, linear, multiHeadAttention, param, rmsNorm, transpose, transposeMatrix,
 } from './layers.ts';
 import type { Tensor } from './tensor.ts';
+import { takeWeight } from './weights/source.ts';
 
 /** Activation of the feed-forward block: `gelu_new` is the tanh approximation (T5 v1.1 "gated-gelu"). */
 export type T5Activation = 'relu' | 'gelu_new' | 'gelu';
@@ -154,7 +159,7 @@ function selfAttention(m: Module, x: Value, p: string, cfg: T5Config, bias: Valu
   const q = linear(m, x, `${p}.q`, D, inner, false); // [B, T, H*Dk]
   const k = linear(m, x, `${p}.k`, D, inner, false);
   const v = linear(m, x, `${p}.v`, D, inner, false);
-  const o = multiHeadAttention(m.g, q, k, v, cfg.numHeads, cfg.dKv, { scale: 1, bias }); // [B, T, H*Dk]
+  const o = multiHeadAttention(m.g, q, k, v, cfg.numHeads, cfg.dKv, { scale: 1, bias, softmaxFloat32: true }); // [B, T, H*Dk]
   return linear(m, o, `${p}.o`, inner, D, false); // [B, T, D]
 }
 
@@ -166,36 +171,93 @@ function activation(m: Module, x: Value, act: T5Activation): Value {
   }
 }
 
-/** DenseReluDense: wo(act(wi_0 x) * wi_1 x) when gated, else wo(act(wi x)). [B, T, D] -> [B, T, D]. */
+/** ONNX element types for Cast's `to`. */
+const FLOAT = 1;
+const FLOAT16 = 10;
+
+/** A bias-free Linear whose weight is stored, and computed, in float32 whatever the graph's dtype. */
+function linearFloat32(m: Module, x: Value, prefix: string, inFeatures: number, outFeatures: number): Value {
+  const key = `${prefix}.weight`;
+  const wt = m.g.weight(key, transposeMatrix(takeWeight(m.w, key, [outFeatures, inFeatures])), 'float32'); // [in, out]
+  return m.g.node('MatMul', [x, wt]); // [..., out]
+}
+
+/**
+ * DenseReluDense: wo(act(wi_0 x) * wi_1 x) when gated, else wo(act(wi x)). [B, T, D] -> [B, T, D].
+ * In float16 graphs wo is float32, its input cast up as transformers does: the output is float32.
+ */
 function feedForward(m: Module, x: Value, p: string, cfg: T5Config): Value {
   const D = cfg.dModel;
   const F = cfg.dFf;
   const h = cfg.gated
     ? m.g.node('Mul', [activation(m, linear(m, x, `${p}.wi_0`, D, F, false), cfg.act), linear(m, x, `${p}.wi_1`, D, F, false)]) // [B, T, F]
     : activation(m, linear(m, x, `${p}.wi`, D, F, false), cfg.act); // [B, T, F]
-  return linear(m, h, `${p}.wo`, F, D, false); // [B, T, D]
+  if (m.g.dtype !== 'float16') return linear(m, h, `${p}.wo`, F, D, false); // [B, T, D]
+  return linearFloat32(m, m.g.node('Cast', [h], { to: FLOAT }), `${p}.wo`, F, D); // [B, T, D] float32
 }
 
-/** fp16 graphs only: T5's residual stream can overflow half precision; transformers clamps it to finfo.max - 1000. */
-function clampHalf(m: Module, x: Value): Value {
-  if (m.g.dtype !== 'float16') return x;
-  return m.g.node('Clip', [x, m.g.scalar(-64504), m.g.scalar(64504)]);
+/**
+ * The residual stream and whether it is float32 inside a float16 graph (`wide`). As in torch, adding
+ * wo's float32 output to a float16 stream promotes the sum, so the stream turns float32 at block 0's
+ * feed-forward residual and stays so. Always false in float32 graphs.
+ */
+interface Stream {
+  x: Value;
+  wide: boolean;
+}
+
+/** stream + y, where y is float32 in a float16 graph when `yWide`; the narrower side is cast up. */
+function residual(m: Module, s: Stream, y: Value, yWide: boolean): Stream {
+  const wide = s.wide || yWide;
+  const up = (v: Value, isWide: boolean): Value => (wide && !isWide ? m.g.node('Cast', [v], { to: FLOAT }) : v);
+  return { x: m.g.node('Add', [up(s.x, s.wide), up(y, yWide)]), wide }; // [B, T, D]
+}
+
+/** Largest float16 value minus 1000, transformers' T5 clamp bound. */
+const HALF_CLAMP = 65504 - 1000;
+
+/**
+ * fp16 graphs only: transformers' T5Block clamps the residual stream after each residual add while it is
+ * float16, to finfo(fp16).max - 1000 when it holds an inf, else to finfo.max (a no-op for finite values);
+ * a plain Clip to +-64504 is the graph form, which differs only for finite values in (64504, 65504].
+ * With wo in float32 the stream is float16 only up to block 0's attention residual, so that is the one
+ * clamp left, as in transformers; a float32 stream needs none. float32 graphs get no node.
+ */
+function clampHalf(m: Module, s: Stream, on: boolean): Stream {
+  if (m.g.dtype !== 'float16' || !on || s.wide) return s;
+  return { x: m.g.node('Clip', [s.x, m.g.scalar(-HALF_CLAMP), m.g.scalar(HALF_CLAMP)]), wide: false };
+}
+
+/**
+ * T5's RMS "layer norm". In fp16 graphs it works as transformers' T5LayerNorm: the mean square in float32
+ * (squaring in half precision overflows once |x| > 256), the normalised stream cast to float16 before the
+ * float16 weight, so the following matmuls (and the final output) are float16 whatever the stream's dtype.
+ */
+function t5LayerNorm(m: Module, s: Stream, key: string, cfg: T5Config): Value {
+  const { g } = m;
+  if (g.dtype !== 'float16') return rmsNorm(m, s.x, key, cfg.dModel, cfg.layerNormEps);
+  const x32 = s.wide ? s.x : g.node('Cast', [s.x], { to: FLOAT }); // [B, T, D] float32
+  const ms = g.node('ReduceMean', [g.node('Mul', [x32, x32]), g.ints([-1])], { keepdims: 1 }); // [B, T, 1]
+  const eps = g.constant({ dtype: 'float32', dims: [], data: Float32Array.of(cfg.layerNormEps) }, 'eps');
+  const y = g.node('Cast', [g.node('Div', [x32, g.node('Sqrt', [g.node('Add', [ms, eps])])])], { to: FLOAT16 }); // [B, T, D] float16
+  return g.node('Mul', [y, param(m, key, [cfg.dModel])]);
 }
 
 /** One T5 block: pre-norm attention and feed-forward, each with a residual. */
-function encoderBlock(m: Module, x: Value, i: number, cfg: T5Config, bias: Value): Value {
-  const { g } = m;
+function encoderBlock(m: Module, x: Stream, i: number, cfg: T5Config, bias: Value, clamp: boolean): Stream {
+  const half = m.g.dtype === 'float16';
   const p = `encoder.block.${i}.layer`;
-  const D = cfg.dModel;
-  const attn = selfAttention(m, rmsNorm(m, x, `${p}.0.layer_norm.weight`, D, cfg.layerNormEps), `${p}.0.SelfAttention`, cfg, bias);
-  const h = clampHalf(m, g.node('Add', [x, attn])); // [B, T, D]
-  const ff = feedForward(m, rmsNorm(m, h, `${p}.1.layer_norm.weight`, D, cfg.layerNormEps), `${p}.1.DenseReluDense`, cfg);
-  return clampHalf(m, g.node('Add', [h, ff])); // [B, T, D]
+  const attn = selfAttention(m, t5LayerNorm(m, x, `${p}.0.layer_norm.weight`, cfg), `${p}.0.SelfAttention`, cfg, bias);
+  const h = clampHalf(m, residual(m, x, attn, false), clamp); // [B, T, D]
+  const ff = feedForward(m, t5LayerNorm(m, h, `${p}.1.layer_norm.weight`, cfg), `${p}.1.DenseReluDense`, cfg);
+  return clampHalf(m, residual(m, h, ff, half), clamp); // [B, T, D], float32 from here on in fp16 graphs
 }
 
 export interface T5Options {
   /** Fixed sequence length of the graph (the bias table is baked for it); default 512, FLUX's T5 length. */
   seqLen?: number;
+  /** fp16 graphs: clamp the residual stream as transformers does (default true; false shows what it prevents). */
+  clampHalf?: boolean;
 }
 
 /**
@@ -206,9 +268,10 @@ export function buildT5(m: Module, cfg: T5Config, opts: T5Options = {}): void {
   const { g } = m;
   const T = opts.seqLen ?? T5_FLUX_SEQ_LEN;
   const ids = g.input('input_ids', 'int64', ['batch', T]);
-  let x = embedTokens(m, ids, cfg); // [B, T, D]
+  let x: Stream = { x: embedTokens(m, ids, cfg), wide: false }; // [B, T, D]
   const bias = positionBias(m, cfg, T); // [1, H, T, T]
-  for (let i = 0; i < cfg.numLayers; i++) x = encoderBlock(m, x, i, cfg, bias);
-  const out = rmsNorm(m, x, 'encoder.final_layer_norm.weight', cfg.dModel, cfg.layerNormEps); // [B, T, D]
+  const clamp = opts.clampHalf ?? true;
+  for (let i = 0; i < cfg.numLayers; i++) x = encoderBlock(m, x, i, cfg, bias, clamp);
+  const out = t5LayerNorm(m, x, 'encoder.final_layer_norm.weight', cfg); // [B, T, D] in the graph's dtype
   g.output(out, 'last_hidden_state', g.dtype, ['batch', T, cfg.dModel]);
 }

@@ -57,47 +57,119 @@ export function halfToFloat(h: number): number {
   return sign * (1 + frac / 1024) * 2 ** (exp - 15);
 }
 
-/** float -> IEEE half bits, round to nearest even. */
+/** float -> IEEE half bits, round to nearest even (overflow -> inf, NaN -> quiet NaN, sign kept). */
 export function floatToHalf(value: number): number {
   f32Scratch[0] = value;
-  const x = u32Scratch[0]!;
-  const sign = (x >>> 16) & 0x8000;
+  return halfBits(u32Scratch[0]! | 0);
+}
+
+/** A caller-supplied output must hold every result. */
+function checkOut(out: { length: number }, n: number): void {
+  if (out.length < n) throw new Error(`output has ${out.length} elements, ${n} needed`);
+}
+
+// float32 -> float16 by integer arithmetic on the float's bits, driven by two tables indexed by the
+// float's 8-bit exponent (the base/shift idea of van der Zijp's "Fast Half Float Conversions", with
+// round-to-nearest-even added). The mantissa always carries its implicit 1 (bit 23): for a normal
+// half, the base holds (exponent - 1) << 10 and that bit, shifted down 13, adds the missing 1; for a
+// subnormal half the base is 0 and the shift grows with the distance below 2^-14. Rounding adds
+// (half a unit - 1 + the kept lowest bit) before shifting: that rounds up above a tie, and at a tie
+// only when the kept value is odd; a carry out of the mantissa lands in the exponent, which is
+// exactly the next binade (or infinity after 65504). Exponents whose result is +-0 or +-inf use
+// shift 25, which discards the whole 24-bit mantissa with no rounding carry.
+const HALF_BASE = new Int32Array(256);
+const HALF_SHIFT = new Int32Array(256);
+const HALF_ROUND = new Int32Array(256); // (1 << (shift - 1)) - 1
+for (let exp = 0; exp < 256; exp++) {
+  const e = exp - 127 + 15; // the half's biased exponent
+  let base = 0;
+  let shift = 25;
+  if (e >= 31) base = 0x7c00; // overflow (NaN is handled apart)
+  else if (e >= 1) { base = (e - 1) << 10; shift = 13; }
+  else if (e >= -10 && exp !== 0) shift = 14 - e; // subnormal half (float subnormals are far below)
+  HALF_BASE[exp] = base;
+  HALF_SHIFT[exp] = shift;
+  HALF_ROUND[exp] = (1 << (shift - 1)) - 1;
+}
+
+/** float32 bits (as int32) -> half bits. */
+function halfBits(x: number): number {
   const exp = (x >>> 23) & 0xff;
-  let mant = x & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  let e = exp - 127 + 15;
-  if (e >= 31) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    mant |= 0x800000;
-    const shift = 14 - e;
-    let half = mant >>> shift;
-    const rem = mant & ((1 << shift) - 1);
-    const mid = 1 << (shift - 1);
-    if (rem > mid || (rem === mid && half & 1)) half++;
-    return sign | half;
+  const sign = (x >>> 16) & 0x8000;
+  if (exp === 0xff && (x & 0x7fffff) !== 0) return sign | 0x7e00;
+  const m = (x & 0x7fffff) | 0x800000;
+  const s = HALF_SHIFT[exp]!;
+  return sign | (HALF_BASE[exp]! + ((m + HALF_ROUND[exp]! + ((m >>> s) & 1)) >>> s));
+}
+
+/** `out` may be given to reuse a buffer (first writes to fresh memory cost page faults). */
+export function float32ToFloat16(src: Float32Array, out: Uint16Array = new Uint16Array(src.length)): Uint16Array {
+  const n = src.length;
+  checkOut(out, n);
+  const bits = new Int32Array(src.buffer, src.byteOffset, n); // the floats' bits, no float loads
+  for (let i = 0; i < n; i++) {
+    const x = bits[i]!;
+    const a = x & 0x7fffffff;
+    // Nearly every weight lands on a normal half (2^-14 <= |x| < 2^16): rebias the exponent by 112 and
+    // round the mantissa in one add (a carry out of 65504 correctly gives infinity). The rest use the tables.
+    if (a >= 0x38800000 && a < 0x47800000) out[i] = ((x >>> 16) & 0x8000) | ((a - 0x38000000 + 0xfff + ((a >>> 13) & 1)) >>> 13);
+    else out[i] = halfBits(x);
   }
-  let half = (e << 10) | (mant >>> 13);
-  const rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem === 0x1000 && half & 1)) half++;
-  return sign | half;
-}
-
-export function bf16ToFloat32(src: Uint16Array): Float32Array {
-  const out = new Uint32Array(src.length);
-  for (let i = 0; i < src.length; i++) out[i] = src[i]! << 16;
-  return new Float32Array(out.buffer);
-}
-
-export function float32ToFloat16(src: Float32Array): Uint16Array {
-  const out = new Uint16Array(src.length);
-  for (let i = 0; i < src.length; i++) out[i] = floatToHalf(src[i]!);
   return out;
 }
 
-export function float16ToFloat32(src: Uint16Array): Float32Array {
-  const out = new Float32Array(src.length);
-  for (let i = 0; i < src.length; i++) out[i] = halfToFloat(src[i]!);
+export function bf16ToFloat32(src: Uint16Array, out: Float32Array = new Float32Array(src.length)): Float32Array {
+  const n = src.length;
+  checkOut(out, n);
+  const bits = new Int32Array(out.buffer, out.byteOffset, n);
+  for (let i = 0; i < n; i++) bits[i] = src[i]! << 16; // bf16 is the top half of a float32
+  return out;
+}
+
+let bf16HalfTable: Uint16Array | undefined;
+
+/** Every bf16 pattern's half bits (bf16 -> float32 -> half), built on first use. */
+function bf16ToHalfTable(): Uint16Array {
+  if (!bf16HalfTable) {
+    const t = new Uint16Array(65536);
+    for (let b = 0; b < 65536; b++) t[b] = halfBits(b << 16);
+    bf16HalfTable = t;
+  }
+  return bf16HalfTable;
+}
+
+/** bf16 bits -> half bits, identical to float32ToFloat16(bf16ToFloat32(src)) without the float32 copy. */
+export function bf16ToFloat16(src: Uint16Array, out: Uint16Array = new Uint16Array(src.length)): Uint16Array {
+  const table = bf16ToHalfTable();
+  const n = src.length;
+  checkOut(out, n);
+  for (let i = 0; i < n; i++) {
+    const x = src[i]!;
+    const a = x & 0x7fff;
+    // A normal half (exponent 113..142) is exact: rebias the exponent, widen the 7-bit mantissa to 10.
+    out[i] = ((a - 0x3880) >>> 0) < 0xf00 ? (x & 0x8000) | ((a - 0x3800) << 3) : table[x]!;
+  }
+  return out;
+}
+
+let halfFloatTable: Int32Array | undefined;
+
+/** Every half pattern's float32 bits (exactly what storing halfToFloat into a Float32Array gives). */
+function halfToFloatTable(): Int32Array {
+  if (!halfFloatTable) {
+    const f = new Float32Array(65536);
+    for (let h = 0; h < 65536; h++) f[h] = halfToFloat(h);
+    halfFloatTable = new Int32Array(f.buffer);
+  }
+  return halfFloatTable;
+}
+
+export function float16ToFloat32(src: Uint16Array, out: Float32Array = new Float32Array(src.length)): Float32Array {
+  const table = halfToFloatTable();
+  const n = src.length;
+  checkOut(out, n);
+  const bits = new Int32Array(out.buffer, out.byteOffset, n);
+  for (let i = 0; i < n; i++) bits[i] = table[src[i]!]!;
   return out;
 }
 
@@ -110,4 +182,22 @@ export function toFloat32(t: Tensor): Float32Array {
     case 'float64': return Float32Array.from(t.data as Float64Array);
     default: throw new Error(`expected a floating tensor, got ${t.dtype}`);
   }
+}
+
+/**
+ * A floating tensor in float32 or float16 (others returned as they are), by the shortest path:
+ * bf16 -> fp16 by table, without a float32 copy. Same bits as toFloat32 followed by float32ToFloat16.
+ * `inPlace`: t.data is the caller's own scratch (e.g. a fresh transposeMatrix result) and may be
+ * overwritten, so fp16 results are written over it instead of into new memory (f32 -> f16 writes
+ * each half behind the float it reads). t must not be used afterwards.
+ */
+export function castFloatTensor(t: Tensor, dtype: 'float32' | 'float16', opts: { inPlace?: boolean } = {}): Tensor {
+  if (t.dtype === dtype || !['float32', 'float16', 'bfloat16', 'float64'].includes(t.dtype)) return t;
+  if (dtype === 'float32') return { dtype, dims: t.dims, data: toFloat32(t) };
+  const n = t.data.length;
+  const out = opts.inPlace && (t.dtype === 'bfloat16' || t.dtype === 'float32')
+    ? new Uint16Array(t.data.buffer, t.data.byteOffset, n)
+    : new Uint16Array(n);
+  const data = t.dtype === 'bfloat16' ? bf16ToFloat16(t.data as Uint16Array, out) : float32ToFloat16(toFloat32(t), out);
+  return { dtype, dims: t.dims, data };
 }

@@ -5,7 +5,7 @@ import { closeSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'n
 import { dirname, join } from 'node:path';
 import { ProtoWriter } from './proto.ts';
 import {
-  BYTES_PER_ELEMENT, type DType, type Tensor, float32ToFloat16, numel, toFloat32,
+  BYTES_PER_ELEMENT, type DType, type Tensor, castFloatTensor, numel,
 } from '../tensor.ts';
 
 export const OPSET = 20;
@@ -167,22 +167,18 @@ export class Graph {
   }
 
   /**
-   * A weight, converted to the graph's dtype when it is floating. `name` should be the
-   * checkpoint key, so the graph stays readable and debuggable.
+   * A weight, converted to the graph's dtype when it is floating (or to `dtype`, for the few weights a
+   * float16 graph keeps in float32). `name` should be the checkpoint key, so the graph stays readable
+   * and debuggable.
    */
-  weight(name: string, t: Tensor): Value {
+  weight(name: string, t: Tensor, dtype: 'float32' | 'float16' = this.dtype): Value {
     if (this.names.has(name)) throw new Error(`graph ${this.name}: weight ${name} added twice`);
     this.names.add(name);
-    return this.addInitializer(name, this.castFloat(t));
+    return this.addInitializer(name, this.castFloat(t, dtype));
   }
 
-  private castFloat(t: Tensor): Tensor {
-    if (!['float32', 'float16', 'bfloat16', 'float64'].includes(t.dtype)) return t;
-    if (t.dtype === this.dtype) return t;
-    const values = toFloat32(t);
-    return this.dtype === 'float16'
-      ? { dtype: 'float16', dims: t.dims, data: float32ToFloat16(values) }
-      : { dtype: 'float32', dims: t.dims, data: values };
+  private castFloat(t: Tensor, dtype: 'float32' | 'float16' = this.dtype): Tensor {
+    return castFloatTensor(t, dtype); // bfloat16 goes straight to float16
   }
 
   /** An initializer constant (exact dtype kept). Identical small constants are shared. */
