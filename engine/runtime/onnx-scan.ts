@@ -15,6 +15,8 @@ export interface ModelScan {
   externalFiles: string[];
   /** .onnx size plus the size of every external-data file. */
   bytes: number;
+  /** Bytes of the float16 initializers (the CPU provider widens most of them to float32). */
+  halfBytes: number;
   /** Identity of the files on disk (path, sizes, mtimes): changes when the model is rebuilt. */
   fingerprint: string;
 }
@@ -116,11 +118,24 @@ async function valueInfoName(r: FileReader, f: Field): Promise<string> {
   return '';
 }
 
-/** TensorProto: name (8) and the 'location' entry of external_data (13: key 1, value 2). */
-async function initializerInfo(r: FileReader, f: Field): Promise<{ name: string; location?: string }> {
+const TENSOR_FLOAT16 = 10;
+
+/** TensorProto: name (8), dims (1), data_type (2) and the 'location' entry of external_data (13: key 1, value 2). */
+async function initializerInfo(r: FileReader, f: Field): Promise<{ name: string; location?: string; halfBytes: number }> {
   let name = '';
   let location: string | undefined;
+  let dataType = 0;
+  let elements = 1;
   for await (const g of fields(r, f.start, f.start + f.value)) {
+    if (g.field === 2 && g.wire === WIRE_VARINT) dataType = g.value;
+    if (g.field === 1 && g.wire === WIRE_VARINT) elements *= g.value;
+    if (g.field === 1 && g.wire === WIRE_BYTES) { // packed dims
+      for (let pos = g.start; pos < g.start + g.value;) {
+        const [dim, next] = await r.varint(pos, g.start + g.value);
+        elements *= dim;
+        pos = next;
+      }
+    }
     if (g.wire !== WIRE_BYTES) continue;
     if (g.field === 8) name = await r.string(g.start, g.value);
     if (g.field === 13) {
@@ -134,7 +149,7 @@ async function initializerInfo(r: FileReader, f: Field): Promise<{ name: string;
       if (key === 'location') location = value;
     }
   }
-  return { name, location };
+  return { name, location, halfBytes: dataType === TENSOR_FLOAT16 ? elements * 2 : 0 };
 }
 
 /** Scans a model file. Throws ModelFileError (naming the path) for missing or malformed files. */
@@ -156,6 +171,7 @@ export async function scanModel(modelPath: string): Promise<ModelScan> {
     const outputNames: string[] = [];
     const initializers = new Set<string>();
     const locations = new Set<string>();
+    let halfBytes = 0;
     let sawGraph = false;
     try {
       for await (const f of fields(r, 0, st.size)) {
@@ -166,6 +182,7 @@ export async function scanModel(modelPath: string): Promise<ModelScan> {
           if (g.field === 5) { // initializer
             const info = await initializerInfo(r, g);
             initializers.add(info.name);
+            halfBytes += info.halfBytes;
             if (info.location) locations.add(info.location);
           } else if (g.field === 11) inputs.push(await valueInfoName(r, g));
           else if (g.field === 12) outputNames.push(await valueInfoName(r, g));
@@ -193,6 +210,7 @@ export async function scanModel(modelPath: string): Promise<ModelScan> {
       outputNames,
       externalFiles,
       bytes,
+      halfBytes,
       fingerprint: ids.join('|'),
     };
   } finally {

@@ -7,6 +7,7 @@ import { Graph } from '../../models/onnx/graph.ts';
 import { runOnce } from '../../models/onnx/ort.ts';
 import { f32 } from '../../models/tensor.ts';
 import { liveWorkers, SessionPool, type PoolOptions } from '../../engine/runtime/pool.ts';
+import { scanModel } from '../../engine/runtime/onnx-scan.ts';
 import { affineModel, affineReference, heavyInput, heavyModel, tempDir } from './models.ts';
 
 const tmp = tempDir();
@@ -151,6 +152,25 @@ describe('SessionPool', () => {
     await expect(pool.load(A.path, { sizeBytes: 10 * 1024 ** 3 })).rejects.toThrow(/affine\.onnx needs about 10\.00 GiB/);
     expect(pool.stats().residentBytes).toBe(0);
     expect(pool.stats().loads).toBe(0);
+  });
+
+  it('counts float16 weights twice on the CPU, which widens them to float32 at load', async () => {
+    // y = x @ W with W [512, 512] stored as float16: 512 KiB on disk, 1 MiB more once ORT widens it.
+    const g = new Graph({ name: 'half', dtype: 'float16' });
+    const x = g.input('x', 'float16', [1, 512]);
+    g.output(g.node('MatMul', [x, g.weight('w', f32([512, 512], new Float32Array(512 * 512).fill(1 / 512)))]), 'y', 'float16', [1, 512]);
+    const path = join(tmp.dir, 'half.onnx');
+    g.save(path);
+    const scan = await scanModel(path);
+    expect(scan.halfBytes).toBe(512 * 512 * 2);
+    expect(scan.bytes).toBeGreaterThan(512 * 512 * 2);
+    const pool = await newPool({ memoryBudgetBytes: 1024 * 1024 });
+    await expect(pool.run(path, { x: f32([1, 512], new Float32Array(512).fill(1)) }))
+      .rejects.toThrow(/half\.onnx needs about 1\.0 MiB \(\d+ bytes: its files plus float32 copies of its float16 weights, as the CPU provider makes them\)/);
+    const roomy = await newPool({ memoryBudgetBytes: 2 * 1024 * 1024 });
+    const out = await roomy.run(path, { x: f32([1, 512], new Float32Array(512).fill(1)) });
+    expect(out.y!.dtype).toBe('float32');
+    expect(roomy.stats().residentBytes).toBe(scan.bytes + scan.halfBytes);
   });
 
   it('gives clear errors for missing, corrupt and unloadable models, then recovers', async () => {
