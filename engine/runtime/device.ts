@@ -77,7 +77,13 @@ export function unavailableMessage(o: ProbeOutcome): string {
  * then CPU, and logs what it got and why it skipped the others. An explicit device that cannot run throws DeviceUnavailableError.
  * Probes run on `host` when given (it stays alive), else on a worker started and ended here.
  */
-export async function resolveDevice(requested: DeviceRequest, log: (msg: string) => void, host?: WorkerClient): Promise<Device> {
+export interface ResolvedDevice {
+  device: Device;
+  /** Set where the device cannot run float16 graphs: why (a WebGPU adapter without shader-f16). */
+  noFloat16?: string;
+}
+
+export async function resolveDevice(requested: DeviceRequest, log: (msg: string) => void, host?: WorkerClient): Promise<ResolvedDevice> {
   const order = requested === 'auto' ? AUTO_ORDER : [requested];
   let worker: WorkerClient | undefined;
   const lazyWorker = () => host ?? (worker ??= new WorkerClient('device probe'));
@@ -95,7 +101,8 @@ export async function resolveDevice(requested: DeviceRequest, log: (msg: string)
       if (outcome.ok) {
         const why = skipped.length ? ` (skipped ${skipped.join('; ')})` : '';
         log(`runtime device: ${device}${requested === 'auto' ? ', chosen by auto' : ''}${why}`);
-        return device;
+        if (outcome.noFloat16) log(`runtime: ${device} cannot run float16 models here (${outcome.noFloat16}); float32 model sets only`);
+        return { device, noFloat16: outcome.noFloat16 };
       }
       if (requested !== 'auto') throw new DeviceUnavailableError(unavailableMessage(outcome));
       skipped.push(`${device}: ${outcome.reason ?? 'unavailable'}`);

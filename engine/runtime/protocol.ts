@@ -12,6 +12,11 @@ export interface ProbeOutcome {
   reason?: string;
   /** CUDA only: the provider libraries that the package downloads separately are absent. */
   providerFilesMissing?: boolean;
+  /**
+   * WebGPU only, when ok: why float16 graphs cannot run (the adapter lacks the shader-f16 feature).
+   * Absent where they can; the CPU and CUDA providers always run them.
+   */
+  noFloat16?: string;
 }
 
 export interface SessionConfig {

@@ -52,17 +52,33 @@ function cudaProviderFile(): string {
 }
 
 /** y = x + [1, 2, 3, 4]: small enough for any provider, checked value by value. */
-function probeModel(): Uint8Array {
-  const g = new Graph({ name: 'device_probe' });
-  const x = g.input('x', 'float32', [1, 4]);
-  g.output(g.node('Add', [x, g.floats([1, 2, 3, 4], [1, 4])]), 'y', 'float32', [1, 4]);
+function probeModel(dtype: 'float32' | 'float16' = 'float32'): Uint8Array {
+  const g = new Graph({ name: 'device_probe', dtype });
+  const x = g.input('x', dtype, [1, 4]);
+  g.output(g.node('Add', [x, g.floats([1, 2, 3, 4], [1, 4])]), 'y', dtype, [1, 4]);
   return g.toBytes();
+}
+
+/** Runs a probe model once; throws when the session fails, returns whether y = x + [1, 2, 3, 4] came out. */
+async function trialRun(device: Device, model: Uint8Array, dtype: 'float32' | 'float16'): Promise<{ good: boolean; got: number[] }> {
+  let trial: ort.InferenceSession | undefined;
+  try {
+    trial = await ort.InferenceSession.create(model, { executionProviders: executionProviders(device), logSeverityLevel: 3 });
+    const ones = { dtype, dims: [1, 4], data: dtype === 'float16' ? float32ToFloat16(Float32Array.of(1, 1, 1, 1)) : Float32Array.of(1, 1, 1, 1) } as Tensor;
+    const out = await trial.run({ x: toOrt(ones) });
+    const y = out.y ? asFloat32(fromOrt(out.y)).data as Float32Array : undefined;
+    return { good: !!y && y.length === 4 && y.every((v, i) => v === i + 2), got: y ? Array.from(y) : [] };
+  } finally {
+    await trial?.release().catch(() => {});
+  }
 }
 
 /** ORT's message without the source location and failed check in front ("file.cc:136 f() x was false. Why"). */
 function ortReason(e: unknown): string {
   const msg = (e instanceof Error ? e.message : String(e)).trim();
-  return /\bwas false\.\s+([\s\S]+)$/.exec(msg)?.[1] ?? msg;
+  return /\bwas false\.\s+([\s\S]+)$/.exec(msg)?.[1]
+    ?? /Status Message: (?:\S+\.cc:\d+ \S+ )?([\s\S]+)$/.exec(msg)?.[1] // a failed kernel: its own words
+    ?? msg;
 }
 
 async function probeOne(device: Device, model: Uint8Array): Promise<ProbeOutcome> {
@@ -74,18 +90,20 @@ async function probeOne(device: Device, model: Uint8Array): Promise<ProbeOutcome
   if (device === 'cuda' && !existsSync(cudaProviderFile())) {
     return { device, ok: false, providerFilesMissing: true, reason: `${cudaProviderFile()} is missing` };
   }
-  let trial: ort.InferenceSession | undefined;
   try {
     // A trial session that really runs: listing a provider does not mean it has a usable device.
-    trial = await ort.InferenceSession.create(model, { executionProviders: executionProviders(device), logSeverityLevel: 3 });
-    const out = await trial.run({ x: new ort.Tensor('float32', Float32Array.from([1, 1, 1, 1]), [1, 4]) });
-    const y = out.y?.data as Float32Array | undefined;
-    const good = y && y.length === 4 && y.every((v, i) => v === i + 2);
-    return good ? { device, ok: true } : { device, ok: false, reason: `trial run gave wrong values [${y ? Array.from(y) : ''}]` };
+    const r = await trialRun(device, model, 'float32');
+    if (!r.good) return { device, ok: false, reason: `trial run gave wrong values [${r.got}]` };
   } catch (e) {
     return { device, ok: false, reason: ortReason(e) };
-  } finally {
-    await trial?.release().catch(() => {});
+  }
+  if (device !== 'webgpu') return { device, ok: true };
+  // WebGPU runs float16 only where the adapter has the shader-f16 feature (not every GPU or driver).
+  try {
+    const r = await trialRun(device, probeModel('float16'), 'float16');
+    return r.good ? { device, ok: true } : { device, ok: true, noFloat16: `a float16 trial run gave wrong values [${r.got}]` };
+  } catch (e) {
+    return { device, ok: true, noFloat16: ortReason(e) };
   }
 }
 

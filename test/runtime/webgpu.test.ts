@@ -75,6 +75,30 @@ describe('WebGPU provider (SwiftShader)', () => {
     expect(logs.join('\n')).toMatch(/webgpu: no GPU device node .* software one/);
   });
 
+  it('says up front whether the adapter runs float16, and refuses a float16 model before loading where it cannot', async () => {
+    const logs: string[] = [];
+    const pool = await SessionPool.create({ device: 'webgpu', log: (m) => logs.push(m) });
+    try {
+      const g = new Graph({ name: 'half', dtype: 'float16' });
+      const x = g.input('x', 'float16', [1, 8]);
+      g.output(g.node('MatMul', [x, g.weight('w', intMatrix(8, 8, 5))]), 'y', 'float16', [1, 8]);
+      const path = join(tmp.dir, 'half.onnx');
+      g.save(path);
+      const run = pool.run(path, { x: f32([1, 8], [1, 0, -1, 2, 0, 1, -2, 1]) });
+      const note = logs.find((l) => l.includes('cannot run float16'));
+      if (note) {
+        // SwiftShader has no shader-f16: without this check ORT fails inside the first kernel.
+        expect(note).toMatch(/^runtime: webgpu cannot run float16 models here \(Program Add requires f16 but the device does not support it\.?\); float32 model sets only$/);
+        await expect(run).rejects.toThrow(/half\.onnx has float16 weights, which the webgpu device here cannot run .*use a float32 model set/);
+        expect(pool.stats().loads).toBe(0);
+      } else {
+        expect(Array.from((await run).y!.data as Float32Array).length).toBe(8);
+      }
+    } finally {
+      await pool.close();
+    }
+  });
+
   it('models on separate workers take turns on the shared device context, with exact results', async () => {
     const logs: string[] = [];
     const pool = await SessionPool.create({ device: 'webgpu', log: (m) => logs.push(m) });
