@@ -146,7 +146,7 @@ export function ipAdapterWeightShapes(cfg: FluxConfig, ipDim: number): Record<st
 /** Several torch Linears over the same input as one MatMul: W^T of each side by side, [in, sum(out)]. */
 function fusedLinear(m: Module, x: Value, prefixes: readonly string[], inF: number, outs: readonly number[], w: WeightSource = m.w): Value {
   const total = outs.reduce((a, b) => a + b, 0);
-  const wt = new Float32Array(inF * total);
+  const wt = new Float32Array(m.g.scratch(4 * inF * total), 0, inF * total); // see Graph.scratch
   const bias = new Float32Array(total);
   let off = 0;
   prefixes.forEach((prefix, j) => {

@@ -23,6 +23,12 @@ export function param(m: Module, key: string, dims: readonly number[]): Value {
  * through float loads, so every pattern (NaN payloads included) survives. `out` (same typed array kind,
  * at least rows * cols long) lets a caller reuse a scratch buffer; the result is then a view of it.
  */
+/** A view of the graph's scratch buffer with the kind and length of `data`. */
+export function scratchLike(g: Graph, data: TensorData): TensorData {
+  const Kind = data.constructor as new (buf: ArrayBuffer, offset: number, length: number) => TensorData;
+  return new Kind(g.scratch(data.byteLength), 0, data.length);
+}
+
 export function transposeMatrix(t: Tensor, out?: TensorData): Tensor {
   const [rows, cols] = t.dims as [number, number];
   const n = rows * cols;
@@ -89,8 +95,10 @@ function transposeAny(src: TensorData, out: TensorData, rows: number, cols: numb
 /** torch.nn.Linear: y = x W^T + b. `prefix` is the module key, e.g. 'encoder.layers.0.fc1'. */
 export function linear(m: Module, x: Value, prefix: string, inFeatures: number, outFeatures: number, bias = true): Value {
   const key = `${prefix}.weight`;
-  // The transposed copy is ours, so the precision cast may overwrite it: one new array per weight, not three.
-  const wt = m.g.weight(key, castFloatTensor(transposeMatrix(takeWeight(m.w, key, [outFeatures, inFeatures])), m.g.dtype, { inPlace: true })); // [in, out]
+  // Transposed into the graph's scratch buffer, which the precision cast may then overwrite in place:
+  // the only new memory per weight is the read itself.
+  const w = takeWeight(m.w, key, [outFeatures, inFeatures]);
+  const wt = m.g.weight(key, castFloatTensor(transposeMatrix(w, scratchLike(m.g, w.data)), m.g.dtype, { inPlace: true })); // [in, out]
   const y = m.g.node('MatMul', [x, wt]); // [..., out]
   return bias ? m.g.node('Add', [y, param(m, `${prefix}.bias`, [outFeatures])]) : y;
 }

@@ -99,6 +99,8 @@ export class Graph {
     }
   }
 
+  private scratchBuffer: ArrayBuffer | undefined;
+
   private fresh(base: string): string {
     let name = base;
     while (this.names.has(name)) name = `${base}_${++this.counter}`;
@@ -140,6 +142,17 @@ export class Graph {
   /** A single-output op. */
   node(type: string, inputs: readonly (Value | undefined)[], attrs: Attrs = {}): Value {
     return this.op(type, inputs, attrs, 1)[0]!;
+  }
+
+  /**
+   * A buffer of at least `bytes` for preparing one weight at a time (a transposed Linear, say), reused
+   * by every weight of this graph: fresh memory costs a page fault per 4 KiB on first write, which on
+   * some machines dominates a conversion. Its contents last until the next call; g.weight copies or
+   * writes a weight before returning, so passing a view of it to g.weight is safe.
+   */
+  scratch(bytes: number): ArrayBuffer {
+    if (!this.scratchBuffer || this.scratchBuffer.byteLength < bytes) this.scratchBuffer = new ArrayBuffer(bytes);
+    return this.scratchBuffer;
   }
 
   private addInitializer(name: string, t: Tensor): Value {
@@ -294,6 +307,7 @@ export class Graph {
 
   /** The serialised model. In external mode, also completes the external-data file. */
   toBytes(): Uint8Array {
+    this.scratchBuffer = undefined;
     this.closeExternal();
     return this.encodeModel().finish();
   }
@@ -303,6 +317,7 @@ export class Graph {
     if (this.external && dirname(path) !== this.external.dir) {
       throw new Error(`graph ${this.name}: the model must sit beside its external data in ${this.external.dir}`);
     }
+    this.scratchBuffer = undefined;
     this.closeExternal();
     mkdirSync(dirname(path), { recursive: true });
     const tmp = `${path}.partial`;
@@ -320,6 +335,7 @@ export class Graph {
 
   /** Abandons an unfinished external-data file. */
   discard(): void {
+    this.scratchBuffer = undefined;
     const ext = this.external;
     if (ext && ext.fd >= 0) {
       closeSync(ext.fd);
