@@ -9,7 +9,7 @@
 // Sets: tiny, mid (bench/lib/fixtures.ts), and tiny16 / mid16 (the same weights in float16).
 // Results also go to <bench dir>/devices.json. Not part of `npm run bench`: it is the GPU check
 // of issue 8, meant for a machine with a GPU (on SwiftShader it works, but very slowly).
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Executor, type RunEvent } from '../engine/executor/index.ts';
@@ -22,7 +22,6 @@ import { nodeRegistry } from '../nodes/registry.ts';
 import { createServices } from '../nodes/services.ts';
 import type { Latent, RgbImage } from '../nodes/types.ts';
 import { BENCH_ROOT, MID_SET_NAME, MODELS_ROOT, ensureMidSet, ensureTinySet, midSpec, workflow } from './lib/fixtures.ts';
-import { existsSync } from 'node:fs';
 
 const { values: args } = parseArgs({
   options: {
@@ -75,7 +74,10 @@ async function measure(set: string, device: Device): Promise<Measured | string> 
     const executor = new Executor({ registry, services, logger: { info: () => {}, warn: (m) => console.error(`  ${m}`) } });
     const nodeMs: Record<string, number> = {};
     const onEvent = (e: RunEvent) => {
-      if (e.type === 'node_finished') nodeMs[`${e.nodeId} ${e.nodeType}`] = e.ms;
+      if (e.type === 'node_finished') {
+        nodeMs[`${e.nodeId} ${e.nodeType}`] = e.ms;
+        console.error(`  node ${e.nodeId} ${e.nodeType} ${Math.round(e.ms)} ms`);
+      }
       if (e.type === 'node_failed') console.error(`  ${e.message}`);
     };
     const wf = (seed: number) => workflow(registry, { 1: { set: SET_FOLDERS[set]!.name }, 7: { width: SIZE, height: SIZE, steps: STEPS, seed } });
@@ -88,6 +90,7 @@ async function measure(set: string, device: Device): Promise<Measured | string> 
     const warm = await executor.run(wf(654321), { targets: ['7', '8'], onEvent: () => {} });
     const warmMs = performance.now() - t1;
     if (warm.status !== 'done') return `the warm run ${warm.status}`;
+    console.error(`  warm run ${Math.round(warmMs)} ms; closing`);
     const latent = (cold.outputs['7']!.latent as Latent).samples.data as Float32Array;
     const image = (cold.outputs['8']!.image as RgbImage).data;
     const ditMs = Object.entries(coldNodes).find(([k]) => k.endsWith('DiTSample'))?.[1] ?? NaN;
