@@ -6,6 +6,7 @@ import { performance } from 'node:perf_hooks';
 import { bf16ToFloat16, bf16ToFloat32, castFloatTensor, float32ToFloat16 } from '../models/tensor.ts';
 import { transposeMatrix } from '../models/layers.ts';
 import { median } from './lib/stats.ts';
+import { refBf16ToFloat32, refFloat32ToFloat16, refTranspose } from '../test/helpers/reference-kernels.ts';
 
 const ROWS = 3072;
 const COLS = 12288;
@@ -15,61 +16,9 @@ const REPS = Number(process.env.REPS ?? 3);
 // ---------------------------------------------------------------------------------------------
 // Naive references (the code as it was: one float load and scratch round trip per element)
 
-const scratch = new Float32Array(1);
-const scratchBits = new Uint32Array(scratch.buffer);
-
-function refFloatToHalf(value: number): number {
-  scratch[0] = value;
-  const x = scratchBits[0]!;
-  const sign = (x >>> 16) & 0x8000;
-  const exp = (x >>> 23) & 0xff;
-  let mant = x & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  const e = exp - 127 + 15;
-  if (e >= 31) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    mant |= 0x800000;
-    const shift = 14 - e;
-    let half = mant >>> shift;
-    const rem = mant & ((1 << shift) - 1);
-    const mid = 1 << (shift - 1);
-    if (rem > mid || (rem === mid && half & 1)) half++;
-    return sign | half;
-  }
-  let half = (e << 10) | (mant >>> 13);
-  const rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem === 0x1000 && half & 1)) half++;
-  return sign | half;
-}
-
-function refF32ToF16(src: Float32Array): Uint16Array {
-  const out = new Uint16Array(src.length);
-  for (let i = 0; i < src.length; i++) out[i] = refFloatToHalf(src[i]!);
-  return out;
-}
-
-function refBf16ToF32(src: Uint16Array): Float32Array {
-  const out = new Uint32Array(src.length);
-  for (let i = 0; i < src.length; i++) out[i] = src[i]! << 16;
-  return new Float32Array(out.buffer);
-}
-
-function refTransposeF32(src: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++) {
-    for (let c = 0; c < cols; c++) out[c * rows + r] = src[r * cols + c]!;
-  }
-  return out;
-}
-
-function refTransposeU16(src: Uint16Array, rows: number, cols: number): Uint16Array {
-  const out = new Uint16Array(rows * cols);
-  for (let r = 0; r < rows; r++) {
-    for (let c = 0; c < cols; c++) out[c * rows + r] = src[r * cols + c]!;
-  }
-  return out;
-}
+// Element-by-element transposes into fresh arrays, as before.
+const refTransposeF32 = (src: Float32Array, rows: number, cols: number) => refTranspose(src, new Float32Array(rows * cols), rows, cols);
+const refTransposeU16 = (src: Uint16Array, rows: number, cols: number) => refTranspose(src, new Uint16Array(rows * cols), rows, cols);
 
 // ---------------------------------------------------------------------------------------------
 
@@ -112,12 +61,12 @@ const out16 = new Uint16Array(N).fill(1);
 const out32 = new Float32Array(N).fill(1);
 interface Row { name: string; bytes: number; before: () => ArrayBufferView; after: () => ArrayBufferView; reused?: () => ArrayBufferView }
 const rows: Row[] = [
-  { name: 'f32 -> f16', bytes: N * 4, before: () => refF32ToF16(f32), after: () => float32ToFloat16(f32), reused: () => float32ToFloat16(f32, out16) },
+  { name: 'f32 -> f16', bytes: N * 4, before: () => refFloat32ToFloat16(f32), after: () => float32ToFloat16(f32), reused: () => float32ToFloat16(f32, out16) },
   {
-    name: 'bf16 -> f16', bytes: N * 2, before: () => refF32ToF16(refBf16ToF32(bf16)), after: () => bf16ToFloat16(bf16),
+    name: 'bf16 -> f16', bytes: N * 2, before: () => refFloat32ToFloat16(refBf16ToFloat32(bf16)), after: () => bf16ToFloat16(bf16),
     reused: () => bf16ToFloat16(bf16, out16),
   },
-  { name: 'bf16 -> f32', bytes: N * 2, before: () => refBf16ToF32(bf16), after: () => bf16ToFloat32(bf16), reused: () => bf16ToFloat32(bf16, out32) },
+  { name: 'bf16 -> f32', bytes: N * 2, before: () => refBf16ToFloat32(bf16), after: () => bf16ToFloat32(bf16), reused: () => bf16ToFloat32(bf16, out32) },
   { name: 'transpose f32', bytes: N * 4, before: () => refTransposeF32(f32, ROWS, COLS), after: () => transposeMatrix({ dtype: 'float32', dims: [ROWS, COLS], data: f32 }).data,
     reused: () => transposeMatrix({ dtype: 'float32', dims: [ROWS, COLS], data: f32 }, out32).data },
   { name: 'transpose u16', bytes: N * 2, before: () => refTransposeU16(bf16, ROWS, COLS), after: () => transposeMatrix({ dtype: 'bfloat16', dims: [ROWS, COLS], data: bf16 }).data,
@@ -128,20 +77,20 @@ const rows: Row[] = [
   {
     name: 'linear bf16 -> f16^T',
     bytes: N * 2,
-    before: () => refF32ToF16(refTransposeF32(refBf16ToF32(bf16), ROWS, COLS)),
+    before: () => refFloat32ToFloat16(refTransposeF32(refBf16ToFloat32(bf16), ROWS, COLS)),
     after: () => castFloatTensor(transposeMatrix({ dtype: 'bfloat16', dims: [ROWS, COLS], data: bf16 }), 'float16', { inPlace: true }).data,
   },
   {
     // The same with a long-lived scratch for the transpose (g.weight copies or writes the bytes out at once).
     name: 'linear bf16, scratch',
     bytes: N * 2,
-    before: () => refF32ToF16(refTransposeF32(refBf16ToF32(bf16), ROWS, COLS)),
+    before: () => refFloat32ToFloat16(refTransposeF32(refBf16ToFloat32(bf16), ROWS, COLS)),
     after: () => castFloatTensor(transposeMatrix({ dtype: 'bfloat16', dims: [ROWS, COLS], data: bf16 }, out16), 'float16', { inPlace: true }).data,
   },
   {
     name: 'linear f32 -> f16^T',
     bytes: N * 4,
-    before: () => refF32ToF16(refTransposeF32(f32, ROWS, COLS)),
+    before: () => refFloat32ToFloat16(refTransposeF32(f32, ROWS, COLS)),
     after: () => castFloatTensor(transposeMatrix({ dtype: 'float32', dims: [ROWS, COLS], data: f32 }), 'float16', { inPlace: true }).data,
   },
 ];

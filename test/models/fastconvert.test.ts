@@ -6,40 +6,10 @@ import {
   halfToFloat, toFloat32,
 } from '../../models/tensor.ts';
 import { transposeMatrix } from '../../models/layers.ts';
+import { refFloat32ToFloat16, refFloatToHalf, refTranspose as naive } from '../helpers/reference-kernels.ts';
 
 const scratch = new Float32Array(1);
 const scratchBits = new Uint32Array(scratch.buffer);
-
-/** The former floatToHalf: float32 bits -> half bits, round to nearest even, one branch per case. */
-function refFloatToHalf(value: number): number {
-  scratch[0] = value;
-  const x = scratchBits[0]!;
-  const sign = (x >>> 16) & 0x8000;
-  const exp = (x >>> 23) & 0xff;
-  let mant = x & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  const e = exp - 127 + 15;
-  if (e >= 31) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    mant |= 0x800000;
-    const shift = 14 - e;
-    let half = mant >>> shift;
-    const rem = mant & ((1 << shift) - 1);
-    const mid = 1 << (shift - 1);
-    if (rem > mid || (rem === mid && half & 1)) half++;
-    return sign | half;
-  }
-  let half = (e << 10) | (mant >>> 13);
-  const rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem === 0x1000 && half & 1)) half++;
-  return sign | half;
-}
-
-/** The former float32ToFloat16: one float load per element. */
-function refFloat32ToFloat16(src: Float32Array): Uint16Array {
-  return Uint16Array.from(src, refFloatToHalf);
-}
 
 const floatsOf = (bits: Uint32Array) => new Float32Array(bits.buffer, bits.byteOffset, bits.length);
 const hex = (v: number) => `0x${v.toString(16)}`;
@@ -178,11 +148,6 @@ describe('bf16 conversions', () => {
 
 describe('transposeMatrix', () => {
   const shapes: [number, number][] = [[1, 17], [17, 1], [33, 65], [100, 3], [3, 100], [64, 96], [1, 1]];
-
-  function naive<T extends { length: number; [i: number]: number }>(src: T, out: T, rows: number, cols: number): T {
-    for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = src[r * cols + c]!;
-    return out;
-  }
 
   it('matches a naive transpose for float32, keeping every bit pattern', () => {
     for (const [rows, cols] of shapes) {
