@@ -417,17 +417,20 @@ export class SessionPool {
     const wasReady = e.state === 'ready';
     if (this.entries.get(e.path) === e) this.entries.delete(e.path);
     e.state = 'gone';
-    const client = e.client;
-    if (client) await this.onDevice(() => client.request({ type: 'release' })).catch(() => {});
-    await this.drop(e, new Error(`${e.path} was unloaded`));
+    await this.drop(e, new Error(`${e.path} was unloaded`), true);
     if (wasReady) {
       this.unloads++;
       this.log(`runtime: unloaded ${e.path} ${why}`);
     }
   }
 
-  /** Forgets an entry at once: rejects its queue, frees its bytes, terminates its worker. */
-  private async drop(e: Entry, err: Error): Promise<void> {
+  /**
+   * Forgets an entry at once: rejects its queue, frees its bytes, terminates its worker. `release`:
+   * the session is idle, so release it before the thread ends (an unload). On a shared device
+   * context that happens in every case, in its turn: a session torn down with its thread while
+   * another worker uses the context corrupted the heap.
+   */
+  private async drop(e: Entry, err: Error, release = false): Promise<void> {
     if (this.entries.get(e.path) === e) this.entries.delete(e.path);
     e.state = 'gone';
     for (const job of e.queue.splice(0)) {
@@ -438,9 +441,7 @@ export class SessionPool {
     e.bytes = 0;
     this.changed();
     const client = e.client;
-    // On a shared device context a session must not be torn down with its thread while another
-    // worker uses the context (seen as heap corruption): release it in its turn first.
-    if (client?.alive && this.deviceTurns) await this.onDevice(() => client.request({ type: 'release' })).catch(() => {});
+    if (client?.alive && (release || this.deviceTurns)) await this.onDevice(() => client.request({ type: 'release' })).catch(() => {});
     await client?.terminate();
   }
 
