@@ -2,7 +2,7 @@
 //   node --import tsx scripts/fullsize-check.ts [--only siglip,dinov2,adapter,vae,clip,t5,flux] [--dir DIR] [--no-session] [--keep]
 // For each model it writes, in a temporary folder, a checkpoint with the real key names, shapes and storage
 // dtypes (constant-ish values, streamed to disk one tensor at a time: safetensors, sharded where the hub
-// shards, a bf16 torch.save zip for the adapter), converts it to fp16 graphs through the converter's own
+// shards, a bf16 torch.save zip for the adapter), converts it as `models convert --dtype fp16` would (fp16, VAE fp32) through the converter's own
 // readers (models/convert/layouts.ts) and the streaming Graph writer, then creates an onnxruntime session
 // for each graph in a child process. It reports time, peak RSS and disk use per step, checks free disk
 // (df) and RAM before each step and skips with a message what does not fit, and deletes its files.
@@ -23,11 +23,14 @@ import { FULL_T5, T5_FLUX_SEQ_LEN, buildT5, t5WeightShapes } from '../models/t5.
 import { FULL_CLIP, buildClip, clipWeightShapes } from '../models/clip.ts';
 import { openAdapter, openClip, openDinov2, openFluxTransformer, openSiglip, openT5, openVae } from '../models/convert/layouts.ts';
 import { type TensorSpec, writeSafetensorsStreaming, writeTorchZipStreaming } from '../models/convert/writers.ts';
+import { componentDtypes } from '../models/convert/convert.ts';
+import type { ComponentName } from '../models/modelset.ts';
 
 type Name = 'siglip' | 'dinov2' | 'adapter' | 'vae' | 'clip' | 't5' | 'flux';
 const ALL: Name[] = ['siglip', 'dinov2', 'adapter', 'vae', 'clip', 't5', 'flux'];
 const GB = 1024 ** 3;
 const EXTERNAL_THRESHOLD = 1.5 * GB; // as models/modelset.ts
+const FP16_POLICY = componentDtypes('float16');
 
 // ---------------------------------------------------------------------------------------------
 // Measurements
@@ -126,7 +129,7 @@ interface Plan {
   parameters: number;
   generate(dir: string): void;
   /** Builds the graphs (name, weights source, builder); returns the sources to close. */
-  graphs(dir: string): { name: string; weights: WeightSource; build: (m: Module) => void; parameters: number }[];
+  graphs(dir: string): { name: ComponentName; weights: WeightSource; build: (m: Module) => void; parameters: number }[];
 }
 
 function siglipPlan(): Plan {
@@ -334,8 +337,9 @@ async function main(): Promise<void> {
       report(name, `checkpoint written: ${gb(sizeOf(checkpoints) - before)} on disk in ${secs(t0).toFixed(1)} s (peak RSS ${gb(peakRss())})`);
 
       for (const job of plan.graphs(checkpoints)) {
-        const external = job.parameters * 2 > EXTERNAL_THRESHOLD ? { dir: out, file: `${job.name}.onnx.data` } : undefined;
-        const g = new Graph({ name: job.name, dtype: 'float16', external });
+        const dtype = FP16_POLICY[job.name]; // as `charflow models convert --dtype fp16` (the VAE stays float32)
+        const external = job.parameters * (dtype === 'float16' ? 2 : 4) > EXTERNAL_THRESHOLD ? { dir: out, file: `${job.name}.onnx.data` } : undefined;
+        const g = new Graph({ name: job.name, dtype, external });
         t0 = process.hrtime.bigint();
         resetPeak();
         try {
@@ -350,7 +354,7 @@ async function main(): Promise<void> {
         }
         const files = [`${job.name}.onnx`, ...(external ? [external.file] : [])].map((f) => join(out, f));
         const bytes = files.reduce((n, f) => n + sizeOf(f), 0);
-        report(job.name, `converted to fp16: ${(job.parameters / 1e9).toFixed(3)} B params, ${gb(bytes)} of graphs in ${secs(t0).toFixed(1)} s, peak RSS ${gb(peakRss())}`);
+        report(job.name, `converted to ${dtype === 'float16' ? 'fp16' : 'fp32'}: ${(job.parameters / 1e9).toFixed(3)} B params, ${gb(bytes)} of graphs in ${secs(t0).toFixed(1)} s, peak RSS ${gb(peakRss())}`);
         if (args.session) {
           const avail = memAvailable();
           if (avail < bytes + 3 * GB) {
