@@ -54,3 +54,14 @@ export function expectClose(actual: Tensor | undefined, expected: Tensor | undef
   expect(d, `${name}: max abs diff ${d} > ${tol}`).toBeLessThanOrEqual(tol);
   return d;
 }
+
+/** A weight-shape table lists exactly the golden checkpoint's keys, each with its stored shape. */
+export function expectGoldenShapes(caseName: string, shapes: Record<string, readonly number[]>): void {
+  const w = goldenWeights(caseName);
+  try {
+    expect(Object.keys(shapes).sort()).toEqual(w.keys().sort());
+    for (const [k, dims] of Object.entries(shapes)) expect(w.shape(k), k).toEqual(dims);
+  } finally {
+    w.close();
+  }
+}
