@@ -133,7 +133,7 @@ export function runChild(args: { data: string; models: string; mode: ChildResult
   });
 }
 
-/** `charflow demo`'s defaults (engine/cli/demo.ts): the default workflow on the tiny set. */
+/** `charflow demo`'s defaults (cli/demo.ts): the default workflow on the tiny set. */
 export const DEMO = { width: 512, height: 512, steps: 8 };
 
 const phases = (r: ChildResult): string =>

@@ -9,7 +9,6 @@ export {
   type ServerOptions,
   type ServerPlugin,
 } from './server.ts';
-export { registerServe, type ServeOptions } from './cli.ts';
 export { Guard, isLoopbackHost, type GuardOptions, type Refusal } from './security.ts';
 export { buildCatalog, catalogNode } from './catalog.ts';
 export { checkWorkflowName, StoreError, WorkflowStore } from './workflows.ts';

@@ -194,7 +194,7 @@ describe('models convert: resume', () => {
 describe('models convert: the command line', () => {
   it('converts with `charflow models convert` and reports errors as one line with exit code 1', async () => {
     const { Command } = await import('commander');
-    const { registerModels } = await import('../../models/convert/cli.ts');
+    const { registerModels } = await import('../../cli/checkpoints.ts');
     const run = async (...args: string[]) => {
       const program = new Command().exitOverride();
       registerModels(program);

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { expectClose, goldenConfig, goldenPath, goldenTensors, goldenWeights, need } from '../helpers/goldens.ts';
 import { E2E_SEQ, goldenCheckpoints } from './fixtures.ts';
 import { type ConvertEvent, type ConvertOptions, COMPONENTS, DEFAULT_FP32, componentDtypes, convertCheckpoints } from '../../models/convert/convert.ts';
-import { parseFp32List } from '../../models/convert/cli.ts';
+import { parseFp32List } from '../../cli/checkpoints.ts';
 import { type ComponentName, type ModelSet, openModelSet, writeModelSet } from '../../models/modelset.ts';
 import { type Attrs, Graph, type Value } from '../../models/onnx/graph.ts';
 import * as ort from 'onnxruntime-node';
@@ -141,7 +141,7 @@ describe('models convert --dtype fp16: a mixed set', () => {
     expect(r.manifest.files.flux.dtype).toBe('float16');
 
     const { Command } = await import('commander');
-    const { registerModels } = await import('../../models/convert/cli.ts');
+    const { registerModels } = await import('../../cli/checkpoints.ts');
     const program = new Command().exitOverride();
     registerModels(program);
     process.exitCode = 0;

@@ -10,7 +10,7 @@ import { type HubRepoContent, type HubServer, startHubServer } from './hubserver
 import { goldenCheckpoints } from './fixtures.ts';
 import { goldenPath } from '../helpers/goldens.ts';
 import { goldenSpec } from '../helpers/goldenset.ts';
-import { registerModels } from '../../models/convert/cli.ts';
+import { registerModels } from '../../cli/checkpoints.ts';
 import { ADAPTER_FILE, ADAPTER_REPO, DINOV2_REPO, FLUX_REPO, SIGLIP_REPO, pullRepos, repoFolder } from '../../models/convert/pull.ts';
 import { openModelSet, writeModelSet } from '../../models/modelset.ts';
 

@@ -1,4 +1,4 @@
-// Access to the reference tensors in ../shared/goldens (or $CHARFLOW_GOLDENS) and comparison helpers.
+// Access to the reference tensors in test/goldens (or $CHARFLOW_GOLDENS) and comparison helpers.
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { expect } from 'vitest';
@@ -6,7 +6,7 @@ import { readSafetensors } from '../../models/weights/safetensors.ts';
 import { SafetensorsFile } from '../../models/weights/safetensors.ts';
 import { type Tensor, toFloat32 } from '../../models/tensor.ts';
 
-export const GOLDENS = resolve(process.env.CHARFLOW_GOLDENS ?? join(import.meta.dirname, '../../../shared/goldens'));
+export const GOLDENS = resolve(process.env.CHARFLOW_GOLDENS ?? join(import.meta.dirname, '../goldens'));
 
 export function goldenPath(...parts: string[]): string {
   const p = join(GOLDENS, ...parts);

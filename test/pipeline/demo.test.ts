@@ -5,7 +5,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { main } from '../../engine/cli/main.ts';
+import { main } from '../../cli/main.ts';
 import { readPngText } from '../../nodes/lib/image.ts';
 
 function sink() {

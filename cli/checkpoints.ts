@@ -1,0 +1,198 @@
+// `charflow models convert` and `charflow models pull`: registered on the CLI's commander program.
+import { type Command, InvalidArgumentError, Option } from 'commander';
+import cliProgress from 'cli-progress';
+import { resolvePaths } from '../engine/paths.ts';
+import type { ComponentName } from '../models/modelset.ts';
+import { COMPONENTS, type ConvertEvent, type ConvertOptions, DEFAULT_FP32, convertCheckpoints } from '../models/convert/convert.ts';
+import type { CheckpointPaths } from '../models/convert/layouts.ts';
+import { type LoraSpec, parseLoraArg } from '../models/convert/lora.ts';
+import { ADAPTER_FILE, ADAPTER_REPO, DINOV2_REPO, FLUX_REPO, type PullEvent, SIGLIP_REPO, pullRepos } from '../models/convert/pull.ts';
+import { join } from 'node:path';
+
+export const DEFAULT_SET_NAME = 'instantcharacter';
+
+interface CommonFlags {
+  name: string;
+  dtype: 'fp16' | 'fp32';
+  fp32: ComponentName[];
+  lora: LoraSpec[];
+  force?: boolean;
+  models?: string;
+  data?: string;
+  adapterConfig?: string;
+}
+
+/** The checkpoint options are exactly the converter's inputs. */
+type ConvertFlags = CommonFlags & CheckpointPaths;
+
+interface PullFlags extends CommonFlags {
+  token?: string;
+  endpoint?: string;
+  downloadOnly?: boolean;
+}
+
+/** `--fp32` names: the components, with `adapter` for both adapter graphs. */
+const FP32_NAMES = ['siglip', 'dinov2', 'adapter', 'flux', 'vae', 't5', 'clip'];
+
+/** Parses `--fp32 vae,t5` (or `none`) into component names. */
+export function parseFp32List(value: string): ComponentName[] {
+  const names = value.split(',').map((s) => s.trim().toLowerCase()).filter(Boolean);
+  if (names.length === 1 && names[0] === 'none') return [];
+  const out = new Set<ComponentName>();
+  for (const n of names) {
+    if (n === 'adapter') ['adapter_static', 'adapter_time'].forEach((c) => out.add(c as ComponentName));
+    else if ((COMPONENTS as readonly string[]).includes(n)) out.add(n as ComponentName);
+    else throw new InvalidArgumentError(`"${n}" is not a component; use a comma list of ${FP32_NAMES.join(', ')}, or none`);
+  }
+  if (!out.size) throw new InvalidArgumentError(`name components (${FP32_NAMES.join(', ')}) or none`);
+  return [...out];
+}
+
+const mb = (n: number): string => `${(n / 1024 ** 2).toFixed(0)} MB`;
+
+/** Progress of a conversion: one bar per component, counted in weights read. */
+function convertReporter(): { onEvent: (e: ConvertEvent) => void; stop: () => void; log: (s: string) => void } {
+  const tty = Boolean(process.stderr.isTTY);
+  const bars = new cliProgress.MultiBar({
+    format: ' {component} [{bar}] {percentage}% | {value}/{total} M weights | {duration_formatted}',
+    hideCursor: true, clearOnComplete: false, stopOnComplete: false, barsize: 30,
+  }, cliProgress.Presets.shades_classic);
+  let bar: cliProgress.SingleBar | undefined;
+  const log = (s: string) => (tty ? bars.log(`${s}\n`) : console.log(s));
+  const onEvent = (e: ConvertEvent) => {
+    switch (e.type) {
+      case 'verify':
+        log(`${e.component}: ${e.ok ? 'already converted (verified)' : 'damaged, converting again'}`);
+        break;
+      case 'plan':
+        if (!e.build.length) log('everything is already converted');
+        else log(`converting ${e.build.join(', ')}${e.reuse.length ? `; keeping ${e.reuse.join(', ')}` : ''}`);
+        break;
+      case 'start':
+        if (tty) bar = bars.create(Math.max(1, Math.round(e.parameters / 1e6)), 0, { component: e.component.padEnd(14) });
+        else log(`${e.component}: converting ${(e.parameters / 1e6).toFixed(0)} M weights`);
+        break;
+      case 'weights':
+        bar?.update(Math.min(bar.getTotal(), Math.round(e.done / 1e6)));
+        break;
+      case 'written': {
+        bar?.update(bar.getTotal());
+        bar = undefined;
+        const bytes = e.entry.bytes + (e.entry.data ?? []).reduce((n, d) => n + d.bytes, 0);
+        log(`${e.component}: written (${mb(bytes)}${e.entry.dtype ? `, ${e.entry.dtype}` : ''})`);
+        break;
+      }
+    }
+  };
+  return { onEvent, stop: () => bars.stop(), log };
+}
+
+/** Progress of a download: one bar per file, in MB. */
+function pullReporter(): { onEvent: (e: PullEvent) => void; stop: () => void } {
+  const tty = Boolean(process.stderr.isTTY);
+  const bars = new cliProgress.MultiBar({
+    format: ' {file} [{bar}] {percentage}% | {value}/{total} MB | {eta_formatted}', hideCursor: true, barsize: 30,
+  }, cliProgress.Presets.shades_classic);
+  let bar: cliProgress.SingleBar | undefined;
+  const log = (s: string) => (tty ? bars.log(`${s}\n`) : console.log(s));
+  const onEvent = (e: PullEvent) => {
+    switch (e.type) {
+      case 'repo': log(`${e.repo}: ${e.files} files, ${mb(e.bytes)}`); break;
+      case 'file':
+        if (e.action === 'skip') log(`  ${e.path}: already downloaded`);
+        else if (tty) bar = bars.create(Math.max(1, Math.round(e.size / 1024 ** 2)), Math.round(e.from / 1024 ** 2), { file: e.path.slice(-40).padEnd(40) });
+        else log(`  ${e.path}: ${e.action === 'resume' ? `continuing at ${mb(e.from)} of` : 'downloading'} ${mb(e.size)}`);
+        break;
+      case 'bytes': bar?.update(Math.round(e.done / 1024 ** 2)); break;
+      case 'verified':
+        bar?.stop();
+        if (bar) bars.remove(bar);
+        bar = undefined;
+        log(`  ${e.path}: verified`);
+        break;
+    }
+  };
+  return { onEvent, stop: () => bars.stop() };
+}
+
+async function runConvert(opts: ConvertOptions): Promise<void> {
+  const r = convertReporter();
+  try {
+    const res = await convertCheckpoints({ ...opts, onEvent: r.onEvent, warn: (m) => r.log(`warning: ${m}`) });
+    r.stop();
+    console.log(`model set "${opts.name}" ready in ${res.dir} (${res.built.length} graphs built, ${res.reused.length} kept)`);
+  } finally {
+    r.stop();
+  }
+}
+
+/** Wraps an action so that errors print as one clear line and set the exit code. */
+function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
+  return async (...args: A) => {
+    try {
+      await fn(...args);
+    } catch (err) {
+      console.error(`error: ${(err as Error).message}`);
+      process.exitCode = 1;
+    }
+  };
+}
+
+function addCommon(cmd: Command): Command {
+  return cmd
+    .option('--name <name>', 'name of the model set', DEFAULT_SET_NAME)
+    .addOption(new Option('--dtype <dtype>', 'weight precision of the graphs').choices(['fp16', 'fp32']).default('fp16'))
+    .addOption(new Option('--fp32 <components>', `with --dtype fp16, the components kept in float32: a comma list of ${FP32_NAMES.join(', ')}, or none for all fp16 (the VAE decoder overflows fp16 at high resolutions and is small)`)
+      .argParser(parseFp32List).default([...DEFAULT_FP32], DEFAULT_FP32.join(',')))
+    .option('--lora <file:weight>', 'merge a FLUX style LoRA into the transformer (repeatable)', (v: string, acc: LoraSpec[]) => [...acc, parseLoraArg(v)], [] as LoraSpec[])
+    .option('--adapter-config <file>', 'adapter constructor kwargs as JSON (default: the official ones)')
+    .option('--force', 'replace an existing set made from other checkpoints')
+    .option('--models <dir>', 'models folder (default <data>/models, or CHARFLOW_MODELS)')
+    .option('--data <dir>', 'data folder (default ./data, or CHARFLOW_DATA)');
+}
+
+/** Adds `models convert` and `models pull` (to an existing `models` command when there is one). */
+export function registerModels(program: Command): void {
+  const models = program.commands.find((c) => c.name() === 'models') ?? program.command('models').description('manage model sets');
+
+  addCommon(models.command('convert')
+    .description('convert FLUX.1-dev, SigLIP, DINOv2 and InstantCharacter checkpoints into a model set')
+    .requiredOption('--flux <path>', 'FLUX.1-dev Hugging Face folder, or a single-file transformer (flux1-dev.safetensors)')
+    .requiredOption('--siglip <dir>', 'google/siglip-so400m-patch14-384 folder')
+    .requiredOption('--dinov2 <dir>', 'facebook/dinov2-giant folder')
+    .requiredOption('--adapter <file>', 'instantcharacter_ip-adapter.bin')
+    .option('--base <dir>', 'FLUX.1 Hugging Face folder for the parts a single-file --flux lacks')
+    .option('--vae <path>', 'VAE folder or file (diffusers, or ae.safetensors)')
+    .option('--clip <path>', 'CLIP-L text encoder folder or file')
+    .option('--t5 <path>', 'T5-XXL text encoder folder or file')
+    .option('--clip-tokenizer <path>', 'CLIP tokenizer folder (vocab.json + merges.txt, or tokenizer.json)')
+    .option('--t5-tokenizer <path>', 'T5 tokenizer.json or its folder'))
+    .action(action(async (flags: ConvertFlags) => {
+      const { models: modelsDir } = resolvePaths({ data: flags.data, models: flags.models });
+      await runConvert({
+        ...flags, modelsDir, name: flags.name, dtype: flags.dtype === 'fp32' ? 'float32' : 'float16', fp32: flags.fp32, loras: flags.lora,
+      });
+    }));
+
+  addCommon(models.command('pull')
+    .description(`download ${FLUX_REPO}, ${SIGLIP_REPO}, ${DINOV2_REPO} and ${ADAPTER_REPO} into <models>/downloads, then convert them`)
+    .option('--token <token>', 'Hugging Face access token (FLUX.1-dev is gated; default HF_TOKEN or the huggingface-cli login)')
+    .option('--endpoint <url>', 'hub URL (default https://huggingface.co, or HF_ENDPOINT)')
+    .option('--download-only', 'stop after downloading'))
+    .action(action(async (flags: PullFlags) => {
+      const { models: modelsDir } = resolvePaths({ data: flags.data, models: flags.models });
+      const r = pullReporter();
+      let folders: Record<string, string>;
+      try {
+        folders = await pullRepos({ modelsDir, token: flags.token, endpoint: flags.endpoint, onEvent: r.onEvent });
+      } finally {
+        r.stop();
+      }
+      if (flags.downloadOnly) return;
+      await runConvert({
+        modelsDir, name: flags.name, dtype: flags.dtype === 'fp32' ? 'float32' : 'float16', fp32: flags.fp32, loras: flags.lora, force: flags.force,
+        adapterConfig: flags.adapterConfig,
+        flux: folders[FLUX_REPO]!, siglip: folders[SIGLIP_REPO]!, dinov2: folders[DINOV2_REPO]!, adapter: join(folders[ADAPTER_REPO]!, ADAPTER_FILE),
+      });
+    }));
+}

@@ -1,0 +1,180 @@
+// `charflow run <workflow.json>`: validate, then execute with progress; exit 0 done, 1 a node
+// failed, 2 invalid workflow or arguments, 130 cancelled.
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { Option, type Command } from 'commander';
+import { Executor } from '../engine/executor/executor.ts';
+import type { NodeDef } from '../engine/node.ts';
+import { ensureDirs } from '../engine/paths.ts';
+import { validateWorkflow } from '../engine/workflow/validate.ts';
+import { nodeLabel, WorkflowError } from '../engine/workflow/types.ts';
+import { CliError, EXIT, pathsFor, withDataOption, type CliContext } from './context.ts';
+import { toJsonLine } from './format.ts';
+import { printErrors, readAndMigrate, resolveWorkflowPath } from './load.ts';
+import { parseMemoryBudget } from '../nodes/services.ts';
+import { barReporter, jsonReporter, plainReporter, type Reporter } from './progress.ts';
+
+export const DEVICES = ['auto', 'cpu', 'cuda', 'webgpu'] as const;
+
+export interface RunCommandOptions {
+  set?: string[];
+  target?: string[];
+  out?: string;
+  device?: (typeof DEVICES)[number];
+  models?: string;
+  data?: string;
+  json?: boolean;
+  concurrency?: string;
+  memoryBudget?: string;
+}
+
+export interface SetAssignment {
+  node: string;
+  input: string;
+  value: unknown;
+  text: string;
+}
+
+/** `<node>.<input>=<value>`; the value is JSON when it parses, else the plain string. */
+export function parseSet(text: string): SetAssignment {
+  const m = /^([^.=]+)\.([^=]+)=(.*)$/s.exec(text);
+  if (!m) throw new CliError(`--set "${text}": expected <node>.<input>=<value>, e.g. --set 7.steps=20`);
+  const raw = m[3]!;
+  let value: unknown;
+  try {
+    value = JSON.parse(raw);
+  } catch {
+    value = raw;
+  }
+  return { node: m[1]!, input: m[2]!, value, text };
+}
+
+/**
+ * Applies --set assignments to a parsed workflow (in place). Returns one message per assignment
+ * that names a node or input that does not exist.
+ */
+export function applySets(raw: unknown, sets: readonly SetAssignment[], registry: ReadonlyMap<string, NodeDef<unknown>>): string[] {
+  const problems: string[] = [];
+  const nodes = (typeof raw === 'object' && raw !== null ? (raw as { nodes?: unknown }).nodes : undefined) as
+    | Record<string, { type?: unknown; inputs?: Record<string, unknown> }>
+    | undefined;
+  for (const s of sets) {
+    const node = nodes && typeof nodes === 'object' && Object.prototype.hasOwnProperty.call(nodes, s.node) ? nodes[s.node] : undefined;
+    if (!node || typeof node !== 'object') {
+      problems.push(`--set ${s.text}: there is no node ${s.node}`);
+      continue;
+    }
+    const type = typeof node.type === 'string' ? node.type : undefined;
+    const def = type === undefined ? undefined : registry.get(type);
+    if (def && !Object.hasOwn(def.params, s.input) && !Object.hasOwn(def.inputs, s.input)) {
+      const known = [...Object.keys(def.inputs), ...Object.keys(def.params)];
+      problems.push(`--set ${s.text}: ${nodeLabel(s.node, type)} has no input "${s.input}" (it has ${known.join(', ') || 'none'})`);
+      continue;
+    }
+    const inputs = typeof node.inputs === 'object' && node.inputs !== null ? node.inputs : {};
+    node.inputs = { ...inputs, [s.input]: s.value };
+  }
+  return problems;
+}
+
+function parseConcurrency(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 64) throw new CliError(`--concurrency ${v}: expected a whole number from 1 to 64`);
+  return n;
+}
+
+export async function runCommand(ctx: CliContext, file: string, opts: RunCommandOptions): Promise<number> {
+  const sets = (opts.set ?? []).map(parseSet);
+  const targets = opts.target ?? [];
+  const concurrency = parseConcurrency(opts.concurrency);
+  let memoryBudgetBytes: number | undefined;
+  try {
+    memoryBudgetBytes = opts.memoryBudget === undefined ? undefined : parseMemoryBudget(opts.memoryBudget, '--memory-budget');
+  } catch (err) {
+    throw new CliError((err as Error).message);
+  }
+  const paths = pathsFor(ctx, opts);
+  const registry = await ctx.registry();
+  const fail = (lines: readonly string[]): number => {
+    if (opts.json) ctx.stdout.write(`${toJsonLine({ type: 'validation_failed', errors: lines.map((message) => ({ message })) })}\n`);
+    for (const l of lines) ctx.stderr.write(`${l}\n`);
+    return EXIT.invalid;
+  };
+
+  const read = await readAndMigrate(resolveWorkflowPath(ctx, file, paths));
+  if (!read.ok) return fail(read.errors.map((e) => e.message));
+  const setProblems = applySets(read.raw, sets, registry);
+  if (setProblems.length) return fail(setProblems);
+  const result = validateWorkflow(read.raw, registry);
+  if (!result.ok) {
+    if (opts.json) ctx.stdout.write(`${toJsonLine({ type: 'validation_failed', errors: result.errors })}\n`);
+    printErrors(ctx.stderr, result.errors);
+    return EXIT.invalid;
+  }
+
+  await ensureDirs(paths);
+  const outputDir = opts.out === undefined ? undefined : path.resolve(ctx.cwd, opts.out);
+  if (outputDir) await mkdir(outputDir, { recursive: true });
+  let services: { close(): Promise<void> };
+  try {
+    services = await ctx.createServices(paths, {
+      device: opts.device ?? 'auto',
+      ...(outputDir ? { outputDir } : {}),
+      ...(memoryBudgetBytes !== undefined ? { memoryBudgetBytes } : {}),
+    });
+  } catch (err) {
+    throw new CliError(`cannot start: ${(err as Error).message ?? String(err)}`, EXIT.nodeFailed);
+  }
+
+  const reporter: Reporter = opts.json
+    ? jsonReporter(ctx.stdout, ctx.stderr)
+    : ctx.stderr.isTTY
+      ? barReporter(ctx.stderr)
+      : plainReporter(ctx.stderr);
+  const interrupt = ctx.interrupt();
+  try {
+    const executor = new Executor({ registry, services, logger: reporter.logger, ...(concurrency ? { concurrency } : {}) });
+    const run = await executor.run(result.workflow!, {
+      signal: interrupt.signal,
+      onEvent: (e) => reporter.onEvent(e),
+      ...(targets.length ? { targets } : {}),
+    });
+    reporter.close();
+    if (!opts.json) {
+      for (const [id, outputs] of Object.entries(run.outputs)) {
+        const type = result.workflow!.nodes[id]!.type;
+        if (Object.keys(outputs).length) ctx.stdout.write(`${nodeLabel(id, type)}: ${toJsonLine(outputs)}\n`);
+      }
+    }
+    return run.status === 'done' ? EXIT.ok : run.status === 'cancelled' ? EXIT.cancelled : EXIT.nodeFailed;
+  } catch (err) {
+    reporter.close();
+    if (err instanceof WorkflowError) throw new CliError(err.message);
+    throw err;
+  } finally {
+    interrupt.dispose();
+    await services.close();
+  }
+}
+
+const collect = (v: string, prev: string[] | undefined): string[] => [...(prev ?? []), v];
+
+export function registerRun(program: Command, ctx: CliContext): void {
+  withDataOption(
+    program
+      .command('run')
+      .description('run a workflow')
+      .argument('<workflow>', 'workflow file (.json); also looked up in <data>/workflows')
+      .option('--set <node.input=value>', 'set a constant input (value parsed as JSON when possible); repeatable', collect)
+      .option('--target <node>', 'run only what this node needs (default: every output node); repeatable', collect)
+      .option('--out <dir>', 'folder for outputs (default: <data>/outputs)')
+      .addOption(new Option('--device <device>', 'where models run').choices(DEVICES).default('auto'))
+      .option('--models <dir>', 'models folder (default: $CHARFLOW_MODELS or <data>/models)')
+      .option('--concurrency <n>', 'nodes run at once (default 2)')
+      .option('--memory-budget <GiB>', 'models loaded at once stay under this (default: $CHARFLOW_MEMORY_BUDGET or 75% of RAM)')
+      .option('--json', 'print one JSON event per line instead of progress bars'),
+  ).action(async (file: string, opts: RunCommandOptions) => {
+    ctx.exitCode = await runCommand(ctx, file, opts);
+  });
+}
