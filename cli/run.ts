@@ -1,14 +1,12 @@
 // `charflow run <workflow.json>`: validate, then execute with progress; exit 0 done, 1 a node
 // failed, 2 invalid workflow or arguments, 130 cancelled.
-import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { Option, type Command } from 'commander';
 import { Executor } from '../engine/executor/executor.ts';
 import type { NodeDef } from '../engine/node.ts';
-import { ensureDirs } from '../engine/paths.ts';
-import { validateWorkflow } from '../engine/workflow/validate.ts';
+import { validateMigrated } from '../engine/workflow/validate.ts';
 import { nodeLabel, WorkflowError } from '../engine/workflow/types.ts';
-import { CliError, EXIT, pathsFor, withDataOption, type CliContext } from './context.ts';
+import { CliError, commandAction, ensureDataDirs, EXIT, pathsFor, withDataOption, type CliContext } from './context.ts';
 import { toJsonLine } from './format.ts';
 import { printErrors, readAndMigrate, resolveWorkflowPath } from './load.ts';
 import { parseMemoryBudget } from '../nodes/services.ts';
@@ -106,16 +104,15 @@ export async function runCommand(ctx: CliContext, file: string, opts: RunCommand
   if (!read.ok) return fail(read.errors.map((e) => e.message));
   const setProblems = applySets(read.raw, sets, registry);
   if (setProblems.length) return fail(setProblems);
-  const result = validateWorkflow(read.raw, registry);
+  const result = validateMigrated(read.raw, registry); // readAndMigrate migrated it: once is enough
   if (!result.ok) {
     if (opts.json) ctx.stdout.write(`${toJsonLine({ type: 'validation_failed', errors: result.errors })}\n`);
     printErrors(ctx.stderr, result.errors);
     return EXIT.invalid;
   }
 
-  await ensureDirs(paths);
   const outputDir = opts.out === undefined ? undefined : path.resolve(ctx.cwd, opts.out);
-  if (outputDir) await mkdir(outputDir, { recursive: true });
+  await ensureDataDirs(paths, outputDir ? [outputDir] : []);
   let services: { close(): Promise<void> };
   try {
     services = await ctx.createServices(paths, {
@@ -174,7 +171,5 @@ export function registerRun(program: Command, ctx: CliContext): void {
       .option('--concurrency <n>', 'nodes run at once (default 2)')
       .option('--memory-budget <GiB>', 'models loaded at once stay under this (default: $CHARFLOW_MEMORY_BUDGET or 75% of RAM)')
       .option('--json', 'print one JSON event per line instead of progress bars'),
-  ).action(async (file: string, opts: RunCommandOptions) => {
-    ctx.exitCode = await runCommand(ctx, file, opts);
-  });
+  ).action(commandAction(ctx, (file: string, opts: RunCommandOptions) => runCommand(ctx, file, opts)));
 }

@@ -1,9 +1,10 @@
 // `charflow validate <workflow.json>`: every problem, one per line; exit 2 if there is any.
 import type { Command } from 'commander';
 import { validateWorkflow } from '../engine/workflow/validate.ts';
-import { EXIT, pathsFor, withDataOption, type CliContext } from './context.ts';
+import { commandAction, EXIT, pathsFor, withDataOption, type CliContext } from './context.ts';
 import { toJsonLine } from './format.ts';
-import { printErrors, readAndMigrate, resolveWorkflowPath } from './load.ts';
+import { readWorkflowFile } from '../engine/workflow/load.ts';
+import { printErrors, resolveWorkflowPath } from './load.ts';
 
 interface ValidateOptions {
   data?: string;
@@ -13,8 +14,8 @@ interface ValidateOptions {
 export async function validateCommand(ctx: CliContext, file: string, opts: ValidateOptions): Promise<number> {
   const paths = pathsFor(ctx, opts);
   const full = resolveWorkflowPath(ctx, file, paths);
-  const read = await readAndMigrate(full);
-  const result = read.ok ? validateWorkflow(read.raw, await ctx.registry()) : { ok: false, errors: read.errors };
+  const read = await readWorkflowFile(full);
+  const result = read.ok ? validateWorkflow(read.value, await ctx.registry()) : { ok: false, errors: [read.error] };
   if (opts.json) {
     ctx.stdout.write(`${toJsonLine({ ok: result.ok, errors: result.errors })}\n`);
   } else if (result.ok) {
@@ -35,7 +36,5 @@ export function registerValidate(program: Command, ctx: CliContext): void {
       .description('check a workflow file and list every problem, one per line')
       .argument('<workflow>', 'workflow file (.json)')
       .option('--json', 'print {"ok", "errors"} as JSON'),
-  ).action(async (file: string, opts: ValidateOptions) => {
-    ctx.exitCode = await validateCommand(ctx, file, opts);
-  });
+  ).action(commandAction(ctx, (file: string, opts: ValidateOptions) => validateCommand(ctx, file, opts)));
 }

@@ -3,6 +3,7 @@
 // (size-limited, decoded with sharp before they are kept, names cleaned), and the inputs listing.
 import { mkdir, open, readdir, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
 import type { DataPaths } from '../../engine/paths.ts';
 import { writeFileAtomic } from '../../engine/fsutil.ts';
@@ -44,6 +45,14 @@ export class FileRequestError extends Error {
     this.name = 'FileRequestError';
   }
 }
+
+/**
+ * The bundled examples (`workflows/` of the package). Image parameters fall back to them after the
+ * inputs folder (LoadCharacter's default is `workflows/assets/character.png`), so the editor shows
+ * their thumbnails from there too: read-only, and only below this folder.
+ */
+export const EXAMPLES_DIR = fileURLToPath(new URL('../../workflows', import.meta.url));
+const EXAMPLES_PREFIX = 'workflows';
 
 export function folderOf(paths: DataPaths, type: ImageFolder): string {
   return type === 'output' ? paths.outputs : type === 'temp' ? paths.temp : paths.inputs;
@@ -113,7 +122,16 @@ export async function resolveView(
   const subfolder = checkSubfolder(q.subfolder);
   const contentType = IMAGE_TYPES[path.extname(filename).toLowerCase()];
   if (!contentType) throw new FileRequestError(415, 'not_an_image', `only images can be viewed (${Object.keys(IMAGE_TYPES).join(' ')})`);
-  const file = await realInside(folderOf(paths, type), subfolder ? `${subfolder}/${filename}` : filename);
+  const rel = subfolder ? `${subfolder}/${filename}` : filename;
+  let file: string;
+  try {
+    file = await realInside(folderOf(paths, type), rel);
+  } catch (err) {
+    // An input image that is not in the inputs folder may be a bundled example, as the nodes see it.
+    const bundled = type === 'input' && subfolder.split('/')[0] === EXAMPLES_PREFIX;
+    if (!bundled || !(err instanceof FileRequestError) || err.status !== 404) throw err;
+    file = await realInside(EXAMPLES_DIR, rel.slice(EXAMPLES_PREFIX.length + 1));
+  }
   const st = await stat(file);
   if (!st.isFile()) throw new FileRequestError(404, 'not_found', 'file not found');
   return { file, contentType, size: st.size };

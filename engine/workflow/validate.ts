@@ -133,6 +133,15 @@ interface Edge {
  * migrated, normalised copy with parameter defaults filled in; the argument is never modified.
  */
 export function validateWorkflow<S>(raw: unknown, registry: Registry<S>, opts: ValidateOptions = {}): ValidationResult {
+  const tooMany = nodeLimit(raw, opts);
+  if (tooMany) return tooMany;
+  const migrated = migrateWorkflow(raw, opts);
+  if (!migrated.ok) return { ok: false, errors: [migrated.error] };
+  return validateMigrated(migrated.workflow, registry, opts);
+}
+
+/** Refuses a workflow with more nodes than the limit before any other work. */
+function nodeLimit(raw: unknown, opts: ValidateOptions): ValidationResult | undefined {
   const maxNodes = opts.maxNodes ?? DEFAULT_MAX_NODES;
   const rawNodes = typeof raw === 'object' && raw !== null ? (raw as { nodes?: unknown }).nodes : undefined;
   if (typeof rawNodes === 'object' && rawNodes !== null && !Array.isArray(rawNodes)) {
@@ -142,11 +151,16 @@ export function validateWorkflow<S>(raw: unknown, registry: Registry<S>, opts: V
       return { ok: false, errors: [{ code: 'too_many_nodes', field: 'nodes', message }] };
     }
   }
+  return undefined;
+}
 
-  const migrated = migrateWorkflow(raw, opts);
-  if (!migrated.ok) return { ok: false, errors: [migrated.error] };
-  const wf = migrated.workflow;
-
+/**
+ * validateWorkflow for a workflow its caller has already brought to the current version with
+ * migrateWorkflow (the CLI migrates before applying --set), so nothing is migrated twice.
+ */
+export function validateMigrated<S>(wf: unknown, registry: Registry<S>, opts: ValidateOptions = {}): ValidationResult {
+  const tooMany = nodeLimit(wf, opts);
+  if (tooMany) return tooMany;
   const errors = checkSchema(wf);
   const nodes = typeof wf === 'object' && wf !== null ? (wf as { nodes?: unknown }).nodes : undefined;
   if (typeof nodes !== 'object' || nodes === null || Array.isArray(nodes)) return { ok: false, errors };

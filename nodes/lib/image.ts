@@ -4,13 +4,9 @@ import sharp from 'sharp';
 import { crc32 } from 'node:zlib';
 import type { Tensor } from '../../models/tensor.ts';
 import { resizeBicubic } from './resize.ts';
+import type { RgbImage } from './rgb.ts';
 
-/** 8-bit RGB, row-major HWC. */
-export interface RgbImage {
-  width: number;
-  height: number;
-  data: Uint8Array;
-}
+export type { RgbImage } from './rgb.ts';
 
 /** Decompression-bomb guard: no image above this many pixels is decoded. */
 export const MAX_IMAGE_PIXELS = 64 * 1024 * 1024;

@@ -1,7 +1,7 @@
 // Bicubic resampling with the exact arithmetic of Pillow's 8-bit resize (the official pipeline
 // resizes the reference with PIL): a = -0.5 cubic, support widened by the downscale factor,
 // coefficients in 22-bit fixed point, a horizontal pass then a vertical pass, each rounded to 8 bits.
-import type { RgbImage } from './image.ts';
+import type { RgbImage } from './rgb.ts';
 
 const PRECISION_BITS = 32 - 8 - 2;
 

@@ -1,6 +1,6 @@
 // The browser editor against a real server: Debian's chromium driven by playwright-core, the tiny
 // model set, real UI actions (clicks, typing, drags between socket positions computed from the graph).
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,7 +26,19 @@ let server: Server | undefined;
 let browser: Browser | undefined;
 let page: Page;
 let port = 0;
-const pageErrors: string[] = [];
+/**
+ * Everything that went wrong in the page since the last check: uncaught errors, console errors and
+ * HTTP responses of 400 or more. Each test must end with none, except those it expects by name.
+ */
+const problems: string[] = [];
+
+/** Takes the problems matching `pattern` out of the list (a test that provokes them on purpose), at least one. */
+function expectProblems(pattern: RegExp): string[] {
+  const hit = problems.filter((p) => pattern.test(p));
+  expect(hit.length, `expected a page problem matching ${pattern}, got ${JSON.stringify(problems)}`).toBeGreaterThan(0);
+  for (const h of hit) problems.splice(problems.indexOf(h), 1);
+  return hit;
+}
 
 /** Evaluates a JavaScript expression in the page (a string, so no transpiler helpers leak in). */
 function js<T>(expr: string): Promise<T> {
@@ -150,8 +162,18 @@ beforeAll(async () => {
     args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
   });
   page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
-  page.on('pageerror', (e) => pageErrors.push(e.message));
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error') problems.push(`console error: ${m.text()} (${m.location().url})`);
+  });
+  page.on('response', (r) => {
+    if (r.status() >= 400) problems.push(`HTTP ${r.status()} ${r.request().method()} ${r.url()}`);
+  });
 }, 240_000);
+
+afterEach(() => {
+  expect(problems.splice(0), 'page errors, console errors or HTTP errors during this test').toEqual([]);
+});
 
 afterAll(async () => {
   await browser?.close();
@@ -372,6 +394,7 @@ describe('the browser editor', () => {
     server = await startServer({ paths, host: '127.0.0.1', port });
     await page.waitForSelector('.cf-status[data-connection="open"]', { timeout: 20_000 });
     expect(await page.locator('.cf-conn').textContent()).toBe('connected');
-    expect(pageErrors).toEqual([]);
+    // While the server was down the page's reconnect attempts failed, as they should; nothing else went wrong.
+    for (const p of problems.splice(0)) expect(p).toMatch(/WebSocket connection to .* failed|ERR_CONNECTION_REFUSED/);
   }, 120_000);
 });

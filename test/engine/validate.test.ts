@@ -269,3 +269,30 @@ describe('validateWorkflow: semantic checks', () => {
     expect(errs[0]!.message.startsWith('node 0 (Add) input "a": links form a cycle: node 0 (Add) -> node 14999 (Add) -> ')).toBe(true);
   });
 });
+
+describe('migration happens once', () => {
+  it('validateWorkflow migrates a file once; validateMigrated takes the migrated workflow as it is', async () => {
+    const { migrateWorkflow } = await import('../../engine/workflow/migrate.ts');
+    const { validateMigrated } = await import('../../engine/workflow/validate.ts');
+    let calls = 0;
+    // Version 0 stored the prompt under another name; the migration renames it.
+    const migrations = new Map([[0, (w: Record<string, unknown>) => {
+      calls++;
+      const nodes = structuredClone(w.nodes) as Record<string, { type: string; inputs: Record<string, unknown> }>;
+      for (const n of Object.values(nodes)) if ('text' in n.inputs) { n.inputs.prompt = n.inputs.text; delete n.inputs.text; }
+      return { ...w, nodes };
+    }]]);
+    const old = { ...wf({ '1': ['MakeImage', { text: 'a cat' }] }), version: 0 };
+    const r = validateWorkflow(old, reg, { migrations });
+    expect(r.ok).toBe(true);
+    expect(calls).toBe(1);
+    const migrated = migrateWorkflow(old, { migrations });
+    expect(calls).toBe(2);
+    expect(migrated.ok).toBe(true);
+    const again = validateMigrated(migrated.ok ? migrated.workflow : undefined, reg, { migrations });
+    expect(calls).toBe(2);
+    expect(again).toEqual(r);
+    // Handing it the unmigrated file shows that it does not migrate: the old field is unknown.
+    expect(validateMigrated(old, reg, { migrations }).ok).toBe(false);
+  });
+});
