@@ -70,7 +70,7 @@ function stepFeeds(T: number): Record<string, Tensor> {
     rope_cos: rope.cos,
     rope_sin: rope.sin,
     ip_hidden_states: noise([1, MID_ADAPTER.numQueries, MID_ADAPTER.outputDim], 4),
-    subject_scale: f32([1], [0.9]),
+    ip_masks: f32([1, GRID * GRID], new Float32Array(GRID * GRID).fill(0.9)),
   };
 }
 

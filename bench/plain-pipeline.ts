@@ -122,7 +122,7 @@ export async function runPlainPipeline(services: Services, models: ModelSet, p: 
       rope_cos: rope.cos,
       rope_sin: rope.sin,
       ip_hidden_states: ip,
-      subject_scale: f32([1], [p.subjectScale]),
+      ip_masks: f32([1, imageTokens], new Float32Array(imageTokens).fill(p.subjectScale)), // one whole-picture character
     });
     eulerStep(latents, out.noise_pred!.data as Float32Array, schedule.sigmas[i]!, schedule.sigmas[i + 1]!);
     await latentPreview(unpackLatents(latents, channels, h, w), channels, h, w);

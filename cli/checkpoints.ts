@@ -1,13 +1,16 @@
 // `charflow models convert` and `charflow models pull`: registered on the CLI's commander program.
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import cliProgress from 'cli-progress';
-import { resolvePaths } from '../engine/paths.ts';
+import { existsSync } from 'node:fs';
+import { CliError, commandAction, EXIT, pathsFor, type CliContext } from './context.ts';
 import type { ComponentName } from '../models/modelset.ts';
 import { COMPONENTS, type ConvertEvent, type ConvertOptions, DEFAULT_FP32, convertCheckpoints } from '../models/convert/convert.ts';
 import type { CheckpointPaths } from '../models/convert/layouts.ts';
 import { type LoraSpec, parseLoraArg } from '../models/convert/lora.ts';
 import { ADAPTER_FILE, ADAPTER_REPO, DINOV2_REPO, FLUX_REPO, type PullEvent, SIGLIP_REPO, pullRepos } from '../models/convert/pull.ts';
 import { join } from 'node:path';
+import { type WeightFormat, DEFAULT_BLOCK, parseWeightFormat, resolveFormats } from '../models/quant/formats.ts';
+import { checkBlock } from '../models/quant/quantize.ts';
 
 export const DEFAULT_SET_NAME = 'instantcharacter';
 
@@ -15,6 +18,12 @@ interface CommonFlags {
   name: string;
   dtype: 'fp16' | 'fp32';
   fp32: ComponentName[];
+  weights?: WeightFormat;
+  block?: number;
+  symmetric?: boolean;
+  fp16?: ComponentName[];
+  int8?: ComponentName[];
+  int4?: ComponentName[];
   lora: LoraSpec[];
   force?: boolean;
   models?: string;
@@ -31,7 +40,7 @@ interface PullFlags extends CommonFlags {
   downloadOnly?: boolean;
 }
 
-/** `--fp32` names: the components, with `adapter` for both adapter graphs. */
+/** `--fp32` names: the components, with `adapter` for both adapter graphs and `vae` for decoder and encoder. */
 const FP32_NAMES = ['siglip', 'dinov2', 'adapter', 'flux', 'vae', 't5', 'clip'];
 
 /** Parses `--fp32 vae,t5` (or `none`) into component names. */
@@ -41,11 +50,64 @@ export function parseFp32List(value: string): ComponentName[] {
   const out = new Set<ComponentName>();
   for (const n of names) {
     if (n === 'adapter') ['adapter_static', 'adapter_time'].forEach((c) => out.add(c as ComponentName));
+    else if (n === 'vae') ['vae', 'vae_encoder'].forEach((c) => out.add(c as ComponentName));
     else if ((COMPONENTS as readonly string[]).includes(n)) out.add(n as ComponentName);
     else throw new InvalidArgumentError(`"${n}" is not a component; use a comma list of ${FP32_NAMES.join(', ')}, or none`);
   }
   if (!out.size) throw new InvalidArgumentError(`name components (${FP32_NAMES.join(', ')}) or none`);
   return [...out];
+}
+
+/** `--weights int4`: one of the formats, else an argument error. */
+function weightsArg(value: string): WeightFormat {
+  try {
+    return parseWeightFormat(value);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message.replace(/^--weights: /, ''));
+  }
+}
+
+/** `--block 64`: a power of two MatMulNBits takes. */
+function blockArg(value: string): number {
+  const n = Number(value);
+  try {
+    checkBlock(n);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+  return n;
+}
+
+/**
+ * The converter's weight options from the flags: `--weights` (else `--dtype`) for every component, the
+ * component lists `--fp16`, `--int8`, `--int4` on top (`--fp32` keeps its meaning). A component named in
+ * two lists, or int8/int4 asked of the VAE, is an argument error.
+ */
+export function weightOptions(flags: Pick<CommonFlags, 'dtype' | 'fp32' | 'weights' | 'block' | 'symmetric' | 'fp16' | 'int8' | 'int4'>): Pick<ConvertOptions, 'dtype' | 'weights' | 'formats' | 'block' | 'symmetric' | 'fp32'> {
+  const base: WeightFormat = flags.weights ?? flags.dtype;
+  const formats: Partial<Record<ComponentName, WeightFormat>> = {};
+  for (const f of ['fp16', 'int8', 'int4'] as const) {
+    for (const c of flags[f] ?? []) {
+      if (formats[c] && formats[c] !== f) throw new CliError(`${c} is named by both --${formats[c]} and --${f}`, EXIT.invalid);
+      formats[c] = f;
+    }
+  }
+  const quantized = base === 'int8' || base === 'int4' || Object.values(formats).some((f) => f === 'int8' || f === 'int4');
+  if (!quantized && (flags.block !== undefined || flags.symmetric)) {
+    throw new CliError('--block and --symmetric apply to int8 and int4 weights: add --weights int8|int4 (or --int8/--int4 <components>)', EXIT.invalid);
+  }
+  // --fp32 names that are also in another list: the explicit list wins only if --fp32 was left at its default.
+  const explicitFp32 = flags.fp32.filter((c) => !DEFAULT_FP32.includes(c));
+  for (const c of explicitFp32) if (formats[c]) throw new CliError(`${c} is named by both --fp32 and --${formats[c]}`, EXIT.invalid);
+  try {
+    resolveFormats(COMPONENTS, { base, overrides: formats, fp32: flags.fp32, block: flags.block, symmetric: flags.symmetric });
+  } catch (err) {
+    throw new CliError((err as Error).message, EXIT.invalid);
+  }
+  return {
+    dtype: base === 'fp16' ? 'float16' : 'float32', fp32: flags.fp32,
+    ...(flags.weights || Object.keys(formats).length ? { weights: base, formats, block: flags.block, symmetric: flags.symmetric } : {}),
+  };
 }
 
 const mb = (n: number): string => `${(n / 1024 ** 2).toFixed(0)} MB`;
@@ -126,22 +188,45 @@ async function runConvert(opts: ConvertOptions): Promise<void> {
   }
 }
 
-/** Wraps an action so that errors print as one clear line and set the exit code. */
-function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
-  return async (...args: A) => {
+/** The flags that name input files or folders, as the user typed them. */
+const PATH_FLAGS = ['flux', 'base', 'vae', 'clip', 't5', 'clipTokenizer', 't5Tokenizer', 'siglip', 'dinov2', 'adapter', 'adapterConfig'] as const;
+
+/** A path flag naming nothing is an argument error (exit 2), reported before any work starts. */
+function checkPaths(flags: Partial<ConvertFlags>): void {
+  for (const key of PATH_FLAGS) {
+    const p = flags[key];
+    if (p !== undefined && !existsSync(p)) {
+      throw new CliError(`--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} ${p}: no such file or folder`, EXIT.invalid);
+    }
+  }
+  for (const l of flags.lora ?? []) if (!existsSync(l.path)) throw new CliError(`--lora ${l.path}: no such file`, EXIT.invalid);
+}
+
+/**
+ * Wraps an action: argument errors stay CliErrors (exit 2); a conversion or download that fails
+ * becomes one line with exit code 1 (see commandAction).
+ */
+function action<A extends unknown[]>(ctx: CliContext, fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
+  return commandAction(ctx, async (...args: A) => {
     try {
       await fn(...args);
     } catch (err) {
-      console.error(`error: ${(err as Error).message}`);
-      process.exitCode = 1;
+      if (err instanceof CliError) throw err;
+      throw new CliError((err as Error).message, EXIT.nodeFailed);
     }
-  };
+  });
 }
 
 function addCommon(cmd: Command): Command {
   return cmd
     .option('--name <name>', 'name of the model set', DEFAULT_SET_NAME)
     .addOption(new Option('--dtype <dtype>', 'weight precision of the graphs').choices(['fp16', 'fp32']).default('fp16'))
+    .option('--weights <format>', 'weight format of the graphs: fp32, fp16 (= --dtype), int8 or int4 (Linears as ONNX Runtime MatMulNBits, the rest float32)', weightsArg)
+    .option('--block <n>', `int8/int4: weights per quantization block along K, a power of two (32, 64 or 128; default ${DEFAULT_BLOCK})`, blockArg)
+    .option('--symmetric', 'int8/int4: symmetric blocks without zero points (default: asymmetric, as ONNX Runtime quantizes)')
+    .option('--fp16 <components>', 'components written in fp16 whatever --weights says (comma list)', parseFp32List)
+    .option('--int8 <components>', 'components written in int8 whatever --weights says, e.g. --weights int4 --int8 t5', parseFp32List)
+    .option('--int4 <components>', 'components written in int4 whatever --weights says', parseFp32List)
     .addOption(new Option('--fp32 <components>', `with --dtype fp16, the components kept in float32: a comma list of ${FP32_NAMES.join(', ')}, or none for all fp16 (the VAE decoder overflows fp16 at high resolutions and is small)`)
       .argParser(parseFp32List).default([...DEFAULT_FP32], DEFAULT_FP32.join(',')))
     .option('--lora <file:weight>', 'merge a FLUX style LoRA into the transformer (repeatable)', (v: string, acc: LoraSpec[]) => [...acc, parseLoraArg(v)], [] as LoraSpec[])
@@ -152,7 +237,7 @@ function addCommon(cmd: Command): Command {
 }
 
 /** Adds `models convert` and `models pull` (to an existing `models` command when there is one). */
-export function registerModels(program: Command): void {
+export function registerModels(program: Command, ctx: CliContext): void {
   const models = program.commands.find((c) => c.name() === 'models') ?? program.command('models').description('manage model sets');
 
   addCommon(models.command('convert')
@@ -167,10 +252,11 @@ export function registerModels(program: Command): void {
     .option('--t5 <path>', 'T5-XXL text encoder folder or file')
     .option('--clip-tokenizer <path>', 'CLIP tokenizer folder (vocab.json + merges.txt, or tokenizer.json)')
     .option('--t5-tokenizer <path>', 'T5 tokenizer.json or its folder'))
-    .action(action(async (flags: ConvertFlags) => {
-      const { models: modelsDir } = resolvePaths({ data: flags.data, models: flags.models });
+    .action(action(ctx, async (flags: ConvertFlags) => {
+      checkPaths(flags);
+      const { models: modelsDir } = pathsFor(ctx, flags);
       await runConvert({
-        ...flags, modelsDir, name: flags.name, dtype: flags.dtype === 'fp32' ? 'float32' : 'float16', fp32: flags.fp32, loras: flags.lora,
+        ...flags, modelsDir, name: flags.name, ...weightOptions(flags), loras: flags.lora,
       });
     }));
 
@@ -179,8 +265,10 @@ export function registerModels(program: Command): void {
     .option('--token <token>', 'Hugging Face access token (FLUX.1-dev is gated; default HF_TOKEN or the huggingface-cli login)')
     .option('--endpoint <url>', 'hub URL (default https://huggingface.co, or HF_ENDPOINT)')
     .option('--download-only', 'stop after downloading'))
-    .action(action(async (flags: PullFlags) => {
-      const { models: modelsDir } = resolvePaths({ data: flags.data, models: flags.models });
+    .action(action(ctx, async (flags: PullFlags) => {
+      checkPaths(flags);
+      const weightOpts = weightOptions(flags); // refused before any download
+      const { models: modelsDir } = pathsFor(ctx, flags);
       const r = pullReporter();
       let folders: Record<string, string>;
       try {
@@ -190,7 +278,7 @@ export function registerModels(program: Command): void {
       }
       if (flags.downloadOnly) return;
       await runConvert({
-        modelsDir, name: flags.name, dtype: flags.dtype === 'fp32' ? 'float32' : 'float16', fp32: flags.fp32, loras: flags.lora, force: flags.force,
+        modelsDir, name: flags.name, ...weightOpts, loras: flags.lora, force: flags.force,
         adapterConfig: flags.adapterConfig,
         flux: folders[FLUX_REPO]!, siglip: folders[SIGLIP_REPO]!, dinov2: folders[DINOV2_REPO]!, adapter: join(folders[ADAPTER_REPO]!, ADAPTER_FILE),
       });

@@ -1,8 +1,9 @@
 // What every CLI command gets: its output streams, environment, the node registry and a services
 // factory, all replaceable so that tests (and other hosts) can run main() in-process.
+import { mkdir } from 'node:fs/promises';
 import type { Command } from 'commander';
 import type { NodeDef } from '../engine/node.ts';
-import { resolvePaths, type DataPaths } from '../engine/paths.ts';
+import { ensureDirs, resolvePaths, type DataPaths } from '../engine/paths.ts';
 import type { ServiceOptions } from '../nodes/services.ts';
 
 /** The subset of a writable stream the CLI uses. */
@@ -37,7 +38,7 @@ export interface CliContext {
   createServices(paths: DataPaths, opts: RunServiceOptions): Promise<{ close(): Promise<void> }>;
   /** Starts Ctrl-C handling: first Ctrl-C aborts the signal, a second one exits the process. */
   interrupt(): InterruptHandle;
-  /** The exit code main() returns; commands set it. */
+  /** The exit code main() returns; only commandAction() sets it (see there). */
   exitCode: number;
 }
 
@@ -57,6 +58,17 @@ export type CommandRegistrar = (program: Command, ctx: CliContext) => void;
 
 export const EXIT = { ok: 0, nodeFailed: 1, invalid: 2, cancelled: 130 } as const;
 
+/**
+ * The one way a command reports its outcome: its action returns an exit code (nothing means 0) or
+ * throws (a CliError carries its code; main() maps every other error). The code goes to main(),
+ * which returns it to bin/charflow.js; no command writes process.exitCode itself.
+ */
+export function commandAction<A extends unknown[]>(ctx: CliContext, fn: (...args: A) => Promise<number | void>): (...args: A) => Promise<void> {
+  return async (...args: A) => {
+    ctx.exitCode = (await fn(...args)) ?? EXIT.ok;
+  };
+}
+
 /** Adds `--data DIR`, which every command takes. */
 export function withDataOption(cmd: Command): Command {
   return cmd.option('--data <dir>', 'data folder (default: $CHARFLOW_DATA or ./data)');
@@ -65,6 +77,23 @@ export function withDataOption(cmd: Command): Command {
 /** The data paths for a command's options (--data, and --models where the command has it). */
 export function pathsFor(ctx: CliContext, opts: { data?: string; models?: string }): DataPaths {
   return resolvePaths({ data: opts.data, models: opts.models, env: ctx.env, cwd: ctx.cwd });
+}
+
+/**
+ * Creates the data folders (and `extra` folders, such as an --out folder). One that cannot be made
+ * (no permission, a file in the way, a full disk) ends the command with one line and exit code 1.
+ */
+export async function ensureDataDirs(paths: DataPaths, extra: readonly string[] = []): Promise<void> {
+  let current = paths.root;
+  try {
+    await ensureDirs(paths);
+    for (const dir of extra) {
+      current = dir;
+      await mkdir(dir, { recursive: true });
+    }
+  } catch (err) {
+    throw new CliError(`cannot create the folder ${current}: ${(err as Error).message}`, EXIT.nodeFailed);
+  }
 }
 
 /** Default Ctrl-C handling on the real process. */

@@ -1,14 +1,14 @@
 // `charflow demo`: the default InstantCharacter workflow on the tiny model set, headless, writing a
-// PNG to ./out. The tiny weights are random: it proves the pipeline, not the art.
+// PNG to the data folder's outputs (or --out), like `run`. The tiny weights are random: it proves
+// the pipeline, not the art.
 import type { Command } from 'commander';
-import { join } from 'node:path';
+import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ensureDirs } from '../engine/paths.ts';
-import { CliError, pathsFor, withDataOption, type CliContext } from './context.ts';
+import { CliError, commandAction, ensureDataDirs, EXIT, pathsFor, withDataOption, type CliContext } from './context.ts';
 import { ensureTinySet } from './models.ts';
 import { runCommand } from './run.ts';
 
-const DEFAULT_WORKFLOW = fileURLToPath(new URL('../../workflows/instantcharacter.json', import.meta.url));
+const DEFAULT_WORKFLOW = fileURLToPath(new URL('../workflows/instantcharacter.json', import.meta.url));
 /** The id of DiTSample in the default workflow. */
 const SAMPLER_NODE = '7';
 
@@ -21,29 +21,32 @@ function positive(name: string, v: string, max: number): number {
 export function registerDemo(program: Command, ctx: CliContext): void {
   withDataOption(
     program.command('demo')
-      .description('generate the tiny model set if needed and run the default workflow; writes a PNG to ./out')
+      .description('generate the tiny model set if needed and run the default workflow; writes a PNG to <data>/outputs')
       .option('--width <n>', 'image width (multiple of 16)', '512')
       .option('--height <n>', 'image height (multiple of 16)', '512')
       .option('--steps <n>', 'sampling steps', '8')
       .option('--prompt <text>', 'prompt')
-      .option('--out <dir>', 'where the PNG goes', 'out')
+      .option('--out <dir>', 'folder for the PNG (default: <data>/outputs)')
       .option('--models <dir>', 'models folder (default: $CHARFLOW_MODELS or <data>/models)')
       .option('--device <device>', 'auto, cpu, cuda or webgpu', 'auto')
       .option('--json', 'one JSON event per line'),
-  ).action(async (opts: { width: string; height: string; steps: string; prompt?: string; out: string; models?: string; data?: string; device: 'auto' | 'cpu' | 'cuda' | 'webgpu'; json?: boolean }) => {
+  ).action(commandAction(ctx, async (opts: { width: string; height: string; steps: string; prompt?: string; out?: string; models?: string; data?: string; device: 'auto' | 'cpu' | 'cuda' | 'webgpu'; json?: boolean }) => {
     const paths = pathsFor(ctx, opts);
-    await ensureDirs(paths);
-    await ensureTinySet(ctx, paths.models);
     const set = [
       `${SAMPLER_NODE}.width=${positive('width', opts.width, 4096)}`,
       `${SAMPLER_NODE}.height=${positive('height', opts.height, 4096)}`,
       `${SAMPLER_NODE}.steps=${positive('steps', opts.steps, 200)}`,
     ];
     if (opts.prompt !== undefined) set.push(`6.prompt=${JSON.stringify(opts.prompt)}`);
+    await ensureDataDirs(paths);
+    await ensureTinySet(ctx, paths.models);
     ctx.stderr.write('note: the tiny models have random weights; the picture is noise. It proves the pipeline, not the art.\n');
-    ctx.exitCode = await runCommand(ctx, DEFAULT_WORKFLOW, {
-      set, out: opts.out, data: opts.data, models: opts.models, device: opts.device, json: opts.json,
+    // The same rule as `run`: the data folder's outputs unless --out says otherwise.
+    const outputDir = opts.out === undefined ? paths.outputs : resolve(ctx.cwd, opts.out);
+    const code = await runCommand(ctx, DEFAULT_WORKFLOW, {
+      set, out: outputDir, data: opts.data, models: opts.models, device: opts.device, json: opts.json,
     });
-    if (ctx.exitCode === 0) ctx.stderr.write(`the image is in ${join(ctx.cwd, opts.out)}\n`);
-  });
+    if (code === EXIT.ok) ctx.stderr.write(`the image is in ${outputDir}\n`);
+    return code;
+  }));
 }

@@ -1,24 +1,47 @@
 // `charflow models ...`: model sets in the models folder. `tiny` writes the generated test set.
-import type { Command } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { ensureDirs } from '../engine/paths.ts';
-import { pathsFor, withDataOption, type CliContext } from './context.ts';
+import { CliError, commandAction, ensureDataDirs, EXIT, pathsFor, withDataOption, type CliContext } from './context.ts';
 import { modelSetExists } from '../models/modelset.ts';
-import { TINY_SET_NAME, writeTinyModelSet } from '../models/tiny.ts';
+import { tinySetName, writeTinyModelSet } from '../models/tiny.ts';
+import { type WeightFormat, parseWeightFormat } from '../models/quant/formats.ts';
+import { checkBlock } from '../models/quant/quantize.ts';
 
 /** Writes the tiny set unless it is there already (or `force`); returns its folder. */
-export async function ensureTinySet(ctx: CliContext, modelsRoot: string, force = false): Promise<string> {
-  const dir = join(modelsRoot, TINY_SET_NAME);
-  if (!force && modelSetExists(modelsRoot, TINY_SET_NAME)) return dir;
+export async function ensureTinySet(ctx: CliContext, modelsRoot: string, force = false, weights: WeightFormat = 'fp32', block?: number): Promise<string> {
+  const name = tinySetName(weights);
+  const dir = join(modelsRoot, name);
+  if (!force && modelSetExists(modelsRoot, name)) return dir;
   if (force && existsSync(dir)) rmSync(dir, { recursive: true, force: true });
   const started = Date.now();
-  ctx.stderr.write(`writing the tiny model set (random weights, for tests and the demo) to ${dir}\n`);
-  await writeTinyModelSet(dir, (component, index, total) => {
-    if (index < total) ctx.stderr.write(`  [${index + 1}/${total}] ${component}\n`);
-  });
+  ctx.stderr.write(`writing the tiny model set${weights === 'fp32' ? '' : ` with ${weights} weights`} (random weights, for tests and the demo) to ${dir}\n`);
+  try {
+    await writeTinyModelSet(dir, (component, index, total) => {
+      if (index < total) ctx.stderr.write(`  [${index + 1}/${total}] ${component}\n`);
+    }, { weights, block });
+  } catch (err) {
+    throw new CliError(`cannot write the tiny model set to ${dir}: ${(err as Error).message}`, EXIT.nodeFailed);
+  }
   ctx.stderr.write(`done in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
   return dir;
+}
+
+function tinyWeightsArg(value: string): WeightFormat {
+  try {
+    return parseWeightFormat(value);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message.replace(/^--weights: /, ''));
+  }
+}
+
+function tinyBlockArg(value: string): number {
+  try {
+    checkBlock(Number(value));
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+  return Number(value);
 }
 
 export function registerModels(program: Command, ctx: CliContext): Command {
@@ -27,12 +50,15 @@ export function registerModels(program: Command, ctx: CliContext): Command {
     models.command('tiny')
       .description('write the tiny model set: every architecture at a small size with seeded random weights')
       .option('--models <dir>', 'models folder (default: $CHARFLOW_MODELS or <data>/models)')
-      .option('--force', 'rewrite it even if it exists'),
-  ).action(async (opts: { data?: string; models?: string; force?: boolean }) => {
+      .option('--force', 'rewrite it even if it exists')
+      .option('--weights <format>', 'fp32 (the set "tiny"), fp16, int8 or int4 (the sets "tiny-int8", "tiny-int4": Linears as MatMulNBits)', tinyWeightsArg, 'fp32' as WeightFormat)
+      .option('--block <n>', 'int8/int4: weights per quantization block, a power of two (default 128)', tinyBlockArg),
+  ).action(commandAction(ctx, async (opts: { data?: string; models?: string; force?: boolean; weights: WeightFormat; block?: number }) => {
     const paths = pathsFor(ctx, opts);
-    await ensureDirs(paths);
-    const dir = await ensureTinySet(ctx, paths.models, opts.force ?? false);
+    await ensureDataDirs(paths);
+    if (opts.block !== undefined && opts.weights !== 'int8' && opts.weights !== 'int4') throw new CliError('--block applies to --weights int8 or int4', EXIT.invalid);
+    const dir = await ensureTinySet(ctx, paths.models, opts.force ?? false, opts.weights, opts.block);
     ctx.stdout.write(`${dir}\n`);
-  });
+  }));
   return models;
 }

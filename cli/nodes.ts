@@ -1,7 +1,7 @@
 // `charflow nodes [--json]`: the node types this charflow offers.
 import type { Command } from 'commander';
 import type { NodeDef } from '../engine/node.ts';
-import { EXIT, withDataOption, type CliContext } from './context.ts';
+import { commandAction, EXIT, withDataOption, type CliContext } from './context.ts';
 
 /** A node declaration without its functions, as JSON (for editors and scripts). */
 export function describeNodeType(def: NodeDef<unknown>): Record<string, unknown> {
@@ -45,7 +45,5 @@ export async function nodesCommand(ctx: CliContext, opts: { json?: boolean }): P
 export function registerNodes(program: Command, ctx: CliContext): void {
   withDataOption(
     program.command('nodes').description('list the node types').option('--json', 'print the full declarations as JSON'),
-  ).action(async (opts: { json?: boolean }) => {
-    ctx.exitCode = await nodesCommand(ctx, opts);
-  });
+  ).action(commandAction(ctx, (opts: { json?: boolean }) => nodesCommand(ctx, opts)));
 }

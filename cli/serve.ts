@@ -14,6 +14,10 @@ export interface ServeOptions {
   device: string;
   data?: string;
   models?: string;
+  /** `--memory-budget <GiB>`, as for `run`. */
+  memoryBudget?: string;
+  /** redis:// URL: jobs go to BullMQ for `charflow worker` processes (scale-out). */
+  queue?: string;
 }
 
 /** Where serve writes and what it reads; the CLI context when there is one, else the process. */
@@ -60,6 +64,15 @@ function untilSignal(stderr: OutStream): { stopped: Promise<NodeJS.Signals>; dis
 export async function serve(o: ServeOptions, io: ServeIo): Promise<RunningServer> {
   if (!DEVICES.includes(o.device)) throw new CliError(`--device must be one of ${DEVICES.join(', ')}, got "${o.device}"`);
   const port = parsePort(o.port);
+  let memoryBudgetBytes: number | undefined;
+  if (o.memoryBudget !== undefined) {
+    const { parseMemoryBudget } = await import('../nodes/services.ts');
+    try {
+      memoryBudgetBytes = parseMemoryBudget(o.memoryBudget, '--memory-budget');
+    } catch (err) {
+      throw new CliError((err as Error).message);
+    }
+  }
   const paths = resolvePaths({ data: o.data, models: o.models, env: io.env, cwd: io.cwd });
   const { modelSetDir, modelSetExists } = await import('../models/modelset.ts');
   const { TINY_SET_NAME, writeTinyModelSet } = await import('../models/tiny.ts');
@@ -68,16 +81,23 @@ export async function serve(o: ServeOptions, io: ServeIo): Promise<RunningServer
   if (!modelSetExists(paths.models, TINY_SET_NAME)) {
     const dir = modelSetDir(paths.models, TINY_SET_NAME);
     io.stderr.write(`writing the tiny model set (random weights) to ${dir}, so the default workflow can run\n`);
-    await writeTinyModelSet(dir);
+    try {
+      await writeTinyModelSet(dir);
+    } catch (err) {
+      throw new CliError(`cannot write the tiny model set to ${dir}: ${(err as Error).message}`, 1);
+    }
   }
   const token = o.token ?? io.env.CHARFLOW_TOKEN;
+  const queueUrl = o.queue ?? io.env.CHARFLOW_QUEUE;
   try {
     return await startServer({
+      ...(queueUrl ? { queueUrl } : {}),
       paths,
       host: o.host,
       port,
       ...(token ? { token } : {}),
       device: o.device as PoolOptions['device'],
+      ...(memoryBudgetBytes !== undefined ? { memoryBudgetBytes } : {}),
       log: (m) => void io.stderr.write(`${m}\n`),
     });
   } catch (err) {
@@ -85,7 +105,7 @@ export async function serve(o: ServeOptions, io: ServeIo): Promise<RunningServer
   }
 }
 
-/** Adds `charflow serve [--host] [--port] [--token] [--device] [--data] [--models]`. */
+/** Adds `charflow serve [--host] [--port] [--token] [--device] [--data] [--models] [--memory-budget]`. */
 export function registerServe(program: Command, ctx?: CliContext): Command {
   const io: ServeIo = ctx ?? { stdout: process.stdout, stderr: process.stderr, env: process.env, cwd: process.cwd() };
   const cmd = program
@@ -96,7 +116,9 @@ export function registerServe(program: Command, ctx?: CliContext): Command {
     .option('--token <secret>', 'require this token on every request (default: $CHARFLOW_TOKEN)')
     .option('--device <device>', `where models run: ${DEVICES.join(', ')}`, 'auto')
     .option('--data <dir>', 'data folder (default: $CHARFLOW_DATA or ./data)')
-    .option('--models <dir>', 'models folder (default: $CHARFLOW_MODELS or <data>/models)');
+    .option('--models <dir>', 'models folder (default: $CHARFLOW_MODELS or <data>/models)')
+    .option('--queue <url>', 'scale-out: put jobs on BullMQ at redis://[user:pass@]host:port[/db] for `charflow worker` (default: $CHARFLOW_QUEUE; none: run them here)')
+    .option('--memory-budget <GiB>', 'models loaded at once stay under this (default: $CHARFLOW_MEMORY_BUDGET or 75% of RAM)');
   cmd.action(async (o: ServeOptions) => {
     const signals = untilSignal(io.stderr);
     let server: RunningServer;

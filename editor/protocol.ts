@@ -73,7 +73,20 @@ export type ServerMessage =
   | { id: string | null; ok: false; type: 'error'; code: string; message: string; errors?: { nodeId?: string; nodeType?: string; field?: string; message: string }[] }
   | { type: 'event'; runId: string; mine: boolean; event: RunEventMessage }
   | { type: 'queue_changed'; items: QueueItem[] }
-  | { type: 'hello'; serverVersion: string; clientId: string };
+  | { type: 'hello'; serverVersion: string; clientId: string }
+  /** Scale-out (serve --queue): the connected workers, sent on connect and whenever they change. */
+  | { type: 'workers'; items: WorkerItem[] };
+
+/** A `charflow worker` as the status line shows it. */
+export interface WorkerItem {
+  name: string;
+  device: string;
+  /** Model sets it serves, and those loaded now. */
+  sets: string[];
+  loaded: string[];
+  /** The job it runs now. */
+  current: { id: string; number: number } | null;
+}
 
 /** Executor events as sent to the browser (previews as data URLs, images as URLs). */
 export type RunEventMessage =
@@ -81,8 +94,8 @@ export type RunEventMessage =
   | { type: 'run_started'; nodeIds: string[] }
   | { type: 'node_started'; nodeId: string; nodeType: string }
   | { type: 'node_progress'; nodeId: string; step: number; total: number; preview?: string }
-  | { type: 'node_cached'; nodeId: string; images?: ImageRef[] }
-  | { type: 'node_finished'; nodeId: string; ms: number; images?: ImageRef[] }
+  | { type: 'node_cached'; nodeId: string; images?: ImageRef[]; summary?: Record<string, unknown> }
+  | { type: 'node_finished'; nodeId: string; ms: number; images?: ImageRef[]; summary?: Record<string, unknown> }
   | { type: 'node_failed'; nodeId: string; nodeType: string; field?: string; message: string }
   | { type: 'node_skipped'; nodeId: string; because: string }
   | { type: 'run_finished'; status: 'done' | 'failed'; ms: number }

@@ -95,6 +95,24 @@ export interface NodeDef<S = unknown> {
   cacheKey?(inputs: NodeInputs, services: S): Promise<string>;
   /** Rough byte size of an output value, for the cache budget. */
   sizeOf?(value: unknown): number;
+  /**
+   * Checks that need no computed value, run for every needed node before any node of the run starts, so a
+   * request that cannot work (e.g. a batch too large for the memory budget) fails before models load.
+   * `consts` are the node's constant parameters; `upstream(input)` the constant parameters of the node linked
+   * to `input` (undefined when the input is not linked). May throw NodeInputError.
+   */
+  preflight?(consts: NodeInputs, services: S, upstream: (input: string) => NodeInputs | undefined): Promise<void> | void;
+  /**
+   * Linked inputs this node will not read, given its constants, each with the reason (e.g. a negative prompt
+   * while true CFG is off). The executor leaves them out of run()'s inputs, does not wait for them, and runs
+   * their upstream only if something else needs it; it logs a warning naming the input and the reason.
+   */
+  unusedInputs?(consts: NodeInputs): Record<string, string>;
+  /**
+   * A small JSON summary of the outputs (e.g. scores) that the run's events carry for every run of the
+   * node, output node or not: shown on the node in the editor and in `--json` lines.
+   */
+  summary?(outputs: NodeOutputs): Record<string, unknown> | undefined;
   run(ctx: NodeContext<S>, inputs: NodeInputs): Promise<NodeOutputs>;
 }
 

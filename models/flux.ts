@@ -4,7 +4,7 @@
 // P ip tokens. RoPE tables come in as graph inputs (see rope.ts), so T and L stay symbolic.
 import type { Graph, Value } from './onnx/graph.ts';
 import {
-  type Module, chunk, concat, gelu, layerNorm, linear, param, reshape, rmsNorm, silu, transpose,
+  type Module, chunk, concat, float32Into, gelu, layerNorm, linear, param, quantizedMatMul, quantizes, reshape, rmsNorm, silu, transpose,
 } from './layers.ts';
 import { type WeightSource, takeWeight } from './weights/source.ts';
 import { castFloatTensor, toFloat32 } from './tensor.ts';
@@ -146,6 +146,7 @@ export function ipAdapterWeightShapes(cfg: FluxConfig, ipDim: number): Record<st
 /** Several torch Linears over the same input as one MatMul: W^T of each side by side, [in, sum(out)]. */
 function fusedLinear(m: Module, x: Value, prefixes: readonly string[], inF: number, outs: readonly number[], w: WeightSource = m.w): Value {
   const total = outs.reduce((a, b) => a + b, 0);
+  if (quantizes(m.g, inF, Math.min(...outs))) return fusedQuantizedLinear(m, x, prefixes, inF, outs, total, w);
   const wt = new Float32Array(m.g.scratch(4 * inF * total), 0, inF * total); // see Graph.scratch
   const bias = new Float32Array(total);
   let off = 0;
@@ -160,6 +161,23 @@ function fusedLinear(m: Module, x: Value, prefixes: readonly string[], inF: numb
   const wv = m.g.weight(`${name}.weight`, castFloatTensor({ dtype: 'float32', dims: [inF, total], data: wt }, m.g.dtype, { inPlace: true }));
   const bv = m.g.weight(`${name}.bias`, { dtype: 'float32', dims: [total], data: bias });
   return m.g.node('Add', [m.g.node('MatMul', [x, wv]), bv]); // [..., sum(out)]
+}
+
+/** fusedLinear as one MatMulNBits: the torch weights' rows stacked ([sum(out), in], quantized row by row). */
+function fusedQuantizedLinear(m: Module, x: Value, prefixes: readonly string[], inF: number, outs: readonly number[], total: number, w: WeightSource): Value {
+  const rows = new Float32Array(m.g.scratch(4 * inF * total), 0, inF * total); // [sum(out), in]
+  const bias = new Float32Array(total);
+  let off = 0;
+  prefixes.forEach((prefix, j) => {
+    const outF = outs[j]!;
+    const dst = rows.subarray(off * inF, (off + outF) * inF);
+    dst.set(float32Into(takeWeight(w, `${prefix}.weight`, [outF, inF]), dst)); // [out, in] (16-bit ones converted in place)
+    bias.set(toFloat32(takeWeight(w, `${prefix}.bias`, [outF])), off);
+    off += outF;
+  });
+  const name = prefixes.join('+');
+  const y = quantizedMatMul(m.g, x, name, rows, total, inF); // [..., sum(out)]
+  return m.g.node('Add', [y, m.g.weight(`${name}.bias`, { dtype: 'float32', dims: [total], data: bias })]);
 }
 
 /** dst[c, off + r] = src[r, c] for src [rows, cols], dst rows of length `stride`; tiled for cache reuse. */
@@ -313,29 +331,41 @@ function ipRmsNorm(m: Module, x: Value, key: string, D: number, w: WeightSource,
 
 interface IpContext {
   w: WeightSource;
-  /** Adapter tokens [B, P, ipDim]. */
+  /** The characters' adapter tokens [R, P, ipDim], shared by every image of the batch. */
   tokens: Value;
   ipDim: number;
-  /** subject_scale [1]. */
-  scale: Value;
-  /** Per-processor IP attention outputs before scaling, collected for debug outputs. */
-  debug?: Value[];
+  /** ip_masks as [R, L, 1]: s_r * m_r[l], the weight of character r on image token l. */
+  masks: Value;
+  /** Ones [1, R]: the sum over characters as a MatMul (ORT's ReduceSum over a middle axis is ~5x slower). */
+  sumOverR: Value;
+  /** Per-processor IP attention per character before the masks [B, R, L, C], and the masked sums [B, L, C]. */
+  debug?: { attn: Value[]; term: Value[] };
 }
 
 /**
- * Processor `index`: attention(norm_ip_q(q_img), norm_ip_k(to_k_ip(tokens)), to_v_ip(tokens)), times subject_scale.
+ * Processor `index` for R characters: sum_r masks[r] * attention(norm_ip_q(q_img), norm_ip_k(to_k_ip(ip_r)), to_v_ip(ip_r)).
  * qImg: the image tokens of the block's to_q output before norm_q and RoPE, [B, L, H, D]. Returns [B, L, C].
+ * The character axis rides along as a broadcast batch axis of the attention MatMuls, so R = 1 costs what a
+ * single scaled character did (the masks' Mul replaces the scale's, the sum over R = 1 is a K = 1 MatMul).
  */
 function ipAttention(m: Module, ip: IpContext, index: number, qImg: Value, cfg: FluxConfig): Value {
   const { g } = m;
   const C = width(cfg);
   const D = cfg.headDim;
-  const kv = fusedLinear(m, ip.tokens, [`${index}.to_k_ip`, `${index}.to_v_ip`], ip.ipDim, [C, C], ip.w); // [B, P, 2C]
-  const [k, v] = chunk(g, kv, 2).map((t) => heads(g, t, cfg)) as [Value, Value]; // [B, P, H, D]
-  const q = ipRmsNorm(m, qImg, `${index}.norm_ip_q.scale`, D, ip.w, 1 / Math.sqrt(D));
-  const out = attend(g, q, ipRmsNorm(m, k, `${index}.norm_ip_k.scale`, D, ip.w), v, cfg); // [B, L, C]
-  ip.debug?.push(out);
-  return g.node('Mul', [out, ip.scale]);
+  const kv = fusedLinear(m, ip.tokens, [`${index}.to_k_ip`, `${index}.to_v_ip`], ip.ipDim, [C, C], ip.w); // [R, P, 2C]
+  const [k, v] = chunk(g, kv, 2).map((t) => heads(g, t, cfg)) as [Value, Value]; // [R, P, H, D]
+  const q = ipRmsNorm(m, qImg, `${index}.norm_ip_q.scale`, D, ip.w, 1 / Math.sqrt(D)); // [B, L, H, D]
+  const qh = g.node('Unsqueeze', [transpose(g, q, [0, 2, 1, 3]), g.ints([1])]); // [B, 1, H, L, D]
+  const kt = transpose(g, ipRmsNorm(m, k, `${index}.norm_ip_k.scale`, D, ip.w), [0, 2, 3, 1]); // [R, H, D, P]
+  const vh = transpose(g, v, [0, 2, 1, 3]); // [R, H, P, D]
+  const probs = g.node('Softmax', [g.node('MatMul', [qh, kt])], { axis: -1 }); // [B, R, H, L, P]
+  const o = g.node('MatMul', [probs, vh]); // [B, R, H, L, D]
+  const perChar = reshape(g, transpose(g, o, [0, 1, 3, 2, 4]), [0, 0, 0, C]); // [B, R, L, C]
+  const weighted = reshape(g, g.node('Mul', [perChar, ip.masks]), [0, 0, -1]); // [B, R, L C]
+  const term = reshape(g, g.node('MatMul', [ip.sumOverR, weighted]), [0, -1, C]); // [B, 1, L C] -> [B, L, C]
+  ip.debug?.attn.push(perChar);
+  ip.debug?.term.push(term);
+  return term;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -422,14 +452,18 @@ function singleBlock(m: Module, ctx: BlockContext, i: number, x: Value, textToke
 export interface FluxBuildOptions {
   /** Width of the adapter tokens; default: read from the ip source ('0.to_k_ip.weight'). */
   ipDim?: number;
-  /** Adds outputs `debug.temb` [B, C] and `debug.ip_attn.{i}` [B, L, C] (IP attention before the scale). */
+  /**
+   * Adds outputs `debug.temb` [B, C], `debug.ip_attn.{i}` [B, R, L, C] (IP attention per character before the
+   * masks) and `debug.ip_term.{i}` [B, L, C] (the masked sum added to the image tokens).
+   */
   debugOutputs?: boolean;
 }
 
 /**
  * Declares inputs hidden_states [B, L, in], encoder_hidden_states [B, T, joint], pooled_projections [B, pooled],
  * timestep [B] (sigma), guidance [B] (when guidance_embeds), rope_cos / rope_sin [T + L, D], and with `ip`
- * ip_hidden_states [B, P, ipDim] and subject_scale [1]. Output noise_pred [B, L, p*p*out].
+ * ip_hidden_states [R, P, ipDim] (R characters' tokens, shared by the B images) and ip_masks [R, L] (s_r * m_r[l]:
+ * subject scale times the character's mask on the packed latent grid). Output noise_pred [B, L, p*p*out].
  * `ip` is the ip_adapter state dict ('{i}.to_k_ip.weight', ...); undefined builds plain FLUX.
  */
 export function buildFlux(m: Module, ip: WeightSource | undefined, cfg: FluxConfig, opts: FluxBuildOptions = {}): void {
@@ -451,12 +485,14 @@ export function buildFlux(m: Module, ip: WeightSource | undefined, cfg: FluxConf
   let ipCtx: IpContext | undefined;
   if (ip) {
     const ipDim = opts.ipDim ?? takeIpDim(ip);
+    const tokens = g.input('ip_hidden_states', dt, ['characters', 'ip_tokens', ipDim]);
     ipCtx = {
       w: ip,
       ipDim,
-      tokens: g.input('ip_hidden_states', dt, ['batch', 'ip_tokens', ipDim]),
-      scale: g.input('subject_scale', dt, [1]),
-      debug: opts.debugOutputs ? [] : undefined,
+      tokens,
+      masks: g.node('Unsqueeze', [g.input('ip_masks', dt, ['characters', 'image_tokens']), g.ints([2])]), // [R, L, 1]
+      sumOverR: g.node('Expand', [g.floats([1], [1, 1]), concat(g, [g.ints([1]), dimOf(g, tokens, 0)], 0)]), // [1, R]
+      debug: opts.debugOutputs ? { attn: [], term: [] } : undefined,
     };
   }
 
@@ -492,7 +528,8 @@ export function buildFlux(m: Module, ip: WeightSource | undefined, cfg: FluxConf
 
   if (opts.debugOutputs) {
     g.output(temb, 'debug.temb', dt, ['batch', C]);
-    ipCtx?.debug?.forEach((v, i) => g.output(v, `debug.ip_attn.${i}`, dt, ['batch', 'image_tokens', C]));
+    ipCtx?.debug?.attn.forEach((v, i) => g.output(v, `debug.ip_attn.${i}`, dt, ['batch', 'characters', 'image_tokens', C]));
+    ipCtx?.debug?.term.forEach((v, i) => g.output(v, `debug.ip_term.${i}`, dt, ['batch', 'image_tokens', C]));
   }
 }
 

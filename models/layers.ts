@@ -3,7 +3,8 @@
 // emits the ONNX ops. Shapes in comments: B batch, T tokens, C channels, H heads, D head dim.
 import type { Graph, Value } from './onnx/graph.ts';
 import { type WeightSource, takeWeight } from './weights/source.ts';
-import { type Tensor, type TensorData, castFloatTensor, numel } from './tensor.ts';
+import { type Tensor, type TensorData, bf16ToFloat32, castFloatTensor, float16ToFloat32, numel, toFloat32 } from './tensor.ts';
+import { blockFor, quantizeRows, quantizedBytes } from './quant/quantize.ts';
 
 /** What every architecture builder works with: the graph being built and the checkpoint. */
 export interface Module {
@@ -92,9 +93,43 @@ function transposeAny(src: TensorData, out: TensorData, rows: number, cols: numb
   }
 }
 
+/** Linears narrower than this stay float in a quantized graph (below MatMulNBits' smallest block: nothing to gain). */
+export const MIN_QUANT_DIM = 16;
+
+/** Whether an [out, in] Linear of this graph becomes MatMulNBits (the graph is quantized and the layer not tiny). */
+export function quantizes(g: Graph, inFeatures: number, outFeatures: number): boolean {
+  return g.quant !== undefined && inFeatures >= MIN_QUANT_DIM && outFeatures >= MIN_QUANT_DIM;
+}
+
+/** A floating weight as float32 values, converted into `out` (a scratch view) when it is 16-bit. */
+export function float32Into(t: Tensor, out: Float32Array): Float32Array {
+  if (t.dtype === 'float32') return t.data as Float32Array;
+  const dst = out.subarray(0, t.data.length);
+  if (t.dtype === 'bfloat16') return bf16ToFloat32(t.data as Uint16Array, dst);
+  if (t.dtype === 'float16') return float16ToFloat32(t.data as Uint16Array, dst);
+  return toFloat32(t);
+}
+
+/**
+ * x times rows^T as MatMulNBits, rows = float32 [N = out, K = in] (torch's Linear layout, quantized row by
+ * row). `name` names the initializers (<name>.qweight, .scales, .zero_points).
+ */
+export function quantizedMatMul(g: Graph, x: Value, name: string, rows: Float32Array, N: number, K: number): Value {
+  if (!g.quant) throw new Error(`graph ${g.name}: quantizedMatMul on a graph without a quantization spec`);
+  const spec = { ...g.quant, block: blockFor(g.quant.block, K) };
+  const q = g.quantizer ? g.quantizer(rows, N, K, spec) : quantizeRows(rows, N, K, spec, g.quantScratch(quantizedBytes(N, K, spec)));
+  return g.matMulNBits(x, name, q); // [..., N]
+}
+
 /** torch.nn.Linear: y = x W^T + b. `prefix` is the module key, e.g. 'encoder.layers.0.fc1'. */
 export function linear(m: Module, x: Value, prefix: string, inFeatures: number, outFeatures: number, bias = true): Value {
   const key = `${prefix}.weight`;
+  if (quantizes(m.g, inFeatures, outFeatures)) {
+    const w = takeWeight(m.w, key, [outFeatures, inFeatures]); // [out, in]: MatMulNBits' own row order, no transpose
+    const rows = float32Into(w, new Float32Array(m.g.scratch(4 * outFeatures * inFeatures), 0, outFeatures * inFeatures));
+    const y = quantizedMatMul(m.g, x, prefix, rows, outFeatures, inFeatures); // [..., out]
+    return bias ? m.g.node('Add', [y, param(m, `${prefix}.bias`, [outFeatures])]) : y;
+  }
   // Transposed into the graph's scratch buffer, which the precision cast may then overwrite in place:
   // the only new memory per weight is the read itself.
   const w = takeWeight(m.w, key, [outFeatures, inFeatures]);

@@ -4,18 +4,20 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Graph } from './onnx/graph.ts';
+import { Graph, type GraphOptions } from './onnx/graph.ts';
 import type { Module } from './layers.ts';
 import { countParameters } from './layers.ts';
 import type { WeightSource } from './weights/source.ts';
-import { type SiglipConfig, buildSiglip, siglipWeightShapes } from './siglip.ts';
+import { type SiglipConfig, buildSiglip, siglipHasHead, siglipWeightShapes } from './siglip.ts';
 import { type Dinov2Config, buildDinov2, dinov2WeightShapes } from './dinov2.ts';
 import { type AdapterConfig, adapterWeightShapes, buildAdapterStatic, buildAdapterTime } from './adapter.ts';
 import { type FluxConfig, buildFlux, fluxWeightShapes } from './flux.ts';
-import { type VaeConfig, buildVaeDecoder, vaeWeightShapes } from './vae.ts';
+import { type VaeConfig, buildVaeDecoder, buildVaeEncoder, vaeEncoderWeightShapes, vaeWeightShapes } from './vae.ts';
 import { type T5Config, buildT5, t5WeightShapes } from './t5.ts';
 import { type ClipTextConfig, buildClip, clipWeightShapes } from './clip.ts';
 import { type TextTokenizer, loadTokenizer } from './tokenizers.ts';
+import type { QuantSpec } from './quant/quantize.ts';
+import type { WeightFormat } from './quant/formats.ts';
 
 export const MANIFEST_FILE = 'manifest.json';
 
@@ -31,6 +33,11 @@ export interface FileEntry {
   parameters: number;
   /** The graph's precision; absent in sets written before components could differ (then the set's dtype). */
   dtype?: GraphDType;
+  /** Weight format: fp32 / fp16 (= dtype) or int8 / int4 (Linears as MatMulNBits); absent in older sets (float). */
+  weights?: WeightFormat;
+  /** Quantized graphs: values per block along K, and whether the blocks are symmetric (no zero points). */
+  block?: number;
+  symmetric?: boolean;
 }
 
 export interface VisionSettings {
@@ -54,19 +61,25 @@ export interface ModelSetManifest {
   siglip: VisionSettings;
   dinov2: VisionSettings;
   adapter: { numQueries: number; outputDim: number; innerDim: number };
-  flux: { inChannels: number; latentChannels: number; jointDim: number; pooledDim: number; axesDims: number[]; theta: number };
+  flux: {
+    inChannels: number; latentChannels: number; jointDim: number; pooledDim: number; axesDims: number[]; theta: number;
+    /** Attention heads and head width (for activation-memory estimates; absent in sets written before them). */
+    numHeads?: number; headDim?: number;
+  };
   vae: { latentChannels: number; downscale: number };
   t5: { seqLen: number; width: number; padId: number; eosId: number };
   clip: { seqLen: number; width: number; bosId: number; eosId: number; padId: number };
 }
 
-export type ComponentName = 'siglip' | 'dinov2' | 'adapter_static' | 'adapter_time' | 'flux' | 'vae' | 't5' | 'clip';
+export type ComponentName = 'siglip' | 'dinov2' | 'adapter_static' | 'adapter_time' | 'flux' | 'vae' | 'vae_encoder' | 't5' | 'clip';
 
 export interface ModelSetSpec {
   name: string;
   dtype: GraphDType;
   /** Components built in another precision than `dtype`. */
   dtypes?: Partial<Record<ComponentName, GraphDType>>;
+  /** Components whose Linears are quantized (MatMulNBits); their dtype should be float32. */
+  quant?: Partial<Record<ComponentName, QuantSpec>>;
   siglip: { cfg: SiglipConfig; weights: WeightSource; shallowLayers: number[] };
   dinov2: { cfg: Dinov2Config; weights: WeightSource; shallowLayers: number[] };
   adapter: { cfg: AdapterConfig; weights: WeightSource };
@@ -113,6 +126,8 @@ export interface WriteOptions {
   reuse?: Partial<Record<ComponentName, FileEntry>>;
   /** Called once a component's files are in place and hashed, so a caller can record progress. */
   onComponentWritten?: (component: ComponentName, entry: FileEntry) => void;
+  /** Replaces the block quantizer of quantized graphs (synthetic size checks only: scripts/quant-sizes.ts). */
+  quantizer?: GraphOptions['quantizer'];
 }
 
 /** Builds every graph of the set into `dir` and writes the manifest last (so a set is complete or absent). */
@@ -120,8 +135,9 @@ export async function writeModelSet(spec: ModelSetSpec, dir: string, onProgress?
   mkdirSync(dir, { recursive: true });
   const jobs: ComponentJob[] = [
     {
-      name: 'siglip', weights: spec.siglip.weights, parameters: countParameters(siglipWeightShapes(spec.siglip.cfg)),
-      build: (m) => buildSiglip(m, spec.siglip.cfg, { hiddenStates: spec.siglip.shallowLayers, imageSize: ENCODER_IMAGE_SIZE }),
+      name: 'siglip', weights: spec.siglip.weights, parameters: countParameters(siglipWeightShapes(spec.siglip.cfg, { head: siglipHasHead(spec.siglip.weights) })),
+      // pooler_output (the pooling head, for Identity Score) where the checkpoint has it.
+      build: (m) => buildSiglip(m, spec.siglip.cfg, { hiddenStates: spec.siglip.shallowLayers, imageSize: ENCODER_IMAGE_SIZE, pooled: siglipHasHead(spec.siglip.weights) }),
     },
     {
       name: 'dinov2', weights: spec.dinov2.weights, parameters: countParameters(dinov2WeightShapes(spec.dinov2.cfg)),
@@ -140,6 +156,11 @@ export async function writeModelSet(spec: ModelSetSpec, dir: string, onProgress?
       build: (m) => buildFlux(m, spec.flux.ip, spec.flux.cfg),
     },
     { name: 'vae', weights: spec.vae.weights, parameters: countParameters(vaeWeightShapes(spec.vae.cfg)), build: (m) => buildVaeDecoder(m, spec.vae.cfg) },
+    // The same checkpoint's encoder.* half, for image-to-image.
+    {
+      name: 'vae_encoder', weights: spec.vae.weights, parameters: countParameters(vaeEncoderWeightShapes(spec.vae.cfg)),
+      build: (m) => buildVaeEncoder(m, spec.vae.cfg),
+    },
     { name: 't5', weights: spec.t5.weights, parameters: countParameters(t5WeightShapes(spec.t5.cfg)), build: (m) => buildT5(m, spec.t5.cfg, { seqLen: spec.t5.seqLen }) },
     { name: 'clip', weights: spec.clip.weights, parameters: countParameters(clipWeightShapes(spec.clip.cfg)), build: (m) => buildClip(m, spec.clip.cfg, { seqLen: spec.clip.seqLen }) },
   ];
@@ -154,9 +175,11 @@ export async function writeModelSet(spec: ModelSetSpec, dir: string, onProgress?
       continue;
     }
     const file = `${job.name}.onnx`;
-    const bytesPerWeight = dtype === 'float16' ? 2 : 4;
+    const quant = spec.quant?.[job.name];
+    // Quantized: at most bits/8 per weight plus a float32 scale and a zero point per block (16 at the least).
+    const bytesPerWeight = quant ? quant.bits / 8 + 5 / 16 : dtype === 'float16' ? 2 : 4;
     const external = job.parameters * bytesPerWeight > EXTERNAL_THRESHOLD ? { dir, file: `${job.name}.onnx.data` } : undefined;
-    const g = new Graph({ name: job.name, dtype, external });
+    const g = new Graph({ name: job.name, dtype, external, quant, quantizer: opts.quantizer });
     try {
       job.build({ g, w: job.weights });
       g.save(join(dir, file));
@@ -165,6 +188,8 @@ export async function writeModelSet(spec: ModelSetSpec, dir: string, onProgress?
       throw new Error(`building ${job.name}: ${(err as Error).message}`);
     }
     const entry: FileEntry = { file, bytes: statSync(join(dir, file)).size, sha256: await sha256File(join(dir, file)), parameters: job.parameters, dtype };
+    if (quant) Object.assign(entry, { weights: quant.bits === 8 ? 'int8' : 'int4', block: quant.block, ...(quant.symmetric ? { symmetric: true } : {}) });
+    else entry.weights = dtype === 'float16' ? 'fp16' : 'fp32';
     if (external) {
       const p = join(dir, external.file);
       entry.data = [{ file: external.file, bytes: statSync(p).size, sha256: await sha256File(p) }];
@@ -190,6 +215,7 @@ export async function writeModelSet(spec: ModelSetSpec, dir: string, onProgress?
       inChannels: spec.flux.cfg.inChannels, latentChannels: spec.flux.cfg.inChannels / 4,
       jointDim: spec.flux.cfg.jointAttentionDim, pooledDim: spec.flux.cfg.pooledProjectionDim,
       axesDims: [...spec.flux.cfg.axesDimsRope], theta: spec.flux.cfg.ropeTheta,
+      numHeads: spec.flux.cfg.numHeads, headDim: spec.flux.cfg.headDim,
     },
     vae: { latentChannels: spec.vae.cfg.latentChannels, downscale: 2 ** (spec.vae.cfg.blockOutChannels.length - 1) },
     t5: { seqLen: spec.t5.seqLen, width: spec.t5.cfg.dModel, padId: spec.t5.padId, eosId: spec.t5.eosId },
@@ -251,7 +277,13 @@ export function openModelSet(modelsRoot: string, name: string): ModelSet {
   const tokenizers = new Map<'t5' | 'clip', TextTokenizer>();
   return {
     name, dir, manifest, digest, tokenizerPath,
-    path: (component) => join(dir, manifest.files[component].file),
+    path(component) {
+      const entry = manifest.files[component] as FileEntry | undefined;
+      if (!entry) {
+        throw new Error(`model set "${name}" has no ${component} graph (it was written by an older charflow): rewrite it with \`charflow models tiny --force\` or re-run \`charflow models convert\``);
+      }
+      return join(dir, entry.file);
+    },
     dtype: (component) => manifest.files[component].dtype ?? manifest.dtype,
     tokenizer(kind) {
       let tok = tokenizers.get(kind);

@@ -36,22 +36,66 @@ export function resolutionShift(imageSeqLen: number, cfg: ScheduleConfig = FLUX_
 /** sigmas = linspace(1, 1/N, N) shifted by mu, then 0 appended. */
 export function flowMatchSchedule(steps: number, imageSeqLen: number, cfg: ScheduleConfig = FLUX_SCHEDULE): Schedule {
   if (!Number.isInteger(steps) || steps < 1) throw new Error(`steps must be a positive integer, got ${steps}`);
+  const first = 1;
+  const last = 1 / steps;
+  const delta = steps === 1 ? 0 : (last - first) / (steps - 1);
+  // linspace in float64 (the scheduler then takes it as float32)
+  return shiftedSchedule(Array.from({ length: steps }, (_, i) => first + i * delta), imageSeqLen, cfg);
+}
+
+/** Why a custom sigma list cannot be a schedule, or undefined when it can: decreasing, every value in (0, 1]. */
+export function sigmasProblem(sigmas: readonly number[]): string | undefined {
+  if (sigmas.length === 0) return 'is empty';
+  for (const [i, v] of sigmas.entries()) {
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || v > 1) return `value ${i} (${v}) is not in (0, 1]`;
+    if (i > 0 && !(v < sigmas[i - 1]!)) return `is not decreasing at value ${i} (${sigmas[i - 1]} then ${v})`;
+  }
+  return undefined;
+}
+
+/**
+ * The schedule for given unshifted sigmas (the official pipelines' `sigmas` argument, one per step): the
+ * resolution shift applies to them as to the default list, in float32 as the scheduler does, then 0 is appended.
+ */
+export function shiftedSchedule(unshifted: readonly number[], imageSeqLen: number, cfg: ScheduleConfig = FLUX_SCHEDULE): Schedule {
+  const problem = sigmasProblem(unshifted);
+  if (problem) throw new Error(`sigmas ${problem}`);
+  const steps = unshifted.length;
   const mu = resolutionShift(imageSeqLen, cfg);
   const sigmas = new Float32Array(steps + 1);
   const timesteps = new Float32Array(steps);
   const fr = Math.fround;
-  const first = 1;
-  const last = 1 / steps;
-  const delta = steps === 1 ? 0 : (last - first) / (steps - 1);
   const e = fr(Math.exp(mu));
   for (let i = 0; i < steps; i++) {
-    // linspace in float64, then the scheduler shifts in float32 (as diffusers does with numpy arrays)
-    const s = fr(first + i * delta);
+    const s = fr(unshifted[i]!);
     sigmas[i] = fr(e / fr(e + fr(fr(1 / s) - 1)));
     timesteps[i] = fr(sigmas[i]! * cfg.numTrainTimesteps);
   }
   sigmas[steps] = 0;
   return { mu, sigmas, timesteps };
+}
+
+/**
+ * Image-to-image (diffusers' `strength`, ComfyUI-style `denoise` in (0, 1]): of the N-step schedule keep the
+ * steps from t_start = int(N - N * denoise) on, as the diffusers img2img pipelines' get_timesteps does. That is
+ * the last int(N * denoise) steps whenever N * denoise is whole (otherwise diffusers rounds the kept count up).
+ */
+export function truncateSchedule(schedule: Schedule, denoise: number): Schedule {
+  if (!(denoise > 0 && denoise <= 1)) throw new Error(`denoise must be in (0, 1], got ${denoise}`);
+  const n = schedule.timesteps.length;
+  const start = Math.trunc(Math.max(n - Math.min(n * denoise, n), 0));
+  return { mu: schedule.mu, sigmas: schedule.sigmas.slice(start), timesteps: schedule.timesteps.slice(start) };
+}
+
+/** FlowMatch scale_noise: the first latent of image-to-image, sigma * noise + (1 - sigma) * init, in float32. */
+export function scaleNoise(init: Float32Array, noise: Float32Array, sigma: number): Float32Array {
+  if (init.length !== noise.length) throw new Error(`scaleNoise: init has ${init.length} values, noise ${noise.length}`);
+  const fr = Math.fround;
+  const s = fr(sigma);
+  const keep = fr(1 - s);
+  const out = new Float32Array(init.length);
+  for (let i = 0; i < init.length; i++) out[i] = fr(fr(s * noise[i]!) + fr(keep * init[i]!));
+  return out;
 }
 
 /** One Euler step in place: x += (sigma_next - sigma) * v. */

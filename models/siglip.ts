@@ -1,11 +1,14 @@
-// SigLIP vision tower (transformers SiglipVisionModel, without the attention-pooling head), as used by
-// InstantCharacter: last_hidden_state (after post_layernorm) is the deep feature, hidden_states[7,13,26]
-// (before any final norm) are the shallow ones. Pre-LN ViT: patch conv + learned positions, no CLS token.
+// SigLIP vision tower (transformers SiglipVisionModel), as used by InstantCharacter: last_hidden_state
+// (after post_layernorm) is the deep feature, hidden_states[7,13,26] (before any final norm) are the
+// shallow ones. Pre-LN ViT: patch conv + learned positions, no CLS token. The attention-pooling head
+// (vision_model.head.*, pooler_output) is built when asked: Identity Score's SigLIP-I embedding.
 import type { Value } from './onnx/graph.ts';
-import { type HfActivation, type Module, layerNorm, param, parseActivation, reshape, transpose } from './layers.ts';
+import {
+  type HfActivation, type Module, activation, layerNorm, linear, multiHeadAttention, param, parseActivation, reshape, transpose,
+} from './layers.ts';
 import { clipLayer, clipLayerShapes } from './clip_encoder.ts';
-import { takeWeight } from './weights/source.ts';
-import { toFloat32 } from './tensor.ts';
+import { type WeightSource, takeWeight } from './weights/source.ts';
+import { f32, toFloat32 } from './tensor.ts';
 import { resizeBicubicHWC } from './bicubic.ts';
 
 
@@ -68,8 +71,34 @@ export function siglipConfigFromJson(json: Record<string, unknown>): SiglipConfi
 
 const gridOf = (cfg: SiglipConfig, imageSize: number) => Math.floor(imageSize / cfg.patchSize);
 
-/** Every checkpoint key the builder reads (the pooling head `vision_model.head.*` is not). */
-export function siglipWeightShapes(cfg: SiglipConfig): Record<string, number[]> {
+const HEAD = `${PREFIX}.head`;
+
+/** The attention-pooling head's keys (SiglipMultiheadAttentionPoolingHead). */
+export function siglipHeadShapes(cfg: SiglipConfig): Record<string, number[]> {
+  const C = cfg.hiddenSize;
+  const F = cfg.intermediateSize;
+  return {
+    [`${HEAD}.probe`]: [1, 1, C],
+    [`${HEAD}.attention.in_proj_weight`]: [3 * C, C],
+    [`${HEAD}.attention.in_proj_bias`]: [3 * C],
+    [`${HEAD}.attention.out_proj.weight`]: [C, C],
+    [`${HEAD}.attention.out_proj.bias`]: [C],
+    [`${HEAD}.layernorm.weight`]: [C],
+    [`${HEAD}.layernorm.bias`]: [C],
+    [`${HEAD}.mlp.fc1.weight`]: [F, C],
+    [`${HEAD}.mlp.fc1.bias`]: [F],
+    [`${HEAD}.mlp.fc2.weight`]: [C, F],
+    [`${HEAD}.mlp.fc2.bias`]: [C],
+  };
+}
+
+/** Whether a checkpoint has the pooling head. */
+export function siglipHasHead(w: WeightSource): boolean {
+  return w.shape(`${HEAD}.probe`) !== undefined;
+}
+
+/** Every checkpoint key the builder reads; the pooling head `vision_model.head.*` only with `head`. */
+export function siglipWeightShapes(cfg: SiglipConfig, opts: { head?: boolean } = {}): Record<string, number[]> {
   const C = cfg.hiddenSize;
   const F = cfg.intermediateSize;
   const P = cfg.patchSize;
@@ -82,6 +111,7 @@ export function siglipWeightShapes(cfg: SiglipConfig): Record<string, number[]> 
   for (let i = 0; i < cfg.numLayers; i++) Object.assign(shapes, clipLayerShapes(`${PREFIX}.encoder.layers.${i}`, C, F));
   shapes[`${PREFIX}.post_layernorm.weight`] = [C];
   shapes[`${PREFIX}.post_layernorm.bias`] = [C];
+  if (opts.head) Object.assign(shapes, siglipHeadShapes(cfg));
   return shapes;
 }
 
@@ -90,6 +120,8 @@ export interface SiglipOptions {
   hiddenStates?: readonly number[];
   /** Input resolution; default cfg.imageSize. Another size resizes the position grid bicubically (HF interpolate_pos_encoding). */
   imageSize?: number;
+  /** Build the attention-pooling head and output `pooler_output` [B, C]. */
+  pooled?: boolean;
 }
 
 /** Learned positions for a grid x grid input, [grid*grid, C]; resized from the trained grid when they differ. */
@@ -116,8 +148,60 @@ function embeddings(m: Module, pixels: Value, cfg: SiglipConfig, grid: number): 
 }
 
 /**
+ * nn.MultiheadAttention's packed in_proj as three Linear-style views ('{q,k,v}_proj.weight' / '.bias'),
+ * so the shared linear() reads them; rows [0, C) are q, [C, 2C) k, [2C, 3C) v.
+ */
+function splitInProj(w: WeightSource, C: number): WeightSource {
+  const attn = `${HEAD}.attention`;
+  const part = (key: string): { src: string; index: number; bias: boolean } | undefined => {
+    const m = /^(.*)\.([qkv])_proj\.(weight|bias)$/.exec(key);
+    if (!m || m[1] !== attn) return undefined;
+    return { src: m[3] === 'weight' ? `${attn}.in_proj_weight` : `${attn}.in_proj_bias`, index: 'qkv'.indexOf(m[2]!), bias: m[3] === 'bias' };
+  };
+  return {
+    keys: () => w.keys(),
+    shape: (key) => {
+      const p = part(key);
+      if (!p) return w.shape(key);
+      const want = p.bias ? [3 * C] : [3 * C, C];
+      const full = w.shape(p.src);
+      if (!full) throw new Error(`missing tensor '${p.src}' in the checkpoint`);
+      if (full.join() !== want.join()) throw new Error(`tensor '${p.src}' has shape [${full}] but the model config expects [${want}]`);
+      return p.bias ? [C] : [C, C];
+    },
+    get: (key) => {
+      const p = part(key);
+      if (!p) return w.get(key);
+      const full = toFloat32(takeWeight(w, p.src, p.bias ? [3 * C] : [3 * C, C]));
+      const n = p.bias ? C : C * C;
+      return f32(p.bias ? [C] : [C, C], full.slice(p.index * n, (p.index + 1) * n));
+    },
+  };
+}
+
+/**
+ * SiglipMultiheadAttentionPoolingHead: a learned probe attends over the tokens (nn.MultiheadAttention),
+ * then x + MLP(LN(x)); the probe's row is the pooled embedding. [B, N, C] -> [B, C].
+ */
+function poolingHead(m: Module, x: Value, cfg: SiglipConfig): Value {
+  const { g } = m;
+  const C = cfg.hiddenSize;
+  const heads = cfg.numHeads;
+  const hm: Module = { ...m, w: splitInProj(m.w, C) };
+  const probe = param(hm, `${HEAD}.probe`, [1, 1, C]); // [1, 1, C]
+  const q = linear(hm, probe, `${HEAD}.attention.q_proj`, C, C); // [1, 1, C], broadcast over B
+  const k = linear(hm, x, `${HEAD}.attention.k_proj`, C, C); // [B, N, C]
+  const v = linear(hm, x, `${HEAD}.attention.v_proj`, C, C);
+  const attn = linear(hm, multiHeadAttention(g, q, k, v, heads, C / heads), `${HEAD}.attention.out_proj`, C, C); // [B, 1, C]
+  const h = layerNorm(hm, attn, `${HEAD}.layernorm`, C, cfg.layerNormEps);
+  const mlp = linear(hm, activation(g, linear(hm, h, `${HEAD}.mlp.fc1`, C, cfg.intermediateSize), cfg.hiddenAct), `${HEAD}.mlp.fc2`, cfg.intermediateSize, C);
+  return reshape(g, g.node('Add', [attn, mlp]), [-1, C]); // [B, C]
+}
+
+/**
  * Graph input `pixel_values` [B, 3, S, S] (normalised pixels, S = opts.imageSize ?? cfg.imageSize);
- * outputs `last_hidden_state` [B, N, C] and `hidden_states.<i>` [B, N, C] for each requested i.
+ * outputs `last_hidden_state` [B, N, C], `hidden_states.<i>` [B, N, C] for each requested i, and with
+ * `pooled` the head's `pooler_output` [B, C].
  */
 export function buildSiglip(m: Module, cfg: SiglipConfig, opts: SiglipOptions = {}): void {
   const { g } = m;
@@ -139,4 +223,5 @@ export function buildSiglip(m: Module, cfg: SiglipConfig, opts: SiglipOptions = 
   }
   const last = layerNorm(m, x, `${PREFIX}.post_layernorm`, C, cfg.layerNormEps); // [B, N, C]
   g.output(last, 'last_hidden_state', g.dtype, outDims);
+  if (opts.pooled) g.output(poolingHead(m, last, cfg), 'pooler_output', g.dtype, ['B', C]);
 }

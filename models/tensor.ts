@@ -201,3 +201,41 @@ export function castFloatTensor(t: Tensor, dtype: 'float32' | 'float16', opts: {
   const data = t.dtype === 'bfloat16' ? bf16ToFloat16(t.data as Uint16Array, out) : float32ToFloat16(toFloat32(t), out);
   return { dtype, dims: t.dims, data };
 }
+
+// ---------------------------------------------------------------------------------------------
+// float8 (safetensors F8_E4M3 / F8_E5M2, as torch's float8_e4m3fn / float8_e5m2). Every fp8 value is
+// exactly a float16 value, so fp8 checkpoints are read as float16 without loss.
+
+export type Fp8Kind = 'e4m3fn' | 'e5m2';
+
+/** The value of an fp8 byte. e4m3fn: bias 7, no infinities, S.1111.111 is NaN; e5m2: IEEE-like, bias 15. */
+export function fp8ToFloat(byte: number, kind: Fp8Kind): number {
+  const sign = byte & 0x80 ? -1 : 1;
+  if (kind === 'e5m2') return halfToFloat(byte << 8); // the top byte of a half
+  const exp = (byte >> 3) & 0x0f;
+  const mant = byte & 0x07;
+  if (exp === 15 && mant === 7) return NaN;
+  if (exp === 0) return sign * mant * 2 ** -9; // subnormal: m/8 * 2^(1-7)
+  return sign * (1 + mant / 8) * 2 ** (exp - 7);
+}
+
+const fp8Tables = new Map<Fp8Kind, Uint16Array>();
+
+/** fp8 byte -> half bits, 256 entries (exact: fp8 values are half values). */
+function fp8HalfTable(kind: Fp8Kind): Uint16Array {
+  let t = fp8Tables.get(kind);
+  if (!t) {
+    t = new Uint16Array(256);
+    for (let b = 0; b < 256; b++) t[b] = kind === 'e5m2' ? b << 8 : floatToHalf(fp8ToFloat(b, kind));
+    fp8Tables.set(kind, t);
+  }
+  return t;
+}
+
+/** fp8 bytes -> float16 bits. */
+export function fp8ToFloat16(src: Uint8Array, kind: Fp8Kind, out: Uint16Array = new Uint16Array(src.length)): Uint16Array {
+  checkOut(out, src.length);
+  const table = fp8HalfTable(kind);
+  for (let i = 0; i < src.length; i++) out[i] = table[src[i]!]!;
+  return out;
+}

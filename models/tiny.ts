@@ -6,13 +6,15 @@ import { siglipWeightShapes } from './siglip.ts';
 import { dinov2ConfigFromJson, dinov2WeightShapes } from './dinov2.ts';
 import { adapterConfigFromJson, adapterWeightShapes } from './adapter.ts';
 import { fluxConfigFromJson, fluxWeightShapes, ipAdapterWeightShapes } from './flux.ts';
-import { vaeConfigFromJson, vaeWeightShapes } from './vae.ts';
+import { vaeConfigFromJson, vaeEncoderWeightShapes, vaeWeightShapes } from './vae.ts';
 import { t5ConfigFromJson, t5WeightShapes } from './t5.ts';
 import { clipConfigFromJson, clipWeightShapes } from './clip.ts';
 import { tinyTokenizerJson } from './tokenizers.ts';
 import { memorySource } from './weights/source.ts';
 import { type Tensor, numel } from './tensor.ts';
 import { type ModelSetManifest, type ModelSetSpec, type WriteProgress, writeModelSet } from './modelset.ts';
+import type { ComponentName } from './modelset.ts';
+import { type WeightFormat, resolveFormats, specWithFormats } from './quant/formats.ts';
 
 /** Text vocabulary of the tiny encoders. */
 const TINY_VOCAB = 100;
@@ -110,7 +112,7 @@ export function tinySpec(seed = 0): ModelSetSpec {
   return {
     name: TINY_SET_NAME,
     dtype: 'float32',
-    siglip: { cfg: TINY_SIGLIP, weights: src(siglipWeightShapes(TINY_SIGLIP), 1), shallowLayers: [7, 13, 26] },
+    siglip: { cfg: TINY_SIGLIP, weights: src(siglipWeightShapes(TINY_SIGLIP, { head: true }), 1), shallowLayers: [7, 13, 26] },
     dinov2: { cfg: TINY_DINOV2, weights: src(dinov2WeightShapes(TINY_DINOV2), 2), shallowLayers: [9, 19, 29] },
     adapter: { cfg: TINY_ADAPTER, weights: src(adapterWeightShapes(TINY_ADAPTER), 3) },
     flux: {
@@ -118,7 +120,8 @@ export function tinySpec(seed = 0): ModelSetSpec {
       weights: src(fluxWeightShapes(TINY_FLUX), 4),
       ip: src(ipAdapterWeightShapes(TINY_FLUX, TINY_ADAPTER.outputDim), 5),
     },
-    vae: { cfg: TINY_VAE, weights: src(vaeWeightShapes(TINY_VAE), 6) },
+    // Decoder and encoder keys, as a real AutoencoderKL checkpoint holds both.
+    vae: { cfg: TINY_VAE, weights: src({ ...vaeWeightShapes(TINY_VAE), ...vaeEncoderWeightShapes(TINY_VAE) }, 6) },
     t5: { cfg: TINY_T5, weights: src(t5WeightShapes(TINY_T5), 7), seqLen: 512, tokenizer: t5Tok, padId: 0, eosId: 1 },
     clip: {
       cfg: TINY_CLIP, weights: src(clipWeightShapes(TINY_CLIP), 8), seqLen: 77, tokenizer: clipTok,
@@ -127,6 +130,22 @@ export function tinySpec(seed = 0): ModelSetSpec {
   };
 }
 
-export async function writeTinyModelSet(dir: string, onProgress?: WriteProgress): Promise<ModelSetManifest> {
-  return writeModelSet(tinySpec(), dir, onProgress);
+/** The tiny set in a weight format: 'tiny' (fp32) or 'tiny-int8', 'tiny-int4', 'tiny-fp16'. */
+export function tinySetName(weights: WeightFormat = 'fp32'): string {
+  return weights === 'fp32' ? TINY_SET_NAME : `${TINY_SET_NAME}-${weights}`;
 }
+
+export interface TinyWriteOptions {
+  /** Weight format of every component (the VAE stays float32); default fp32. */
+  weights?: WeightFormat;
+  block?: number;
+}
+
+export async function writeTinyModelSet(dir: string, onProgress?: WriteProgress, opts: TinyWriteOptions = {}): Promise<ModelSetManifest> {
+  const spec = tinySpec();
+  if (!opts.weights || opts.weights === 'fp32') return writeModelSet(spec, dir, onProgress);
+  const formats = resolveFormats(TINY_COMPONENTS, { base: opts.weights, fp32: ['vae', 'vae_encoder'], block: opts.block });
+  return writeModelSet({ ...specWithFormats(spec, formats), name: tinySetName(opts.weights) }, dir, onProgress);
+}
+
+const TINY_COMPONENTS: readonly ComponentName[] = ['siglip', 'dinov2', 'adapter_static', 'adapter_time', 'flux', 'vae', 'vae_encoder', 't5', 'clip'];

@@ -5,6 +5,11 @@
 //   -> mid_block (resnet, attention, resnet) -> up_blocks (resnets, nearest x2 + conv on all but the last)
 //   -> GroupNorm -> SiLU -> conv_out -> sample [B, 3, 8h, 8w];  image = clamp(sample / 2 + 0.5, 0, 1)
 //
+// And the encoder (AutoencoderKL.encode, for image-to-image), the mirror image:
+//   image [B, 3, H, W] in [-1, 1] -> conv_in -> down_blocks (resnets, pad right/bottom + stride-2 conv on
+//   all but the last) -> mid_block -> GroupNorm -> SiLU -> conv_out -> (quant_conv) -> moments [B, 2*16, H/8, W/8]
+//   = mean, logvar;  latents = ((mean + exp(logvar / 2) * eps) - shift) * scaling
+//
 // h and w stay dynamic. The real FLUX VAE config sets force_upcast: its activations overflow float16,
 // so run this graph in float32 (the builder still honours m.g.dtype).
 import type { Value } from './onnx/graph.ts';
@@ -23,6 +28,8 @@ export interface VaeConfig {
   shiftFactor: number;
   midBlockAddAttention: boolean;
   usePostQuantConv: boolean;
+  /** The encoder's 1x1 conv on the moments (absent in FLUX). */
+  useQuantConv: boolean;
 }
 
 /** black-forest-labs/FLUX.1-dev vae/config.json. */
@@ -36,6 +43,7 @@ export const FULL_VAE: VaeConfig = {
   shiftFactor: 0.1159,
   midBlockAddAttention: true,
   usePostQuantConv: false,
+  useQuantConv: false,
 };
 
 /** diffusers builds every decoder GroupNorm (resnets, attention, conv_norm_out) with eps 1e-6. */
@@ -80,6 +88,7 @@ export function vaeConfigFromJson(json: Record<string, unknown>): VaeConfig {
     midBlockAddAttention: field(json, 'mid_block_add_attention', isBool, true),
     // Older configs omit the flag and have the conv (diffusers' default True).
     usePostQuantConv: field(json, 'use_post_quant_conv', isBool, true),
+    useQuantConv: field(json, 'use_quant_conv', isBool, true),
   };
 }
 
@@ -105,9 +114,9 @@ const topChannels = (cfg: VaeConfig): number => cfg.blockOutChannels[cfg.blockOu
 /** Channels reaching conv_norm_out: the narrowest level. */
 const bottomChannels = (cfg: VaeConfig): number => cfg.blockOutChannels[0]!;
 
-function midResnets(cfg: VaeConfig): ResnetLayout[] {
+function midResnets(cfg: VaeConfig, part: 'encoder' | 'decoder' = 'decoder'): ResnetLayout[] {
   const c = topChannels(cfg);
-  return [0, 1].map((i) => ({ prefix: `decoder.mid_block.resnets.${i}`, inChannels: c, outChannels: c }));
+  return [0, 1].map((i) => ({ prefix: `${part}.mid_block.resnets.${i}`, inChannels: c, outChannels: c }));
 }
 
 /** diffusers Decoder: channels reversed; the first resnet of a block takes the previous block's width. */
@@ -127,7 +136,31 @@ function upBlocks(cfg: VaeConfig): UpBlockLayout[] {
   });
 }
 
+interface DownBlockLayout {
+  resnets: ResnetLayout[];
+  /** Downsample2D conv key prefix, absent on the last (lowest-resolution) block. */
+  downsampler?: string;
+  outChannels: number;
+}
+
+/** diffusers Encoder: channels in order; the first resnet of a block takes the previous block's width. */
+function downBlocks(cfg: VaeConfig): DownBlockLayout[] {
+  let prev = cfg.blockOutChannels[0]!;
+  return cfg.blockOutChannels.map((outChannels, i) => {
+    const prefix = `encoder.down_blocks.${i}`;
+    const resnets = Array.from({ length: cfg.layersPerBlock }, (_, j) => ({
+      prefix: `${prefix}.resnets.${j}`,
+      inChannels: j === 0 ? prev : outChannels,
+      outChannels,
+    }));
+    prev = outChannels;
+    const last = i === cfg.blockOutChannels.length - 1;
+    return { resnets, downsampler: last ? undefined : `${prefix}.downsamplers.0.conv`, outChannels };
+  });
+}
+
 const MID_ATTENTION = 'decoder.mid_block.attentions.0';
+const ENCODER_MID_ATTENTION = 'encoder.mid_block.attentions.0';
 
 // ---------------------------------------------------------------------------------------------
 // Weight table
@@ -152,6 +185,14 @@ function resnetShapes(s: Shapes, r: ResnetLayout): void {
   if (r.inChannels !== r.outChannels) convShapes(s, `${r.prefix}.conv_shortcut`, r.inChannels, r.outChannels, 1);
 }
 
+function attentionShapes(s: Shapes, prefix: string, c: number): void {
+  normShapes(s, `${prefix}.group_norm`, c);
+  for (const proj of ['to_q', 'to_k', 'to_v', 'to_out.0']) {
+    s[`${prefix}.${proj}.weight`] = [c, c];
+    s[`${prefix}.${proj}.bias`] = [c];
+  }
+}
+
 /** Every checkpoint key the decoder reads (decoder.*, plus post_quant_conv.* when configured). */
 export function vaeWeightShapes(cfg: VaeConfig): Shapes {
   const s: Shapes = {};
@@ -160,13 +201,7 @@ export function vaeWeightShapes(cfg: VaeConfig): Shapes {
   convShapes(s, 'decoder.conv_in', cfg.latentChannels, top, 3);
   const [mid0, mid1] = midResnets(cfg) as [ResnetLayout, ResnetLayout];
   resnetShapes(s, mid0);
-  if (cfg.midBlockAddAttention) {
-    normShapes(s, `${MID_ATTENTION}.group_norm`, top);
-    for (const proj of ['to_q', 'to_k', 'to_v', 'to_out.0']) {
-      s[`${MID_ATTENTION}.${proj}.weight`] = [top, top];
-      s[`${MID_ATTENTION}.${proj}.bias`] = [top];
-    }
-  }
+  if (cfg.midBlockAddAttention) attentionShapes(s, MID_ATTENTION, top);
   resnetShapes(s, mid1);
   for (const block of upBlocks(cfg)) {
     for (const r of block.resnets) resnetShapes(s, r);
@@ -174,6 +209,25 @@ export function vaeWeightShapes(cfg: VaeConfig): Shapes {
   }
   normShapes(s, 'decoder.conv_norm_out', bottomChannels(cfg));
   convShapes(s, 'decoder.conv_out', bottomChannels(cfg), cfg.outChannels, 3);
+  return s;
+}
+
+/** Every checkpoint key the encoder reads (encoder.*, plus quant_conv.* when configured). */
+export function vaeEncoderWeightShapes(cfg: VaeConfig, inChannels = 3): Shapes {
+  const s: Shapes = {};
+  const top = topChannels(cfg);
+  convShapes(s, 'encoder.conv_in', inChannels, bottomChannels(cfg), 3);
+  for (const block of downBlocks(cfg)) {
+    for (const r of block.resnets) resnetShapes(s, r);
+    if (block.downsampler) convShapes(s, block.downsampler, block.outChannels, block.outChannels, 3);
+  }
+  const [mid0, mid1] = midResnets(cfg, 'encoder') as [ResnetLayout, ResnetLayout];
+  resnetShapes(s, mid0);
+  if (cfg.midBlockAddAttention) attentionShapes(s, ENCODER_MID_ATTENTION, top);
+  resnetShapes(s, mid1);
+  normShapes(s, 'encoder.conv_norm_out', top);
+  convShapes(s, 'encoder.conv_out', top, 2 * cfg.latentChannels, 3);
+  if (cfg.useQuantConv) convShapes(s, 'quant_conv', 2 * cfg.latentChannels, 2 * cfg.latentChannels, 1);
   return s;
 }
 
@@ -233,9 +287,8 @@ function resnetBlock(m: Module, x: Value, r: ResnetLayout, groups: number): Valu
  * The mid-block Attention: one head as wide as the channels, over the H*W pixels as tokens, with a
  * residual. The scale 1/sqrt(C) goes on q ([T, C] values) rather than on the [T, T] scores.
  */
-function midAttention(m: Module, x: Value, c: number, groups: number): Value {
+function midAttention(m: Module, x: Value, c: number, groups: number, p = MID_ATTENTION): Value {
   const { g } = m;
-  const p = MID_ATTENTION;
   const normed = groupNorm(m, x, `${p}.group_norm`, c, groups); // [B, C, H, W]
   const tokens = transpose(g, reshape(g, normed, [0, c, -1]), [0, 2, 1]); // [B, HW, C]
   const q = g.node('Mul', [linear(m, tokens, `${p}.to_q`, c, c), g.scalar(1 / Math.sqrt(c))]); // [B, HW, C]
@@ -247,6 +300,15 @@ function midAttention(m: Module, x: Value, c: number, groups: number): Value {
   const out = linear(m, attended, `${p}.to_out.0`, c, c); // [B, HW, C]
   const spatial = g.node('Reshape', [transpose(g, out, [0, 2, 1]), g.node('Shape', [x])]); // [B, C, H, W]
   return g.node('Add', [spatial, x]); // rescale_output_factor 1
+}
+
+/** Downsample2D(padding=0): zero-pad one row/column at the bottom/right, then a 3x3 conv with stride 2. */
+function downsample(m: Module, x: Value, prefix: string, c: number): Value {
+  const { g } = m;
+  const key = `${prefix}.weight`;
+  const weight = g.weight(key, takeWeight(m.w, key, [c, c, 3, 3]));
+  const bias = g.weight(`${prefix}.bias`, takeWeight(m.w, `${prefix}.bias`, [c]));
+  return g.node('Conv', [x, weight, bias], { kernel_shape: [3, 3], strides: [2, 2], pads: [0, 0, 1, 1] }); // [B, C, H/2, W/2]
 }
 
 /** Upsample2D: nearest x2 (torch 'nearest' = asymmetric coordinates, floor) then a 3x3 conv. */
@@ -299,4 +361,44 @@ export function buildVaeDecoder(m: Module, cfg: VaeConfig): void {
   const shifted = g.node('Add', [g.node('Div', [sample, g.scalar(2)]), g.scalar(0.5)]);
   const image = g.node('Clip', [shifted, g.scalar(0), g.scalar(1)]); // [B, 3, 8h, 8w]
   g.output(image, 'image', g.dtype, outDims);
+}
+
+/**
+ * Input `image` [B, 3, H, W] in [-1, 1] (H, W multiples of 8) and `eps` [B, L, H/8, W/8]: the standard
+ * normal draw of the latent sample; zeros give the distribution's mean (ComfyUI's choice).
+ * Outputs `moments` [B, 2L, h, w] (the encoder's raw output), `mean`, `logvar` (clamped to [-30, 20]
+ * as diffusers' DiagonalGaussianDistribution does) and `latents` = (mean + std * eps - shift) * scaling,
+ * what the sampler starts from.
+ */
+export function buildVaeEncoder(m: Module, cfg: VaeConfig): void {
+  const { g } = m;
+  const L = cfg.latentChannels;
+  const groups = cfg.normNumGroups;
+  const top = topChannels(cfg);
+  const image = g.input('image', g.dtype, ['batch', 3, 'height', 'width']);
+  const eps = g.input('eps', g.dtype, ['batch', L, 'latent_height', 'latent_width']);
+
+  let x = conv2d(m, image, 'encoder.conv_in', 3, bottomChannels(cfg), 3); // [B, C0, H, W]
+  for (const block of downBlocks(cfg)) {
+    for (const r of block.resnets) x = resnetBlock(m, x, r, groups); // [B, Cblock, H', W']
+    if (block.downsampler) x = downsample(m, x, block.downsampler, block.outChannels); // [B, Cblock, H'/2, W'/2]
+  }
+  const [mid0, mid1] = midResnets(cfg, 'encoder') as [ResnetLayout, ResnetLayout];
+  x = resnetBlock(m, x, mid0, groups);
+  if (cfg.midBlockAddAttention) x = midAttention(m, x, top, groups, ENCODER_MID_ATTENTION);
+  x = resnetBlock(m, x, mid1, groups); // [B, Ctop, h, w]
+  x = silu(g, groupNorm(m, x, 'encoder.conv_norm_out', top, groups));
+  let moments = conv2d(m, x, 'encoder.conv_out', top, 2 * L, 3); // [B, 2L, h, w]
+  if (cfg.useQuantConv) moments = conv2d(m, moments, 'quant_conv', 2 * L, 2 * L, 1);
+  const latentDims = ['batch', L, 'latent_height', 'latent_width'];
+  g.output(moments, 'moments', g.dtype, ['batch', 2 * L, 'latent_height', 'latent_width']);
+
+  const [mean, rawLogvar] = g.op('Split', [moments, g.ints([L, L])], { axis: 1 }, 2) as [Value, Value]; // [B, L, h, w] each
+  const logvar = g.node('Clip', [rawLogvar, g.scalar(-30), g.scalar(20)]);
+  g.output(mean, 'mean', g.dtype, latentDims);
+  g.output(logvar, 'logvar', g.dtype, latentDims);
+  const std = g.node('Exp', [g.node('Mul', [logvar, g.scalar(0.5)])]); // [B, L, h, w]
+  const sample = g.node('Add', [mean, g.node('Mul', [std, eps])]);
+  const latents = g.node('Mul', [g.node('Sub', [sample, g.scalar(cfg.shiftFactor)]), g.scalar(cfg.scalingFactor)]);
+  g.output(latents, 'latents', g.dtype, latentDims);
 }

@@ -1,7 +1,8 @@
 import { join } from 'node:path';
 import type { NodeDef } from '../engine/node.ts';
 import type { Services } from './services.ts';
-import { SOCKET, type RgbImage } from './types.ts';
+import { SOCKET } from './types.ts';
+import { imagesOf } from './lib/batch.ts';
 import { encodePng } from './lib/image.ts';
 import { type SavedImage, writeNumbered } from './lib/output.ts';
 
@@ -17,9 +18,11 @@ export const PreviewImage: NodeDef<Services> = {
   output: true,
   cacheable: false,
   async run(ctx, inputs) {
-    const png = await encodePng(inputs.image as RgbImage);
-    const filename = await writeNumbered(join(ctx.services.paths.temp), 'preview', 'png', png);
-    const images: SavedImage[] = [{ filename, subfolder: '', type: 'temp' }];
+    const images: SavedImage[] = [];
+    for (const image of imagesOf(inputs.image)) {
+      const filename = await writeNumbered(join(ctx.services.paths.temp), 'preview', 'png', await encodePng(image));
+      images.push({ filename, subfolder: '', type: 'temp' });
+    }
     return { images };
   },
 };

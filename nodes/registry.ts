@@ -6,11 +6,17 @@ import { LoadCharacter } from './load_character.ts';
 import { SigLIPEncode } from './siglip_encode.ts';
 import { DINOv2Encode } from './dinov2_encode.ts';
 import { AdapterFuse } from './adapter_fuse.ts';
+import { RegionalCharacter } from './regional_character.ts';
+import { CombineCharacters } from './combine_characters.ts';
 import { TextEncode } from './text_encode.ts';
 import { DiTSample } from './dit_sample.ts';
 import { Decode } from './decode.ts';
 import { SaveImage } from './save_image.ts';
+import { IdentityScore } from './identity_score.ts';
+import { KeepBest } from './keep_best.ts';
 import { PreviewImage } from './preview_image.ts';
+import { LoadImage } from './load_image.ts';
+import { VAEEncode } from './vae_encode.ts';
 
 export const NODE_TYPES: readonly NodeDef<Services>[] = [
   LoadModels,
@@ -18,11 +24,17 @@ export const NODE_TYPES: readonly NodeDef<Services>[] = [
   SigLIPEncode,
   DINOv2Encode,
   AdapterFuse,
+  RegionalCharacter,
+  CombineCharacters,
   TextEncode,
   DiTSample,
   Decode,
+  IdentityScore,
+  KeepBest,
   SaveImage,
   PreviewImage,
+  LoadImage,
+  VAEEncode,
 ];
 
 export function nodeRegistry(): Map<string, NodeDef<Services>> {

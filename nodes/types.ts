@@ -7,11 +7,14 @@ export const SOCKET = {
   IMAGE: 'IMAGE',
   VISION_FEATURES: 'VISION_FEATURES',
   CHARACTER: 'CHARACTER',
+  /** A set of 1..4 regional characters (Regional Character, Combine Characters). */
+  CHARACTERS: 'CHARACTERS',
   CONDITIONING: 'CONDITIONING',
   LATENT: 'LATENT',
 } as const;
 
-export type { RgbImage } from './lib/image.ts';
+import type { RgbImage } from './lib/image.ts';
+export type { RgbImage };
 
 /** Features of one vision encoder for one reference: low-res deep + shallow, and the 4 high-res crops. */
 export interface VisionFeatures {
@@ -30,6 +33,28 @@ export interface CharacterTokens {
   resamplerInput: Tensor;
 }
 
+/** Where a regional character goes, in relative image coordinates or as a mask image. */
+export type CharacterRegion =
+  | { kind: 'rect'; x: number; y: number; w: number; h: number; /** ramp width, relative to each side */ feather: number }
+  /** width x height values in [0, 1] (white = the character), row-major. */
+  | { kind: 'mask'; width: number; height: number; data: Float32Array };
+
+export interface RegionalCharacter {
+  character: CharacterTokens;
+  region: CharacterRegion;
+  /** Subject scale s_r of this character. */
+  scale: number;
+  /** The reference picture, for identity scores of the character's region. */
+  reference?: RgbImage;
+}
+
+/** Characters that share one picture, each confined to its region (up to MAX_CHARACTERS). */
+export interface CharacterSet {
+  characters: RegionalCharacter[];
+}
+
+export const MAX_CHARACTERS = 4;
+
 export interface Conditioning {
   /** T5 features [1, T, 4096] */
   promptEmbeds: Tensor;
@@ -38,8 +63,35 @@ export interface Conditioning {
 }
 
 export interface Latent {
-  /** Unpacked latents [1, C, H/8, W/8] */
+  /** Unpacked latents [B, C, H/8, W/8] (B = 1 unless a DiTSample batch) */
   samples: Tensor;
+  /** Where each batch item came from: the DiTSample node and the seed that makes it alone (batch size 1). */
+  origins?: ImageOrigin[];
+}
+
+/** The sampler node and seed that reproduce one image of a batch on their own. */
+export interface ImageOrigin {
+  node: string;
+  seed: number;
+}
+
+/**
+ * What travels on an IMAGE link: one picture, or a batch (from a batched DiTSample through Decode) as an
+ * array. Read either with imagesOf() in nodes/lib/batch.ts.
+ */
+export type ImageValue = RgbImage | BatchImage[];
+
+/** A batch item, with the origin SaveImage uses to embed a workflow that makes it alone. */
+export type BatchImage = RgbImage & { origin?: ImageOrigin; /** Set by Identity Score. */ identity?: IdentityScores };
+
+/** Identity scores of one picture (Identity Score): the mean over its characters, and each character's own. */
+export interface IdentityScores {
+  /** Cosine of DINOv2 CLS embeddings. */
+  dino_i: number;
+  /** Cosine of SigLIP pooled embeddings; absent when the model set's SigLIP has no pooling head. */
+  siglip_i?: number;
+  /** Per character of a regional set, scored on its region. */
+  characters?: { dino_i: number; siglip_i?: number }[];
 }
 
 export type { ModelSet };

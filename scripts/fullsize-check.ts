@@ -1,5 +1,6 @@
 // Full-size conversion check (run on demand, not in CI):
 //   node --import tsx scripts/fullsize-check.ts [--only siglip,dinov2,adapter,vae,clip,t5,flux] [--dir DIR] [--no-session] [--keep]
+//     [--weights int8|int4 [--block N]]  (quantized graphs, as `models convert --weights`)
 // For each model it writes, in a temporary folder, a checkpoint with the real key names, shapes and storage
 // dtypes (constant-ish values, streamed to disk one tensor at a time: safetensors, sharded where the hub
 // shards, a bf16 torch.save zip for the adapter), converts it as `models convert --dtype fp16` would (fp16, VAE fp32) through the converter's own
@@ -25,6 +26,8 @@ import { openAdapter, openClip, openDinov2, openFluxTransformer, openSiglip, ope
 import { type TensorSpec, writeSafetensorsStreaming, writeTorchZipStreaming } from '../models/convert/writers.ts';
 import { componentDtypes } from '../models/convert/convert.ts';
 import type { ComponentName } from '../models/modelset.ts';
+import { type ComponentFormat, type WeightFormat, parseWeightFormat, resolveFormats } from '../models/quant/formats.ts';
+import { COMPONENTS } from '../models/convert/convert.ts';
 
 type Name = 'siglip' | 'dinov2' | 'adapter' | 'vae' | 'clip' | 't5' | 'flux';
 const ALL: Name[] = ['siglip', 'dinov2', 'adapter', 'vae', 'clip', 't5', 'flux'];
@@ -300,18 +303,27 @@ function report(component: string, note: string): void {
   console.log(`[${component}] ${note}`);
 }
 
-function parseArgs(argv: string[]): { only: Name[]; dir?: string; session: boolean; keep: boolean } {
+function parseArgs(argv: string[]): { only: Name[]; dir?: string; session: boolean; keep: boolean; weights?: WeightFormat; block?: number } {
   const get = (flag: string) => {
     const i = argv.indexOf(flag);
     return i >= 0 ? argv[i + 1] : undefined;
   };
   const only = (get('--only')?.split(',') ?? ALL) as Name[];
   for (const n of only) if (!ALL.includes(n)) throw new Error(`unknown component ${n} (expected ${ALL.join(', ')})`);
-  return { only, dir: get('--dir'), session: !argv.includes('--no-session'), keep: argv.includes('--keep') };
+  const weights = get('--weights');
+  const block = get('--block');
+  return {
+    only, dir: get('--dir'), session: !argv.includes('--no-session'), keep: argv.includes('--keep'),
+    weights: weights ? parseWeightFormat(weights) : undefined, block: block ? Number(block) : undefined,
+  };
 }
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
+  // --weights int8|int4 [--block N]: as `models convert --weights ...` (the VAE stays float32).
+  const formats: Record<ComponentName, ComponentFormat> | undefined = args.weights
+    ? resolveFormats(COMPONENTS, { base: args.weights, fp32: ['vae', 'vae_encoder'], block: args.block })
+    : undefined;
   const root = mkdtempSync(join(args.dir ?? tmpdir(), 'charflow-fullsize-'));
   const checkpoints = join(root, 'checkpoints');
   const out = join(root, 'set');
@@ -337,9 +349,11 @@ async function main(): Promise<void> {
       report(name, `checkpoint written: ${gb(sizeOf(checkpoints) - before)} on disk in ${secs(t0).toFixed(1)} s (peak RSS ${gb(peakRss())})`);
 
       for (const job of plan.graphs(checkpoints)) {
-        const dtype = FP16_POLICY[job.name]; // as `charflow models convert --dtype fp16` (the VAE stays float32)
-        const external = job.parameters * (dtype === 'float16' ? 2 : 4) > EXTERNAL_THRESHOLD ? { dir: out, file: `${job.name}.onnx.data` } : undefined;
-        const g = new Graph({ name: job.name, dtype, external });
+        const dtype = formats?.[job.name].dtype ?? FP16_POLICY[job.name]; // as `charflow models convert --dtype fp16` (the VAE stays float32)
+        const quant = formats?.[job.name].quant;
+        const perWeight = quant ? quant.bits / 8 + 5 / 16 : dtype === 'float16' ? 2 : 4;
+        const external = job.parameters * perWeight > EXTERNAL_THRESHOLD ? { dir: out, file: `${job.name}.onnx.data` } : undefined;
+        const g = new Graph({ name: job.name, dtype, external, quant });
         t0 = process.hrtime.bigint();
         resetPeak();
         try {
@@ -354,7 +368,7 @@ async function main(): Promise<void> {
         }
         const files = [`${job.name}.onnx`, ...(external ? [external.file] : [])].map((f) => join(out, f));
         const bytes = files.reduce((n, f) => n + sizeOf(f), 0);
-        report(job.name, `converted to ${dtype === 'float16' ? 'fp16' : 'fp32'}: ${(job.parameters / 1e9).toFixed(3)} B params, ${gb(bytes)} of graphs in ${secs(t0).toFixed(1)} s, peak RSS ${gb(peakRss())}`);
+        report(job.name, `converted to ${formats?.[job.name].format ?? (dtype === 'float16' ? 'fp16' : 'fp32')}${quant ? ` (block ${quant.block})` : ''}: ${(job.parameters / 1e9).toFixed(3)} B params, ${gb(bytes)} of graphs in ${secs(t0).toFixed(1)} s, peak RSS ${gb(peakRss())}`);
         if (args.session) {
           const avail = memAvailable();
           if (avail < bytes + 3 * GB) {

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# The GPU check of issue 8, for a lent GPU machine without network (see scripts/gpu-pack.sh):
-# the default workflow on the tiny and mid-size sets (fp32, and fp16 for the mid set) on CPU, CUDA
-# and WebGPU (Vulkan), outputs compared with the CPU's, times per node (bench/devices.ts).
-# CUDA is measured only where onnxruntime-node's CUDA provider is installed (scripts/install-cuda.sh
-# needs the internet); otherwise the report says why it was not measured.
+# Checks charflow on a GPU machine, which may have no internet access (scripts/gpu-pack.sh packs
+# what it needs): unpacks .gpu/ when node_modules is missing, adds a Vulkan loader if the machine
+# lacks one, then runs the default workflow on the tiny and mid-size sets (fp32, and fp16 for the
+# mid set) on CPU, CUDA and WebGPU (Vulkan), compares the outputs with the CPU's and prints times
+# per node (bench/devices.ts). First, the full-size int4/int8 FLUX check on WebGPU (scripts/quant-gpu.ts).
+# CUDA is measured only where onnxruntime-node's CUDA provider is installed: scripts/install-cuda.sh
+# downloads it (internet needed) into a folder outside node_modules; copy that folder along and point
+# CHARFLOW_CUDA_PROVIDER at it here (charflow links it into ORT's folder itself). Otherwise the report
+# says why CUDA was not measured.
 # Writes its log and devices.json to $OUT (default /tmp/gpu-check). Usage: bash scripts/gpu-check.sh [bench/devices.ts options]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +34,27 @@ node --version; nproc; free -g | head -2
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true
 ls /dev/nvidia0 /dev/dri 2>&1 | head -5
 echo "libvulkan: $(ldconfig -p | grep -c 'libvulkan\.so\.1') entries; VK_DRIVER_FILES=${VK_DRIVER_FILES:-unset}"
+
+# Quantized weights at full size (scripts/quant-gpu.ts): FLUX + the adapter's IP layers from synthetic
+# weights in int4, then int8 if its budget allows, 2 steps at 1024x1024 on WebGPU. nvidia-smi samples the
+# GPU's memory meanwhile; the peak and the seconds per step go to $OUT (quant-gpu.json, quant-gpu-peak.txt).
+# QUANT_GPU=0 skips it; QUANT_GPU_ARGS replaces its options (e.g. "--reduced --device cpu" without a GPU).
+if [[ "${QUANT_GPU:-1}" != 0 ]]; then
+  echo "== quantized FLUX + adapter (int4, int8), full size, WebGPU"
+  SMI_PID=
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$OUT/quant-gpu-memory.csv" 2>/dev/null &
+    SMI_PID=$!
+  fi
+  # shellcheck disable=SC2086
+  timeout 400 node --import tsx scripts/quant-gpu.ts --out "$OUT" --budget-s 240 ${QUANT_GPU_ARGS:-}
+  echo "gpu-check: scripts/quant-gpu.ts exit $?"
+  if [[ -n "$SMI_PID" ]]; then
+    kill "$SMI_PID" 2>/dev/null
+    peak=$(sort -n "$OUT/quant-gpu-memory.csv" | tail -1)
+    echo "peak GPU memory used during the quantized runs: ${peak:-?} MiB (nvidia-smi, GPU 0, every 0.5 s)" | tee "$OUT/quant-gpu-peak.txt"
+  fi
+fi
 
 echo "== devices"
 ARGS=("$@")

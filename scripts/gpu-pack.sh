@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Packs what scripts/gpu-check.sh needs into .gpu/ (git-ignored), for a GPU machine that reaches no
-# registry: the installed node_modules without other platforms' binaries and the development-only
-# packages (xz-compressed, so that the working tree plus .gpu/ stays under the device tool's 64 MiB
-# carry limit), and Debian's Vulkan loader (libvulkan1), which such a machine may lack.
-# Run here after `npm ci`; then on the GPU machine: carry [".gpu"], command `bash scripts/gpu-check.sh`.
+# Packs charflow's dependencies for a GPU machine without internet access, into .gpu/ (git-ignored):
+# the installed node_modules for Linux x86_64, without other platforms' binaries and the
+# development-only packages (xz-compressed: about 27 MB instead of several hundred), and Debian's
+# Vulkan loader (libvulkan1), which such a machine may lack for WebGPU.
+# Run it after `npm ci` on a Linux x86_64 machine with internet access; copy the repository with its
+# .gpu/ folder to the GPU machine (any way you like: scp, rsync, a USB disk) and run
+# `bash scripts/gpu-check.sh` there, which unpacks .gpu/ when node_modules is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ -d node_modules/onnxruntime-node ]] || { echo "gpu-pack: run npm ci first" >&2; exit 1; }

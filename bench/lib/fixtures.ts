@@ -10,9 +10,9 @@ import { validateWorkflow } from '../../engine/workflow/index.ts';
 import type { ValidWorkflow } from '../../engine/workflow/types.ts';
 import type { NodeDef } from '../../engine/node.ts';
 import { Graph } from '../../models/onnx/graph.ts';
-import { MANIFEST_FILE, writeModelSet, type ModelSetSpec } from '../../models/modelset.ts';
-import { siglipConfigFromJson } from '../../models/siglip.ts';
-import { dinov2ConfigFromJson } from '../../models/dinov2.ts';
+import { ENCODER_IMAGE_SIZE, MANIFEST_FILE, writeModelSet, type ModelSetSpec } from '../../models/modelset.ts';
+import { siglipConfigFromJson, type SiglipConfig } from '../../models/siglip.ts';
+import { dinov2ConfigFromJson, type Dinov2Config } from '../../models/dinov2.ts';
 import { adapterConfigFromJson } from '../../models/adapter.ts';
 import { fluxConfigFromJson, fluxWeightShapes, ipAdapterWeightShapes } from '../../models/flux.ts';
 import { siglipWeightShapes } from '../../models/siglip.ts';
@@ -73,6 +73,75 @@ export function midSpec(seed = 1): ModelSetSpec {
   };
 }
 
+// ---- encoders sized to the machine (section 3) -------------------------------------------------
+
+/** The views an encoder node runs: the whole picture and its four quadrants. */
+const ENCODER_VIEWS = 5;
+
+/**
+ * MatMul FLOPs of one encoder run over the node's 5 views of ENCODER_IMAGE_SIZE px: the Linear
+ * layers (q, k, v, out and the MLP) and attention's QK^T and PV, 2 FLOPs per multiply-add. The
+ * patch embedding, norms and activations are left out, so the real work is larger: a run cannot
+ * take less than these FLOPs at the machine's MatMul peak.
+ */
+export function encoderMatMulFlops(kind: 'siglip' | 'dinov2', cfg: SiglipConfig | Dinov2Config): number {
+  const grid = Math.floor(ENCODER_IMAGE_SIZE / cfg.patchSize);
+  const C = cfg.hiddenSize;
+  let tokens: number;
+  let mlp: number; // multiply-adds of the MLP per token
+  if (kind === 'siglip') {
+    const c = cfg as SiglipConfig;
+    tokens = grid * grid;
+    mlp = 2 * C * c.intermediateSize;
+  } else {
+    const c = cfg as Dinov2Config;
+    tokens = grid * grid + 1; // + CLS
+    const hidden = Math.trunc(C * c.mlpRatio);
+    // SwiGLU: fc [C -> 2F] and out [F -> C] with F = 2/3 of the hidden width rounded up to 8.
+    mlp = c.useSwigluFfn ? 3 * C * (Math.floor((Math.trunc((hidden * 2) / 3) + 7) / 8) * 8) : 2 * C * hidden;
+  }
+  const perLayer = 2 * tokens * (4 * C * C + mlp) + 2 * 2 * tokens * tokens * C; // [T, C] Linears + QK^T, PV
+  return ENCODER_VIEWS * cfg.numLayers * perLayer;
+}
+
+/**
+ * Layers for the mid-size encoders so that each one's MatMul work alone takes at least `minMs` at
+ * `peakGflops` (the machine's measured MatMul peak with the threads the encoders get): a real run
+ * is slower than its MatMuls at peak, so it then takes at least `minMs` on any machine. Never fewer
+ * than the mid set's 8 layers (the shallow outputs 2, 5, 7 need them).
+ */
+export function encoderLayersFor(peakGflops: number, minMs: number): { siglip: number; dinov2: number } {
+  const layers = (kind: 'siglip' | 'dinov2', cfg: SiglipConfig | Dinov2Config): number => {
+    const perLayer = encoderMatMulFlops(kind, { ...cfg, numLayers: 1 });
+    return Math.max(cfg.numLayers, Math.ceil((minMs / 1000) * peakGflops * 1e9 / perLayer));
+  };
+  return { siglip: layers('siglip', MID_SIGLIP), dinov2: layers('dinov2', MID_DINOV2) };
+}
+
+/** The name of the encoder set with these layer counts. */
+export const encoderSetName = (l: { siglip: number; dinov2: number }): string => `bench-enc-${l.siglip}-${l.dinov2}`;
+
+/** The tiny set with the mid-size encoders at these depths (section 3 runs only LoadModels and the encoders). */
+export async function ensureEncoderSet(l: { siglip: number; dinov2: number }, seed = 1): Promise<string> {
+  const name = encoderSetName(l);
+  const siglip = { ...MID_SIGLIP, numLayers: l.siglip };
+  const dinov2 = { ...MID_DINOV2, numLayers: l.dinov2 };
+  const src = (shapes: Record<string, readonly number[]>, salt: number) => memorySource(randomWeights(shapes, seed * 1000 + salt));
+  await once(join(MODELS_ROOT, name), stampOf(['enc', 1, siglip, dinov2, MID_SHALLOW, TINY_ADAPTER, TINY_FLUX, TINY_VAE, TINY_T5, TINY_CLIP]), MANIFEST_FILE, () => {
+    const base = tinySpec(seed);
+    return writeModelSet({
+      ...base,
+      name,
+      siglip: { cfg: siglip, weights: src(siglipWeightShapes(siglip), 1), shallowLayers: MID_SHALLOW },
+      dinov2: { cfg: dinov2, weights: src(dinov2WeightShapes(dinov2), 2), shallowLayers: MID_SHALLOW },
+      // An adapter for these encoder widths keeps the set whole (AdapterFuse does not run in section 3).
+      adapter: { cfg: MID_ADAPTER, weights: src(adapterWeightShapes(MID_ADAPTER), 3) },
+      flux: { cfg: TINY_FLUX, weights: src(fluxWeightShapes(TINY_FLUX), 4), ip: src(ipAdapterWeightShapes(TINY_FLUX, MID_ADAPTER.outputDim), 5) },
+    }, join(MODELS_ROOT, name));
+  });
+  return name;
+}
+
 // ---- generation with a stamp ------------------------------------------------------------------
 
 const stampOf = (what: unknown): string => createHash('sha256').update(JSON.stringify(what)).digest('hex').slice(0, 16);
@@ -90,12 +159,12 @@ async function once(dir: string, stamp: string, complete: string, make: () => Pr
 
 /** The tiny set in MODELS_ROOT/tiny. */
 export async function ensureTinySet(): Promise<boolean> {
-  const stamp = stampOf(['tiny', 1, TINY_SIGLIP, TINY_DINOV2, TINY_ADAPTER, TINY_FLUX, TINY_VAE, TINY_T5, TINY_CLIP]);
+  const stamp = stampOf(['tiny', 2, TINY_SIGLIP, TINY_DINOV2, TINY_ADAPTER, TINY_FLUX, TINY_VAE, TINY_T5, TINY_CLIP]);
   return once(join(MODELS_ROOT, 'tiny'), stamp, MANIFEST_FILE, () => writeModelSet(tinySpec(), join(MODELS_ROOT, 'tiny')));
 }
 
 export async function ensureMidSet(): Promise<boolean> {
-  const stamp = stampOf(['mid', 3, MID_SIGLIP, MID_DINOV2, MID_ADAPTER, MID_FLUX, TINY_VAE, TINY_T5, TINY_CLIP]);
+  const stamp = stampOf(['mid', 4, MID_SIGLIP, MID_DINOV2, MID_ADAPTER, MID_FLUX, TINY_VAE, TINY_T5, TINY_CLIP]);
   return once(join(MODELS_ROOT, MID_SET_NAME), stamp, MANIFEST_FILE, () => writeModelSet(midSpec(), join(MODELS_ROOT, MID_SET_NAME)));
 }
 

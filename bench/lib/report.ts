@@ -31,6 +31,7 @@ export const SECTION_TITLES: Record<number, string> = {
   7: 'Model efficiency',
   8: 'Cold start',
   9: 'Memory',
+  10: 'Sampler options',
 };
 
 /** A figure with a "lower is better" or "higher is better" target. */

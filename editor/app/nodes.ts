@@ -6,9 +6,12 @@ import { type ParamBinding, type WidgetEnv, addParamWidget, wrapText } from './w
 import { paramInfo } from './schema.ts';
 import { inputViewUrl } from './api.ts';
 
-/** Socket types that connect: equal names, or '*' on either side (case matters, unlike litegraph's default). */
+/**
+ * Socket types that connect: equal names, '*' on either side, or an input listing several types
+ * ('CHARACTER,CHARACTERS'); case matters, unlike litegraph's default.
+ */
 export function socketsMatch(output: string, input: string): boolean {
-  return output === '*' || input === '*' || output === input;
+  return output === '*' || input === '*' || output === input || (input.includes(',') && input.split(',').includes(output));
 }
 
 const SOCKET_COLORS: Record<string, string> = {
@@ -16,6 +19,8 @@ const SOCKET_COLORS: Record<string, string> = {
   IMAGE: '#64b5f6',
   VISION_FEATURES: '#4dd0e1',
   CHARACTER: '#f48fb1',
+  CHARACTERS: '#f06292',
+  'CHARACTER,CHARACTERS': '#f48fb1',
   CONDITIONING: '#ffb74d',
   LATENT: '#ef9a9a',
   INT: '#81c784',
@@ -49,6 +54,8 @@ export interface RunView {
   preview?: HTMLImageElement;
   images: { ref: ImageRef; img: HTMLImageElement }[];
   error?: string;
+  /** The node's summary of its outputs (e.g. identity scores), one line per entry. */
+  summary?: string[];
 }
 
 const imageCache = new Map<string, HTMLImageElement>();
@@ -156,6 +163,7 @@ export class CharflowNode extends LGraphNode {
     if (img?.complete && img.naturalWidth) below = this.drawImage(ctx, img, below);
     this.drawRunBadge(ctx);
     if (this.run.state === 'running' && this.run.total) this.drawProgress(ctx);
+    if (this.run.summary?.length && !this.run.error) this.drawSummary(ctx, below);
     if (this.run.error) this.drawError(ctx, below);
   };
 
@@ -249,6 +257,20 @@ export class CharflowNode extends LGraphNode {
     ctx.beginPath();
     ctx.roundRect(x, y, Math.max(5, bw * frac), 5, 2.5);
     ctx.fill();
+  }
+
+  private drawSummary(ctx: CanvasRenderingContext2D, y: number): void {
+    const w = Math.max(this.size[0], 220);
+    const lines = this.run.summary!.slice(0, 12);
+    ctx.font = '12px monospace';
+    ctx.fillStyle = 'rgba(20, 20, 20, 0.9)';
+    ctx.strokeStyle = '#444';
+    ctx.beginPath();
+    ctx.roundRect(0, y, w, lines.length * 15 + 10, 6);
+    ctx.fill();
+    ctx.stroke();
+    ctx.fillStyle = '#ddd';
+    lines.forEach((line, i) => ctx.fillText(line, 8, y + 17 + i * 15));
   }
 
   private drawError(ctx: CanvasRenderingContext2D, y: number): void {

@@ -106,10 +106,10 @@ export class RunView {
         this.host.message(`${node?.title ?? event.nodeId}: step ${event.step}/${event.total}`);
         break;
       case 'node_cached':
-        if (node) node.run = { ...node.run, state: 'cached', images: this.images(event.images) };
+        if (node) node.run = { ...node.run, state: 'cached', images: this.images(event.images), summary: summaryLines(event.summary) };
         break;
       case 'node_finished':
-        if (node) node.run = { ...node.run, state: 'done', ms: event.ms, step: undefined, total: undefined, images: this.images(event.images) };
+        if (node) node.run = { ...node.run, state: 'done', ms: event.ms, step: undefined, total: undefined, images: this.images(event.images), summary: summaryLines(event.summary) };
         break;
       case 'node_failed':
         if (node) {
@@ -143,4 +143,17 @@ export class RunView {
     }
     this.host.ended(runId);
   }
+}
+
+/** Lines for a node's summary: identity scores as "#1 DINO-I 0.912 SigLIP-I 0.874", anything else as JSON. */
+export function summaryLines(summary: Record<string, unknown> | undefined): string[] | undefined {
+  if (!summary) return undefined;
+  const scores = summary.scores;
+  if (Array.isArray(scores)) {
+    return scores.map((s: { dino_i?: number; siglip_i?: number }, i) => {
+      const part = (name: string, v: number | undefined) => (typeof v === 'number' ? ` ${name} ${v.toFixed(3)}` : '');
+      return `#${i + 1}${part('DINO-I', s.dino_i)}${part('SigLIP-I', s.siglip_i)}`;
+    });
+  }
+  return [JSON.stringify(summary).slice(0, 120)];
 }

@@ -9,7 +9,7 @@ import type { NodeDef } from '../../engine/node.ts';
 import type { RunEvent } from '../../engine/executor/events.ts';
 import { validateWorkflow } from '../../engine/workflow/index.ts';
 import type { ValidationError } from '../../engine/workflow/types.ts';
-import { QueueLimitError, type Job, type JobQueue, type JobSummary, type QueueRunner } from '../../engine/queue/index.ts';
+import { QueueLimitError, type Job, type JobDispatcher, type JobQueue, type JobSummary } from '../../engine/queue/index.ts';
 import type { CatalogNode, ClientMessage, QueueItem, ReplyBody, RunEventMessage, ServerMessage } from '../protocol.ts';
 import { parseClientMessage, toEventMessage } from './messages.ts';
 import { StoreError, type WorkflowStore } from './workflows.ts';
@@ -21,7 +21,7 @@ const CLIENT_ID_RE = /^[A-Za-z0-9_-]{8,64}$/;
 
 export interface HubOptions<S> {
   queue: JobQueue;
-  runner: QueueRunner<S>;
+  runner: JobDispatcher;
   registry: ReadonlyMap<string, NodeDef<S>>;
   store: WorkflowStore;
   catalog: () => CatalogNode[];
@@ -68,6 +68,7 @@ export class EditorHub<S> {
   /** Active jobs -> their client id, to tell tabs about runs that vanish (deleted while pending). */
   private readonly active = new Map<string, string | null>();
   private queueTimer: NodeJS.Immediate | undefined;
+  private workersTimer: NodeJS.Immediate | undefined;
   private readonly heartbeat: NodeJS.Timeout;
   private closed = false;
 
@@ -93,6 +94,7 @@ export class EditorHub<S> {
       }),
       o.queue.on('changed', () => this.scheduleQueueChanged()),
       o.runner.on('event', (job, e) => this.onRunEvent(job, e)),
+      o.runner.on('workers_changed', () => this.scheduleWorkers()),
     );
     this.heartbeat = setInterval(() => this.ping(), HEARTBEAT_MS);
     this.heartbeat.unref();
@@ -123,6 +125,7 @@ export class EditorHub<S> {
     });
     this.send(client, { type: 'hello', serverVersion: this.o.serverVersion, clientId: client.clientId });
     this.send(client, { type: 'queue_changed', items: this.queueItems(this.o.queue.active(), client) });
+    if (this.o.runner.kind === 'bullmq') this.send(client, this.workersMessage());
   }
 
   close(): void {
@@ -163,6 +166,20 @@ export class EditorHub<S> {
       const event = previews ? (full ??= toEventMessage(e, true)) : (lean ??= toEventMessage(e, false));
       this.send(c, { type: 'event', runId: job.id, mine: this.mine(c, job), event });
     }
+  }
+
+  private workersMessage(): ServerMessage {
+    return { type: 'workers', items: this.o.runner.workers().map(({ name, device, sets, loaded, current }) => ({ name, device, sets, loaded, current })) };
+  }
+
+  /** Scale-out: the status line's worker list, once per tick however many changes came. */
+  private scheduleWorkers(): void {
+    if (this.workersTimer || this.closed) return;
+    this.workersTimer = setImmediate(() => {
+      this.workersTimer = undefined;
+      const m = this.workersMessage();
+      for (const c of this.clients) this.send(c, m);
+    });
   }
 
   private scheduleQueueChanged(): void {

@@ -100,11 +100,11 @@ export function toEventMessage(e: RunEvent, previews = true): RunEventMessage {
     }
     case 'node_cached': {
       const images = imageRefs(e.outputs);
-      return { type: 'node_cached', nodeId: e.nodeId, ...(images ? { images } : {}) };
+      return { type: 'node_cached', nodeId: e.nodeId, ...(images ? { images } : {}), ...(e.summary ? { summary: e.summary } : {}) };
     }
     case 'node_finished': {
       const images = imageRefs(e.outputs);
-      return { type: 'node_finished', nodeId: e.nodeId, ms: e.ms, ...(images ? { images } : {}) };
+      return { type: 'node_finished', nodeId: e.nodeId, ms: e.ms, ...(images ? { images } : {}), ...(e.summary ? { summary: e.summary } : {}) };
     }
     case 'node_failed':
       return { type: 'node_failed', nodeId: e.nodeId, nodeType: e.nodeType, message: e.message, ...(e.field !== undefined ? { field: e.field } : {}) };

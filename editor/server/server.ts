@@ -11,33 +11,22 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import type { NodeDef } from '../../engine/node.ts';
 import { ensureDirs, type DataPaths } from '../../engine/paths.ts';
 import { DEFAULT_MAX_NODES, userText } from '../../engine/workflow/types.ts';
-import { JobQueue, QueueRunner, type Job, type JobSummary } from '../../engine/queue/index.ts';
+import { JobQueue, QueueRunner, type Job, type JobDispatcher, type JobSummary } from '../../engine/queue/index.ts';
+import { BullmqDispatcher } from '../../engine/queue/bullmq-dispatcher.ts';
+import { redact, timingFromEnv, type BullmqTiming } from '../../engine/queue/bullmq.ts';
 import type { PoolOptions } from '../../engine/runtime/pool.ts';
 import { nodeRegistry } from '../../nodes/registry.ts';
 import { createServices, PACKAGE_ROOT, type Services } from '../../nodes/services.ts';
 import { buildCatalog } from './catalog.ts';
+import type { ServerContext, ServerLimits, ServerPlugin } from './context.ts';
 import { mountComfyApi } from './comfy/index.ts';
 import { EditorHub } from './editor-ws.ts';
 import { FileRequestError, listInputs, resolveView, storeUpload } from './files.ts';
 import { Guard, isLoopbackHost, type Refusal } from './security.ts';
 import { StoreError, WorkflowStore } from './workflows.ts';
+import { inputRefs, modelSetOf, mountWorkerApi } from './workers.ts';
 
-export interface ServerLimits {
-  /** JSON request bodies (default 32 MiB). */
-  jsonBodyBytes: number;
-  /** Image uploads (default 50 MiB). */
-  uploadBytes: number;
-  /** One WebSocket frame (default 32 MiB; larger frames close the connection). */
-  wsMessageBytes: number;
-  /** Nodes per workflow (default 20,000). */
-  maxNodes: number;
-  /** Pending jobs per client (default 100). */
-  maxPendingPerClient: number;
-  /** Open WebSocket connections, all paths together (default 64). */
-  maxConnections: number;
-  /** Finished jobs kept in the history (default 10,000). */
-  keepHistory: number;
-}
+export type { ServerContext, ServerLimits, ServerPlugin } from './context.ts';
 
 export const DEFAULT_LIMITS: ServerLimits = {
   jsonBodyBytes: 32 * 1024 * 1024,
@@ -49,30 +38,6 @@ export const DEFAULT_LIMITS: ServerLimits = {
   keepHistory: 10_000,
 };
 
-/** What a plugin (e.g. the ComfyUI-compatible API) gets to add routes and WebSocket paths. */
-export interface ServerContext {
-  app: express.Express;
-  httpServer: http.Server;
-  paths: DataPaths;
-  registry: ReadonlyMap<string, NodeDef<Services>>;
-  services: Services;
-  queue: JobQueue;
-  runner: QueueRunner<Services>;
-  guard: Guard;
-  limits: ServerLimits;
-  serverVersion: string;
-  log: (message: string) => void;
-  /**
-   * Accepts WebSocket upgrades on `pathname` (query strings allowed), after the Host, token and
-   * Origin checks and the connection limit.
-   */
-  websocket(pathname: string, onConnection: (ws: WebSocket, req: IncomingMessage) => void): void;
-  /** Runs at close(), before the queue closes. */
-  onClose(fn: () => void | Promise<void>): void;
-}
-
-export type ServerPlugin = (ctx: ServerContext) => void | Promise<void>;
-
 export interface ServerOptions {
   paths: DataPaths;
   /** Default 127.0.0.1. Anything not loopback requires a token. */
@@ -83,6 +48,8 @@ export interface ServerOptions {
   token?: string;
   /** For services made here (default 'auto'). */
   device?: PoolOptions['device'];
+  /** For services made here: models loaded at once stay under this (default: CHARFLOW_MEMORY_BUDGET or the device's). */
+  memoryBudgetBytes?: number;
   /** Host services to use (not closed by close()); default: made with createServices. */
   services?: Services;
   registry?: ReadonlyMap<string, NodeDef<Services>>;
@@ -98,6 +65,13 @@ export interface ServerOptions {
   startRunner?: boolean;
   plugins?: readonly ServerPlugin[];
   log?: (message: string) => void;
+  /**
+   * redis:// or rediss:// URL: jobs go on BullMQ and `charflow worker` processes run them
+   * (scale-out). Undefined: this process runs them from the embedded SQLite queue.
+   */
+  queueUrl?: string;
+  /** BullMQ lock and stalled-check timing (default from CHARFLOW_LOCK_DURATION_MS / CHARFLOW_STALLED_INTERVAL_MS). */
+  timing?: BullmqTiming;
 }
 
 export interface RunningServer {
@@ -108,7 +82,10 @@ export interface RunningServer {
   app: express.Express;
   httpServer: http.Server;
   queue: JobQueue;
+  /** The embedded runner (throws in scale-out mode, where `dispatcher` is a BullmqDispatcher). */
   runner: QueueRunner<Services>;
+  /** Whatever runs the jobs: the embedded runner or BullMQ workers. */
+  dispatcher: JobDispatcher;
   services: Services;
   /** Graceful stop: no new jobs, the running one back to pending, connections closed, db closed. */
   close(): Promise<void>;
@@ -206,7 +183,13 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const { paths } = opts;
   await ensureDirs(paths);
   const registry = opts.registry ?? nodeRegistry();
-  const queue = JobQueue.open(paths.database, { maxPendingPerClient: limits.maxPendingPerClient });
+  const queueUrl = opts.queueUrl === '' ? undefined : opts.queueUrl;
+  if (queueUrl !== undefined) {
+    // Before anything is opened: an unreachable Redis is a clear error at start (RedisUnreachableError).
+    for (const w of await BullmqDispatcher.check(queueUrl)) log(`warning: ${w}`);
+  }
+  const timing = opts.timing ?? timingFromEnv(process.env);
+  const queue = JobQueue.open(paths.database, { maxPendingPerClient: limits.maxPendingPerClient, running: queueUrl === undefined ? 'requeue' : 'keep' });
   const rec = queue.recovered;
   if (rec.requeued.length) log(`charflow: ${rec.requeued.length} job(s) interrupted by the last stop will run again`);
   if (rec.cancelled.length) log(`charflow: ${rec.cancelled.length} job(s) being cancelled at the last stop are cancelled`);
@@ -217,7 +200,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   try {
     if (opts.services) services = opts.services;
     else {
-      const owned = await createServices(paths, { device: opts.device ?? 'auto', log });
+      const owned = await createServices(paths, {
+        device: opts.device ?? 'auto',
+        log,
+        ...(opts.memoryBudgetBytes !== undefined ? { memoryBudgetBytes: opts.memoryBudgetBytes } : {}),
+      });
       services = owned;
       ownedClose = () => owned.close();
     }
@@ -226,14 +213,27 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     throw err;
   }
 
-  const runner = new QueueRunner<Services>({
-    queue,
-    registry,
-    services,
-    maxNodes: limits.maxNodes,
-    keepHistory: { maxCount: limits.keepHistory },
-    logger: { info: log, warn: (m) => log(`warning: ${m}`) },
-  });
+  const svc = services;
+  const runner: QueueRunner<Services> | BullmqDispatcher =
+    queueUrl === undefined
+      ? new QueueRunner<Services>({
+          queue,
+          registry,
+          services,
+          maxNodes: limits.maxNodes,
+          keepHistory: { maxCount: limits.keepHistory },
+          logger: { info: log, warn: (m) => log(`warning: ${m}`) },
+        })
+      : new BullmqDispatcher({
+          queue,
+          url: queueUrl,
+          timing,
+          modelSetOf: (wf) => modelSetOf(wf, registry),
+          inputsOf: (wf) => inputRefs(wf, registry, svc),
+          keepHistory: { maxCount: limits.keepHistory },
+          log,
+        });
+  if (queueUrl !== undefined) log(`charflow: jobs go to BullMQ on ${redact(queueUrl)}; start workers with charflow worker`);
   const guard = new Guard({ host, port, token, allowedHosts: opts.allowedHosts });
   const version = serverVersion();
   const store = new WorkflowStore(paths.workflows);
@@ -445,6 +445,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
 
   try {
     mountComfyApi(ctx); // ComfyUI's HTTP and WebSocket API over the same queue (editor/server/comfy)
+    if (runner instanceof BullmqDispatcher) mountWorkerApi(ctx, runner);
     for (const plugin of opts.plugins ?? []) await plugin(ctx);
 
     // Static editor (or placeholder) last, after every API route.
@@ -491,7 +492,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     app,
     httpServer,
     queue,
-    runner,
+    get runner(): QueueRunner<Services> {
+      if (runner instanceof QueueRunner) return runner;
+      throw new Error('this server runs jobs on BullMQ workers; use dispatcher');
+    },
+    dispatcher: runner,
     services,
     close,
   };

@@ -36,6 +36,8 @@ export interface NodeCachedEvent extends NodeEventBase {
   type: 'node_cached';
   /** The cached outputs, for output nodes and requested targets. */
   outputs?: NodeOutputs;
+  /** The node type's summary of its outputs (NodeDef.summary), JSON. */
+  summary?: Record<string, unknown>;
 }
 
 export interface NodeFinishedEvent extends NodeEventBase {
@@ -43,6 +45,8 @@ export interface NodeFinishedEvent extends NodeEventBase {
   ms: number;
   /** The node's outputs, for output nodes and requested targets. */
   outputs?: NodeOutputs;
+  /** The node type's summary of its outputs (NodeDef.summary), JSON. */
+  summary?: Record<string, unknown>;
 }
 
 export interface NodeFailedEvent extends NodeEventBase {

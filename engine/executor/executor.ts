@@ -138,6 +138,8 @@ class Run<S> {
   private readonly state: Uint8Array;
   private readonly remaining: Int32Array; // upstream nodes still to finish
   private readonly consumers: Int32Array; // pending dependants that still need the outputs
+  private readonly used: (readonly number[])[]; // upstream nodes whose outputs a node reads (see NodeDef.unusedInputs)
+  private readonly unused: (ReadonlySet<string> | undefined)[]; // linked inputs a node will not read
   private readonly keys: (string | null | undefined)[]; // undefined: not known yet; null: never cached
   private readonly outputs: (NodeOutputs | undefined)[];
   private readonly outcomes: (NodeOutcome | undefined)[];
@@ -162,6 +164,8 @@ class Run<S> {
     this.remaining = new Int32Array(this.n);
     this.consumers = new Int32Array(this.n);
     this.keys = new Array<string | null | undefined>(this.n);
+    this.used = plan.nodes.map((p) => p.upstream);
+    this.unused = new Array<ReadonlySet<string> | undefined>(this.n);
     this.outputs = new Array<NodeOutputs | undefined>(this.n);
     this.outcomes = new Array<NodeOutcome | undefined>(this.n);
     this.runId = opts.runId ?? randomUUID();
@@ -195,6 +199,7 @@ class Run<S> {
     }
     try {
       const early = await this.computeStaticKeys();
+      await this.preflight(early);
       this.markNeeded();
       const reported: string[] = [];
       for (let i = 0; i < this.n; i++) if (this.state[i] !== St.Unneeded) reported.push(this.plan.nodes[i]!.id);
@@ -261,6 +266,23 @@ class Run<S> {
     return early;
   }
 
+  /** NodeDef.preflight of every node that has one, before anything runs; a failure fails the node as a run would. */
+  private async preflight(early: RunEvent[]): Promise<void> {
+    for (let i = 0; i < this.n; i++) {
+      const p = this.plan.nodes[i]!;
+      if (!p.def.preflight || this.state[i] === St.Skipped || this.state[i] === St.Failed) continue;
+      const upstream = (input: string): Record<string, unknown> | undefined => {
+        const link = p.links.find((l) => l.input === input);
+        return link ? { ...this.plan.nodes[link.from]!.consts } : undefined;
+      };
+      try {
+        await p.def.preflight({ ...p.consts }, this.ex.services, upstream);
+      } catch (err) {
+        this.fail(i, err, early);
+      }
+    }
+  }
+
   /** Walks back from the targets: cached nodes need nothing upstream; the rest need all upstream. */
   private markNeeded(): void {
     const wanted = new Uint8Array(this.n);
@@ -281,15 +303,28 @@ class Run<S> {
         this.outcomes[i] = { status: 'cached' };
         continue;
       }
-      for (const u of this.plan.nodes[i]!.upstream) wanted[u] = 1;
+      this.dropUnusedInputs(i);
+      for (const u of this.used[i]!) wanted[u] = 1;
     }
     for (let i = 0; i < this.n; i++) {
       if (this.state[i] !== St.Pending) continue;
-      for (const u of this.plan.nodes[i]!.upstream) {
+      for (const u of this.used[i]!) {
         if (this.state[u] === St.Pending) this.remaining[i]++;
         this.consumers[u]++;
       }
     }
+  }
+
+  /** Applies NodeDef.unusedInputs to a node about to run: its upstream for scheduling, with a warning per input left out. */
+  private dropUnusedInputs(i: number): void {
+    const p = this.plan.nodes[i]!;
+    if (!p.def.unusedInputs) return;
+    const reasons = p.def.unusedInputs({ ...p.consts });
+    const names = new Set(Object.keys(reasons).filter((k) => p.links.some((l) => l.input === k)));
+    if (!names.size) return;
+    for (const k of names) this.ex.logger.warn(`${nodeLabel(p.id, p.type)}: input "${k}" is connected but not used: ${reasons[k]}`);
+    this.unused[i] = names;
+    this.used[i] = [...new Set(p.links.filter((l) => !names.has(l.input)).map((l) => l.from))];
   }
 
   // ---- scheduling -------------------------------------------------------------------------
@@ -316,7 +351,7 @@ class Run<S> {
     const st = this.state[i];
     if (st === St.Done || st === St.Cached) {
       for (const d of this.plan.nodes[i]!.dependants) {
-        if (this.state[d] === St.Pending && --this.remaining[d]! === 0) this.heap.push(d);
+        if (this.state[d] === St.Pending && this.used[d]!.includes(i) && --this.remaining[d]! === 0) this.heap.push(d);
       }
     }
     this.release(i);
@@ -325,7 +360,7 @@ class Run<S> {
 
   /** Drops run-local references to upstream outputs nobody else will read (the cache keeps its own). */
   private release(i: number): void {
-    for (const u of this.plan.nodes[i]!.upstream) {
+    for (const u of this.used[i]!) {
       if (--this.consumers[u]! === 0 && !this.plan.nodes[u]!.target) this.outputs[u] = undefined;
     }
   }
@@ -333,7 +368,7 @@ class Run<S> {
   private inputsOf(i: number): Record<string, unknown> {
     const p = this.plan.nodes[i]!;
     const inputs: Record<string, unknown> = { ...p.consts };
-    for (const l of p.links) inputs[l.input] = this.outputs[l.from]![l.output];
+    for (const l of p.links) if (!this.unused[i]?.has(l.input)) inputs[l.input] = this.outputs[l.from]![l.output];
     return inputs;
   }
 
@@ -398,6 +433,7 @@ class Run<S> {
       nodeType: p.type,
       ms,
       ...(p.def.output || p.target ? { outputs: out } : {}),
+      ...summaryOf(p.def, out),
     });
   }
 
@@ -435,6 +471,7 @@ class Run<S> {
       nodeId: p.id,
       nodeType: p.type,
       ...(p.def.output || p.target ? { outputs: this.outputs[i] } : {}),
+      ...summaryOf(p.def, this.outputs[i]),
     });
   }
 
@@ -518,4 +555,15 @@ function sizeOfOutputs<S>(def: NodeDef<S>, out: NodeOutputs): number {
   let size = 0;
   for (const k in out) size += def.sizeOf ? def.sizeOf(out[k]) : estimateSize(out[k]);
   return size;
+}
+
+/** The node type's summary of its outputs for the events; a failing summary is left out, not fatal. */
+function summaryOf<S>(def: NodeDef<S>, out: NodeOutputs | undefined): { summary?: Record<string, unknown> } {
+  if (!def.summary || !out) return {};
+  try {
+    const summary = def.summary(out);
+    return summary ? { summary } : {};
+  } catch {
+    return {};
+  }
 }

@@ -14,3 +14,4 @@ export {
 } from './queue.ts';
 export { imagesOf, QueueRunner, type RunnerEvents, type RunnerOptions } from './runner.ts';
 export { Emitter, type EventMap, type Listener } from './emitter.ts';
+export type { FreeResult, JobDispatcher, WorkerInfo } from './dispatcher.ts';

@@ -19,7 +19,7 @@ import {
 } from './types.ts';
 
 /** Bumped when the table layout changes; older files are migrated in open(). */
-const SCHEMA_VERSION = 1;
+const SCHEMA_VERSION = 2;
 /** 'cflq' in PRAGMA application_id marks the file as a charflow queue. */
 const APPLICATION_ID = 0x63666c71;
 
@@ -62,6 +62,12 @@ export interface QueueOptions {
   busyTimeoutMs?: number;
   /** Where listener errors go (default console.error). */
   onListenerError?: (err: unknown) => void;
+  /**
+   * What open() does with jobs a previous process left running. 'requeue' (default): this process
+   * runs them, so they go back to pending. 'keep': remote workers run them (BullMQ), and the
+   * dispatcher asks the shared queue what became of them.
+   */
+  running?: 'requeue' | 'keep';
 }
 
 /** What open() did to jobs that a previous process left running. */
@@ -107,10 +113,11 @@ interface Row {
   created_at: number;
   started_at: number | null;
   finished_at: number | null;
+  worker: string | null;
 }
 
-const SUMMARY_COLUMNS = 'id, number, client_id, source, status, created_at, started_at';
-type SummaryRow = Pick<Row, 'id' | 'number' | 'client_id' | 'source' | 'status' | 'created_at' | 'started_at'>;
+const SUMMARY_COLUMNS = 'id, number, client_id, source, status, created_at, started_at, worker';
+type SummaryRow = Pick<Row, 'id' | 'number' | 'client_id' | 'source' | 'status' | 'created_at' | 'started_at' | 'worker'>;
 
 const SCHEMA = `
 CREATE TABLE jobs (
@@ -131,7 +138,8 @@ CREATE TABLE jobs (
   attempts INTEGER NOT NULL DEFAULT 0,
   created_at INTEGER NOT NULL,
   started_at INTEGER,
-  finished_at INTEGER
+  finished_at INTEGER,
+  worker TEXT
 );
 CREATE INDEX jobs_queue ON jobs (status, sort, number);
 CREATE INDEX jobs_client ON jobs (client_id, status);
@@ -193,6 +201,7 @@ function toJob(row: Row): Job {
     createdAt: row.created_at,
     startedAt: row.started_at,
     finishedAt: row.finished_at,
+    worker: row.worker ?? null,
   };
 }
 
@@ -205,6 +214,7 @@ function toSummary(row: SummaryRow): JobSummary {
     status: row.status as JobStatus,
     createdAt: row.created_at,
     startedAt: row.started_at,
+    worker: row.worker ?? null,
   };
 }
 
@@ -260,7 +270,8 @@ export class JobQueue extends Emitter<QueueEvents> {
     this.db = db;
     this.maxPerClient = checkCount('maxPendingPerClient', opts.maxPendingPerClient, DEFAULT_MAX_PENDING_PER_CLIENT);
     this.maxPending = checkCount('maxPending', opts.maxPending, DEFAULT_MAX_PENDING);
-    this.recovered = this.recover(checkCount('maxAttempts', opts.maxAttempts, DEFAULT_MAX_ATTEMPTS));
+    const maxAttempts = checkCount('maxAttempts', opts.maxAttempts, DEFAULT_MAX_ATTEMPTS);
+    this.recovered = opts.running === 'keep' ? { requeued: [], cancelled: [], failed: [] } : this.recover(maxAttempts);
   }
 
   get file(): string {
@@ -532,13 +543,34 @@ export class JobQueue extends Emitter<QueueEvents> {
     return job;
   }
 
+  /**
+   * A remote worker started (or, after a stall, restarted) a pending or running job: it becomes
+   * running on `worker`, its outputs and log from an earlier attempt are dropped.
+   * Returns undefined when the job is finished or unknown (nothing changes then).
+   */
+  markStarted(id: string, worker: string): Job | undefined {
+    this.assertOpen();
+    const info = this.db
+      .prepare(
+        `UPDATE jobs SET status = 'running', started_at = ?, attempts = attempts + 1, worker = ?,
+           outputs = '{}', nodes = '{}', messages = '[]', error = NULL
+         WHERE id = ? AND status IN ('pending', 'running')`,
+      )
+      .run(Date.now(), worker, id);
+    if (info.changes === 0) return undefined;
+    const job = this.get(id)!;
+    this.emit('started', job);
+    this.emit('changed');
+    return job;
+  }
+
   /** Records the end of a running job; returns it as stored. */
-  finish(id: string, result: JobResult): Job {
+  finish(id: string, result: JobResult, opts: { fromPending?: boolean } = {}): Job {
     this.assertOpen();
     const info = this.db
       .prepare(
         `UPDATE jobs SET status = ?, outputs = ?, nodes = ?, messages = ?, error = ?, finished_at = ?
-         WHERE id = ? AND status = 'running'`,
+         WHERE id = ? AND (status = 'running'${opts.fromPending ? " OR status = 'pending'" : ''})`,
       )
       .run(
         result.status,
@@ -596,7 +628,7 @@ function migrate(db: Database.Database, file: string): void {
   if (version === SCHEMA_VERSION) return;
   db.transaction(() => {
     if (version === 0) db.exec(SCHEMA);
-    // Future versions: `if (version < 2) db.exec(...)`.
+    else if (version < 2) db.exec('ALTER TABLE jobs ADD COLUMN worker TEXT');
     db.pragma(`application_id = ${APPLICATION_ID}`);
     db.pragma(`user_version = ${SCHEMA_VERSION}`);
   })();

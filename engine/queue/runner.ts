@@ -5,6 +5,7 @@ import type { Logger, NodeDef, NodeOutputs } from '../node.ts';
 import { Executor, type RunEvent, type RunResult } from '../executor/index.ts';
 import { validateWorkflow, WorkflowError } from '../workflow/index.ts';
 import { Emitter } from './emitter.ts';
+import type { FreeResult, JobDispatcher, RunnerEvents, WorkerInfo } from './dispatcher.ts';
 import type { JobQueue } from './queue.ts';
 import type { Job, JobImage, JobMessage, JobNodeOutput, JobResult, PruneOptions } from './types.ts';
 
@@ -28,20 +29,7 @@ export interface RunnerOptions<S> {
   keepHistory?: PruneOptions;
 }
 
-export type RunnerEvents = {
-  /** The runner took the job; run events follow. */
-  job_started: [job: Job];
-  /** An executor event of the job (runId === job.id). Synchronous: do not block. */
-  event: [job: Job, event: RunEvent];
-  /** The job reached a final status; `job` is the stored history entry. */
-  job_finished: [job: Job];
-  /** A graceful stop put the running job back to pending. */
-  job_requeued: [job: Job];
-  /** Nothing left to run (or paused). */
-  idle: [];
-  /** The queue database failed; the runner stops taking jobs. */
-  error: [err: Error];
-};
+export type { RunnerEvents } from './dispatcher.ts';
 
 interface Current {
   job: Job;
@@ -64,7 +52,7 @@ export function imagesOf(outputs: NodeOutputs | undefined): JobImage[] | undefin
 }
 
 /** Collects what a job keeps in its history: per-node outputs (JSON) and the event log. */
-class Recorder {
+export class Recorder {
   readonly outputs: Record<string, JobNodeOutput> = {};
   readonly messages: JobMessage[] = [];
   ended = false;
@@ -91,8 +79,15 @@ function message(err: unknown): string {
   return err instanceof Error ? err.message || err.name : String(err);
 }
 
-export class QueueRunner<S> extends Emitter<RunnerEvents> {
+/** Pool-like services (the host's Services) that /free can unload; other hosts may have none. */
+interface Unloadable {
+  pool?: { stats(): { loaded: string[] }; unload(path: string): Promise<unknown> };
+}
+
+export class QueueRunner<S> extends Emitter<RunnerEvents> implements JobDispatcher {
+  readonly kind = 'embedded' as const;
   readonly queue: JobQueue;
+  private readonly services: S;
   readonly executor: Executor<S>;
   private readonly maxNodes: number | undefined;
   private readonly keepHistory: PruneOptions | undefined;
@@ -108,6 +103,7 @@ export class QueueRunner<S> extends Emitter<RunnerEvents> {
   constructor(opts: RunnerOptions<S>) {
     super();
     this.queue = opts.queue;
+    this.services = opts.services;
     this.logger = opts.logger ?? { info: (m) => console.error(m), warn: (m) => console.error(`warning: ${m}`) };
     this.executor =
       opts.executor ??
@@ -127,6 +123,27 @@ export class QueueRunner<S> extends Emitter<RunnerEvents> {
         if (this.current?.job.id === job.id) this.current.controller.abort(new Error('cancelled'));
       }),
     );
+  }
+
+  runningJobs(): Job[] {
+    return this.current ? [this.current.job] : [];
+  }
+
+  workers(): WorkerInfo[] {
+    return [];
+  }
+
+  async free(opts: { unloadModels: boolean; clearCache: boolean }): Promise<FreeResult> {
+    let unloadedModels = 0;
+    const pool = (this.services as Unloadable | undefined)?.pool;
+    if (opts.unloadModels && pool) {
+      // A model in use finishes its runs first; the next run loads it again.
+      const loaded = pool.stats().loaded;
+      await Promise.all(loaded.map((p) => pool.unload(p)));
+      unloadedModels = loaded.length;
+    }
+    if (opts.clearCache) this.executor.cache.clear();
+    return { unloadedModels, cacheCleared: opts.clearCache };
   }
 
   /** The job being run, if any. */

@@ -60,10 +60,12 @@ export interface Job {
   createdAt: number;
   startedAt: number | null;
   finishedAt: number | null;
+  /** The worker that ran it (scale-out mode); null when it ran in the server's own runner. */
+  worker: string | null;
 }
 
 /** A job without its heavy JSON parts, for queue listings that go to every client. */
-export type JobSummary = Pick<Job, 'id' | 'number' | 'clientId' | 'source' | 'status' | 'createdAt' | 'startedAt'>;
+export type JobSummary = Pick<Job, 'id' | 'number' | 'clientId' | 'source' | 'status' | 'createdAt' | 'startedAt' | 'worker'>;
 
 export interface EnqueueRequest {
   /** A caller-chosen job id (ComfyUI's client-chosen prompt_id); default a random UUID. Must be unused. */

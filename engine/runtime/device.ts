@@ -8,6 +8,7 @@ import { execFile } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { WorkerClient } from './client.ts';
+import { cudaProviderDir, linkCudaProvider } from './cuda-provider.ts';
 import type { Device, DeviceRequest, ProbeOutcome } from './protocol.ts';
 
 export type { Device, DeviceRequest };
@@ -59,8 +60,8 @@ export function unavailableMessage(o: ProbeOutcome): string {
   switch (o.device) {
     case 'cuda':
       if (o.providerFilesMissing) {
-        return `CUDA was requested but onnxruntime-node has no CUDA provider here: run scripts/install-cuda.sh `
-          + `to install the CUDA 12 provider libraries next to onnxruntime-node (${reason})`;
+        return `CUDA was requested but onnxruntime-node has no CUDA provider here: run scripts/install-cuda.sh once `
+          + `to install the CUDA 12 provider libraries into ${cudaProviderDir()} (kept across npm ci) (${reason})`;
       }
       return `CUDA was requested but a trial session on the CUDA provider failed: ${reason}. `
         + 'Check the NVIDIA driver and the CUDA 12 / cuDNN 9 libraries (scripts/install-cuda.sh installs the provider)';
@@ -81,6 +82,8 @@ export interface ResolvedDevice {
   device: Device;
   /** Set where the device cannot run float16 graphs: why (a WebGPU adapter without shader-f16). */
   noFloat16?: string;
+  /** Set where the device cannot run quantized (MatMulNBits) graphs: why. */
+  noMatMulNBits?: string;
 }
 
 export async function resolveDevice(requested: DeviceRequest, log: (msg: string) => void, host?: WorkerClient): Promise<ResolvedDevice> {
@@ -97,12 +100,19 @@ export async function resolveDevice(requested: DeviceRequest, log: (msg: string)
         }
         log(`runtime: WebGPU was requested with ${SOFTWARE_VULKAN}; expect it to be slower than --device cpu`);
       }
+      if (device === 'cuda') {
+        // After a reinstall of node_modules: the provider installed once is linked back, no download.
+        const link = linkCudaProvider();
+        if (link.linked.length) log(`runtime: linked the CUDA provider from ${cudaProviderDir()} into onnxruntime-node (${link.linked.join(', ')})`);
+        else if (link.problem && requested === 'cuda') log(`runtime: ${link.problem}`);
+      }
       const outcome = await probeWith(lazyWorker, device);
       if (outcome.ok) {
         const why = skipped.length ? ` (skipped ${skipped.join('; ')})` : '';
         log(`runtime device: ${device}${requested === 'auto' ? ', chosen by auto' : ''}${why}`);
         if (outcome.noFloat16) log(`runtime: ${device} cannot run float16 models here (${outcome.noFloat16}); float32 model sets only`);
-        return { device, noFloat16: outcome.noFloat16 };
+        if (outcome.noMatMulNBits) log(`runtime: ${device} cannot run int8/int4 models here (${outcome.noMatMulNBits}); float model sets only`);
+        return { device, noFloat16: outcome.noFloat16, noMatMulNBits: outcome.noMatMulNBits };
       }
       if (requested !== 'auto') throw new DeviceUnavailableError(unavailableMessage(outcome));
       skipped.push(`${device}: ${outcome.reason ?? 'unavailable'}`);

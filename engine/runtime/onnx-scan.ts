@@ -17,6 +17,13 @@ export interface ModelScan {
   bytes: number;
   /** Bytes of the float16 initializers (the CPU provider widens most of them to float32). */
   halfBytes: number;
+  /**
+   * Bytes of the uint8 initializers: MatMulNBits' packed 4/8-bit weights and zero points. They are
+   * counted as they are on disk (included in `bytes`): ORT keeps them packed, never widened to float32.
+   */
+  packedBytes: number;
+  /** Imports ONNX Runtime's com.microsoft domain (MatMulNBits): devices without those kernels refuse it. */
+  contribOps: boolean;
   /** Identity of the files on disk (path, sizes, mtimes): changes when the model is rebuilt. */
   fingerprint: string;
 }
@@ -119,9 +126,10 @@ async function valueInfoName(r: FileReader, f: Field): Promise<string> {
 }
 
 const TENSOR_FLOAT16 = 10;
+const TENSOR_UINT8 = 2;
 
 /** TensorProto: name (8), dims (1), data_type (2) and the 'location' entry of external_data (13: key 1, value 2). */
-async function initializerInfo(r: FileReader, f: Field): Promise<{ name: string; location?: string; halfBytes: number }> {
+async function initializerInfo(r: FileReader, f: Field): Promise<{ name: string; location?: string; halfBytes: number; packedBytes: number }> {
   let name = '';
   let location: string | undefined;
   let dataType = 0;
@@ -149,7 +157,7 @@ async function initializerInfo(r: FileReader, f: Field): Promise<{ name: string;
       if (key === 'location') location = value;
     }
   }
-  return { name, location, halfBytes: dataType === TENSOR_FLOAT16 ? elements * 2 : 0 };
+  return { name, location, halfBytes: dataType === TENSOR_FLOAT16 ? elements * 2 : 0, packedBytes: dataType === TENSOR_UINT8 ? elements : 0 };
 }
 
 /** Scans a model file. Throws ModelFileError (naming the path) for missing or malformed files. */
@@ -172,9 +180,17 @@ export async function scanModel(modelPath: string): Promise<ModelScan> {
     const initializers = new Set<string>();
     const locations = new Set<string>();
     let halfBytes = 0;
+    let packedBytes = 0;
+    let contribOps = false;
     let sawGraph = false;
     try {
       for await (const f of fields(r, 0, st.size)) {
+        if (f.field === 8 && f.wire === WIRE_BYTES) { // ModelProto.opset_import: OperatorSetIdProto.domain (1)
+          for await (const o of fields(r, f.start, f.start + f.value)) {
+            if (o.field === 1 && o.wire === WIRE_BYTES && (await r.string(o.start, o.value)) === 'com.microsoft') contribOps = true;
+          }
+          continue;
+        }
         if (f.field !== 7 || f.wire !== WIRE_BYTES) continue; // ModelProto.graph
         sawGraph = true;
         for await (const g of fields(r, f.start, f.start + f.value)) {
@@ -183,6 +199,7 @@ export async function scanModel(modelPath: string): Promise<ModelScan> {
             const info = await initializerInfo(r, g);
             initializers.add(info.name);
             halfBytes += info.halfBytes;
+            packedBytes += info.packedBytes;
             if (info.location) locations.add(info.location);
           } else if (g.field === 11) inputs.push(await valueInfoName(r, g));
           else if (g.field === 12) outputNames.push(await valueInfoName(r, g));
@@ -211,6 +228,8 @@ export async function scanModel(modelPath: string): Promise<ModelScan> {
       externalFiles,
       bytes,
       halfBytes,
+      packedBytes,
+      contribOps,
       fingerprint: ids.join('|'),
     };
   } finally {

@@ -149,6 +149,8 @@ export class SessionPool {
     readonly device: Device,
     /** Why this device cannot run float16 graphs; undefined where it can. */
     private readonly noFloat16: string | undefined,
+    /** Why this device cannot run quantized (MatMulNBits) graphs; undefined where it can. */
+    private readonly noMatMulNBits: string | undefined,
     readonly budgetBytes: number,
     readonly intraOpThreads: number,
     private readonly cacheDir: string | undefined,
@@ -180,12 +182,12 @@ export class SessionPool {
     // The spare worker runs the device probe (when one is needed), then waits for the first model.
     const spare = keepSpare ? new WorkerClient('spare runtime worker') : undefined;
     try {
-      const { device, noFloat16 } = await resolveDevice(opts.device ?? 'auto', log, spare);
+      const { device, noFloat16, noMatMulNBits } = await resolveDevice(opts.device ?? 'auto', log, spare);
       const budget = opts.memoryBudgetBytes ?? await defaultMemoryBudget(device, log);
       log(`runtime: ${threads} intra-op thread(s) per session, memory budget ${fmtBytes(budget)}`
         + (opts.cacheDir ? `, optimised-model cache in ${opts.cacheDir}` : ''));
       const cacheDir = opts.cacheDir ? resolve(opts.cacheDir) : undefined;
-      return new SessionPool(device, noFloat16, budget, threads, cacheDir, opts.cacheMaxBytes ?? Infinity, keepSpare, log, spare);
+      return new SessionPool(device, noFloat16, noMatMulNBits, budget, threads, cacheDir, opts.cacheMaxBytes ?? Infinity, keepSpare, log, spare);
     } catch (e) {
       await spare?.terminate();
       throw e;
@@ -322,6 +324,10 @@ export class SessionPool {
   private async loadEntry(e: Entry): Promise<void> {
     try {
       const scan = await this.scan(e.path);
+      if (scan.contribOps && this.noMatMulNBits) {
+        throw new ModelFileError(`model ${e.path} has int8/int4 weights (ONNX Runtime MatMulNBits), which the ${this.device} device here cannot run `
+          + `(${this.noMatMulNBits}): convert a float set (charflow models convert --weights fp16) or run on --device cpu`);
+      }
       if (scan.halfBytes > 0 && this.noFloat16) {
         throw new ModelFileError(`model ${e.path} has float16 weights, which the ${this.device} device here cannot run `
           + `(${this.noFloat16}): use a float32 model set (charflow models convert --dtype fp32) or another --device`);

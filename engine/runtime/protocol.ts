@@ -17,6 +17,11 @@ export interface ProbeOutcome {
    * Absent where they can; the CPU and CUDA providers always run them.
    */
   noFloat16?: string;
+  /**
+   * WebGPU only, when ok: why quantized graphs (com.microsoft MatMulNBits, int8/int4 sets) cannot run
+   * (a trial MatMulNBits failed or gave wrong values). Absent where they can.
+   */
+  noMatMulNBits?: string;
 }
 
 export interface SessionConfig {

@@ -7,6 +7,7 @@ import { basename, dirname, join } from 'node:path';
 import { parentPort, threadId } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import { Graph } from '../../models/onnx/graph.ts';
+import { quantizeRows } from '../../models/quant/quantize.ts';
 import { fromOrt, toOrt } from '../../models/onnx/ort.ts';
 import { type Tensor, float16ToFloat32, float32ToFloat16 } from '../../models/tensor.ts';
 import {
@@ -99,12 +100,43 @@ async function probeOne(device: Device, model: Uint8Array): Promise<ProbeOutcome
   }
   if (device !== 'webgpu') return { device, ok: true };
   // WebGPU runs float16 only where the adapter has the shader-f16 feature (not every GPU or driver).
+  let noFloat16: string | undefined;
   try {
     const r = await trialRun(device, probeModel('float16'), 'float16');
-    return r.good ? { device, ok: true } : { device, ok: true, noFloat16: `a float16 trial run gave wrong values [${r.got}]` };
+    if (!r.good) noFloat16 = `a float16 trial run gave wrong values [${r.got}]`;
   } catch (e) {
-    return { device, ok: true, noFloat16: ortReason(e) };
+    noFloat16 = ortReason(e);
   }
+  // Quantized sets need the com.microsoft MatMulNBits kernel; a provider without it would fall back to the
+  // CPU op by op, or fail at load: find out once, on a 4-bit trial.
+  let noMatMulNBits: string | undefined;
+  try {
+    const r = await trialRun(device, nbitsProbeModel(), 'float32');
+    if (!r.good) noMatMulNBits = `a MatMulNBits trial run gave wrong values [${r.got}]`;
+  } catch (e) {
+    noMatMulNBits = ortReason(e);
+  }
+  return { device, ok: true, ...(noFloat16 ? { noFloat16 } : {}), ...(noMatMulNBits ? { noMatMulNBits } : {}) };
+}
+
+/**
+ * y = x + [1, 2, 3, 4] through a 4-bit MatMulNBits, in exact integers: x (ones [1, 4]) tiled to [1, 16]
+ * times weight rows n = [15, n + 1, 0, ...] (scale 1, zero point 0: every code exact) gives 16 + n;
+ * minus 15, plus x: [2, 3, 4, 5], what trialRun checks.
+ */
+function nbitsProbeModel(): Uint8Array {
+  const K = 16;
+  const rows = new Float32Array(4 * K);
+  for (let n = 0; n < 4; n++) {
+    rows[n * K] = 15;
+    rows[n * K + 1] = n + 1;
+  }
+  const g = new Graph({ name: 'device_probe_nbits', quant: { bits: 4, block: 16, accuracyLevel: 0 } });
+  const x = g.input('x', 'float32', [1, 4]);
+  const wide = g.node('Tile', [x, g.ints([1, 4])]); // [1, 16]
+  const y = g.matMulNBits(wide, 'w', quantizeRows(rows, 4, K, { bits: 4, block: 16 })); // [1, 4] = 16 + n
+  g.output(g.node('Add', [g.node('Sub', [y, g.scalar(15)]), x]), 'y', 'float32', [1, 4]);
+  return g.toBytes();
 }
 
 async function probe(req: RequestOf<'probe'>): Promise<ProbeOutcome[]> {

@@ -115,8 +115,9 @@ function inputSocket<S>(def: NodeDef<S>, name: string): string | undefined {
   return param ? PARAM_SOCKET[param.type] : undefined;
 }
 
+/** Equal names, '*' on either side, or an input that lists several types ('CHARACTER,CHARACTERS'). */
 export function socketsMatch(output: string, input: string): boolean {
-  return output === input || output === '*' || input === '*';
+  return output === input || output === '*' || input === '*' || (input.includes(',') && input.split(',').includes(output));
 }
 
 function isConstant(v: unknown): v is string | number | boolean {

@@ -12,7 +12,7 @@ import { siglipWeightShapes } from '../siglip.ts';
 import { dinov2WeightShapes } from '../dinov2.ts';
 import { adapterWeightShapes } from '../adapter.ts';
 import { fluxWeightShapes, ipAdapterWeightShapes } from '../flux.ts';
-import { vaeWeightShapes } from '../vae.ts';
+import { vaeEncoderWeightShapes, vaeWeightShapes } from '../vae.ts';
 import { T5_FLUX_SEQ_LEN, t5WeightShapes } from '../t5.ts';
 import { clipWeightShapes } from '../clip.ts';
 import type { WeightSource } from '../weights/source.ts';
@@ -22,6 +22,7 @@ import {
 import { type CheckpointPaths, type OpenedCheckpoints, openCheckpoints } from './layouts.ts';
 import { type LoraSpec, mergeLoras } from './lora.ts';
 import { trackedSource } from './views.ts';
+import { type ComponentFormat, type WeightFormat, resolveFormats } from '../quant/formats.ts';
 
 export const STATE_FILE = 'convert-state.json';
 /** Bumped when the converter's output for the same inputs changes, so old components are rebuilt. */
@@ -31,13 +32,14 @@ const SIGLIP_SHALLOW = [7, 13, 26];
 const DINOV2_SHALLOW = [9, 19, 29];
 const CLIP_SEQ_LEN = 77;
 
-export const COMPONENTS: readonly ComponentName[] = ['siglip', 'dinov2', 'adapter_static', 'adapter_time', 'flux', 'vae', 't5', 'clip'];
+export const COMPONENTS: readonly ComponentName[] = ['siglip', 'dinov2', 'adapter_static', 'adapter_time', 'flux', 'vae', 'vae_encoder', 't5', 'clip'];
 
 /**
- * Components a float16 conversion keeps in float32 unless told otherwise: the VAE decoder overflows half
- * precision at high resolutions, and at ~50 M weights float32 costs only ~100 MB more.
+ * Components a float16 conversion keeps in float32 unless told otherwise: the VAE overflows half precision
+ * at high resolutions (diffusers' force_upcast covers encode and decode), and at ~50 M (decoder) and ~34 M
+ * (encoder) weights float32 costs little.
  */
-export const DEFAULT_FP32: readonly ComponentName[] = ['vae'];
+export const DEFAULT_FP32: readonly ComponentName[] = ['vae', 'vae_encoder'];
 
 /** The precision of each component: `dtype`, except the `fp32` ones when `dtype` is float16. */
 export function componentDtypes(dtype: GraphDType, fp32: readonly ComponentName[] = DEFAULT_FP32): Record<ComponentName, GraphDType> {
@@ -51,6 +53,14 @@ export interface ConvertOptions extends CheckpointPaths {
   dtype: GraphDType;
   /** With dtype float16: the components kept in float32 (default DEFAULT_FP32; [] for all float16). */
   fp32?: readonly ComponentName[];
+  /**
+   * Weight format of every component (overrides `dtype`): int8 / int4 write Linears as MatMulNBits
+   * (block-wise, `block` values per block); `formats` sets single components (e.g. t5: 'int8').
+   */
+  weights?: WeightFormat;
+  formats?: Partial<Record<ComponentName, WeightFormat>>;
+  block?: number;
+  symmetric?: boolean;
   loras?: readonly LoraSpec[];
   /** Sequence lengths the text graphs are built for (FLUX: 512 and 77). */
   t5SeqLen?: number;
@@ -128,9 +138,14 @@ function fingerprint(parts: unknown): string {
 /** What each component is made from. */
 function fingerprints(
   ck: OpenedCheckpoints, opts: ConvertOptions, dtypes: Record<ComponentName, GraphDType>, t5SeqLen: number, clipSeqLen: number,
+  formats?: Record<ComponentName, ComponentFormat>,
 ): Record<ComponentName, string> {
-  // Each component's own dtype (same key and order as when a set had one dtype, so those sets still resume).
-  const base = (c: ComponentName) => ({ v: CONVERTER_VERSION, dtype: dtypes[c] });
+  // Each component's own dtype (same key and order as when a set had one dtype, so those sets still resume);
+  // quantized components add their format.
+  const base = (c: ComponentName) => {
+    const q = formats?.[c]?.quant;
+    return q ? { v: CONVERTER_VERSION, dtype: dtypes[c], quant: [q.bits, q.block, Boolean(q.symmetric)] } : { v: CONVERTER_VERSION, dtype: dtypes[c] };
+  };
   const stamps = (files: string[]) => files.map(fileStamp);
   const adapter = (c: ComponentName) => ({ ...base(c), files: stamps(ck.adapter.files), cfg: ck.adapter.cfg });
   return {
@@ -143,6 +158,7 @@ function fingerprints(
       loras: (opts.loras ?? []).map((l) => [...fileStamp(l.path), l.weight]),
     }),
     vae: fingerprint({ ...base('vae'), c: 'vae', files: stamps(ck.vae.files), cfg: ck.vae.cfg }),
+    vae_encoder: fingerprint({ ...base('vae_encoder'), c: 'vae_encoder', files: stamps(ck.vae.files), cfg: ck.vae.cfg }),
     t5: fingerprint({ ...base('t5'), c: 't5', files: stamps(ck.t5.files), cfg: ck.t5.cfg, seqLen: t5SeqLen }),
     clip: fingerprint({ ...base('clip'), c: 'clip', files: stamps(ck.clip.files), cfg: ck.clip.cfg, seqLen: clipSeqLen }),
   };
@@ -158,6 +174,7 @@ function parameterCounts(ck: OpenedCheckpoints, ipDim: number): Record<Component
     adapter_time: part(true),
     flux: countParameters(fluxWeightShapes(ck.flux.cfg)) + countParameters(ipAdapterWeightShapes(ck.flux.cfg, ipDim)),
     vae: countParameters(vaeWeightShapes(ck.vae.cfg)),
+    vae_encoder: countParameters(vaeEncoderWeightShapes(ck.vae.cfg)),
     t5: countParameters(t5WeightShapes(ck.t5.cfg)),
     clip: countParameters(clipWeightShapes(ck.clip.cfg)),
   };
@@ -188,13 +205,25 @@ export async function convertCheckpoints(opts: ConvertOptions): Promise<ConvertR
     }
     const ipDim = ck.ip.shape('0.to_k_ip.weight')?.[1] ?? ck.adapter.cfg.outputDim;
     const parameters = parameterCounts(ck, ipDim);
-    const dtypes = componentDtypes(opts.dtype, opts.fp32);
-    const prints = fingerprints(ck, opts, dtypes, t5SeqLen, clipSeqLen);
+    const formats = opts.weights || opts.formats
+      ? resolveFormats(COMPONENTS, {
+        base: opts.weights ?? (opts.dtype === 'float16' ? 'fp16' : 'fp32'), overrides: opts.formats, fp32: opts.fp32 ?? DEFAULT_FP32,
+        block: opts.block, symmetric: opts.symmetric,
+      })
+      : undefined;
+    const dtypes = formats
+      ? Object.fromEntries(COMPONENTS.map((c) => [c, formats[c].dtype])) as Record<ComponentName, GraphDType>
+      : componentDtypes(opts.dtype, opts.fp32);
+    const quant = formats ? Object.fromEntries(COMPONENTS.flatMap((c) => (formats[c].quant ? [[c, formats[c].quant]] : []))) : undefined;
+    const prints = fingerprints(ck, opts, dtypes, t5SeqLen, clipSeqLen, formats);
 
     // Which components can be kept.
     const state = readState(dir);
     const complete = existsSync(join(dir, MANIFEST_FILE));
-    const stale = COMPONENTS.filter((c) => state.components[c]?.fingerprint !== prints[c]);
+    // A component the state has never seen (added to charflow after this set was made, e.g. vae_encoder) is
+    // missing, not made from other inputs: it is built without --force and the rest is kept.
+    const known = Object.keys(state.components).length > 0;
+    const stale = COMPONENTS.filter((c) => (known ? state.components[c] !== undefined : true) && state.components[c]?.fingerprint !== prints[c]);
     if (complete && stale.length && !opts.force) {
       throw new Error(`model set "${opts.name}" already exists in ${opts.modelsDir} and was made from other checkpoints or settings (${stale.join(', ')} differ); pass --force to replace it, or choose another --name`);
     }
@@ -223,6 +252,7 @@ export async function convertCheckpoints(opts: ConvertOptions): Promise<ConvertR
       name: opts.name,
       dtype: opts.dtype,
       dtypes,
+      quant,
       siglip: { cfg: ck.siglip.cfg, weights: track(ck.siglip.weights), shallowLayers: SIGLIP_SHALLOW },
       dinov2: { cfg: ck.dinov2.cfg, weights: track(ck.dinov2.weights), shallowLayers: DINOV2_SHALLOW },
       adapter: { cfg: ck.adapter.cfg, weights: track(ck.adapter.weights) },
@@ -241,7 +271,7 @@ export async function convertCheckpoints(opts: ConvertOptions): Promise<ConvertR
     const describe: Record<ComponentName, string> = {
       siglip: ck.siglip.describe, dinov2: ck.dinov2.describe, adapter_static: ck.adapter.describe, adapter_time: ck.adapter.describe,
       flux: `${ck.flux.describe}${opts.loras?.length ? ` with LoRAs ${opts.loras.map((l) => l.path).join(', ')}` : ''}, IP layers from ${ck.adapter.describe}`,
-      vae: ck.vae.describe, t5: ck.t5.describe, clip: ck.clip.describe,
+      vae: ck.vae.describe, vae_encoder: ck.vae.describe, t5: ck.t5.describe, clip: ck.clip.describe,
     };
 
     let manifest: ModelSetManifest;

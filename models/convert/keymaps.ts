@@ -127,7 +127,7 @@ function resnetRename(map: KeyMap, target: string, source: string): void {
   for (const s of ['weight', 'bias']) map.set(`${target}.conv_shortcut.${s}`, renamed(`${source}.nin_shortcut.${s}`));
 }
 
-/** diffusers decoder keys -> LDM decoder keys. Attention projections are 1x1 convs there, linears here. */
+/** diffusers AutoencoderKL keys -> LDM keys (decoder and encoder). Attention projections are 1x1 convs there, linears here. */
 export function ldmVaeKeyMap(cfg: VaeConfig): KeyMap {
   const map: KeyMap = new Map();
   const both = (t: string, s: string) => {
@@ -152,5 +152,22 @@ export function ldmVaeKeyMap(cfg: VaeConfig): KeyMap {
   both('decoder.conv_norm_out', 'decoder.norm_out');
   both('decoder.conv_out', 'decoder.conv_out');
   both('post_quant_conv', 'post_quant_conv');
+  // The encoder: LDM numbers down blocks from the full-resolution end, as diffusers does.
+  both('encoder.conv_in', 'encoder.conv_in');
+  for (let j = 0; j < levels; j++) {
+    for (let r = 0; r < cfg.layersPerBlock; r++) resnetRename(map, `encoder.down_blocks.${j}.resnets.${r}`, `encoder.down.${j}.block.${r}`);
+    both(`encoder.down_blocks.${j}.downsamplers.0.conv`, `encoder.down.${j}.downsample.conv`);
+  }
+  resnetRename(map, 'encoder.mid_block.resnets.0', 'encoder.mid.block_1');
+  resnetRename(map, 'encoder.mid_block.resnets.1', 'encoder.mid.block_2');
+  const encAttn = 'encoder.mid_block.attentions.0';
+  both(`${encAttn}.group_norm`, 'encoder.mid.attn_1.norm');
+  for (const [t, s] of [['to_q', 'q'], ['to_k', 'k'], ['to_v', 'v'], ['to_out.0', 'proj_out']] as const) {
+    map.set(`${encAttn}.${t}.weight`, { pieces: [{ key: `encoder.mid.attn_1.${s}.weight` }], reshape: toLinear });
+    map.set(`${encAttn}.${t}.bias`, renamed(`encoder.mid.attn_1.${s}.bias`));
+  }
+  both('encoder.conv_norm_out', 'encoder.norm_out');
+  both('encoder.conv_out', 'encoder.conv_out');
+  both('quant_conv', 'quant_conv');
   return map;
 }

@@ -7,6 +7,10 @@ import { ProtoWriter } from './proto.ts';
 import {
   BYTES_PER_ELEMENT, type DType, type Tensor, castFloatTensor, numel,
 } from '../tensor.ts';
+import { type QuantSpec, type QuantizedMatrix, checkBlock, kBlocksOf } from '../quant/quantize.ts';
+
+/** ONNX Runtime's contrib-op domain (MatMulNBits lives there, opset version 1). */
+export const MS_DOMAIN = 'com.microsoft';
 
 export const OPSET = 20;
 const IR_VERSION = 9;
@@ -43,6 +47,13 @@ export interface GraphOptions {
    * where a protobuf cannot hold the weights. Without it, weights are kept inline.
    */
   external?: { dir: string; file: string };
+  /** Linear weights as com.microsoft MatMulNBits (see models/quant). Undefined: float MatMul. */
+  quant?: QuantSpec;
+  /**
+   * Replaces the block quantizer (default models/quant quantizeRows). Only for synthetic full-size checks
+   * (scripts/quant-gpu.ts), which need real shapes and random codes, not the minutes of a real conversion.
+   */
+  quantizer?: (rows: Float32Array, N: number, K: number, spec: QuantSpec) => QuantizedMatrix;
 }
 
 interface InitializerRecord {
@@ -77,6 +88,8 @@ const INLINE_LIMIT = 1024;
 export class Graph {
   readonly name: string;
   readonly dtype: 'float32' | 'float16';
+  readonly quant: QuantSpec | undefined;
+  readonly quantizer: GraphOptions['quantizer'];
   private nodes: NodeRecord[] = [];
   private inputs: ValueInfo[] = [];
   private outputs: ValueInfo[] = [];
@@ -92,6 +105,9 @@ export class Graph {
   constructor(opts: GraphOptions) {
     this.name = opts.name;
     this.dtype = opts.dtype ?? 'float32';
+    if (opts.quant) checkBlock(opts.quant.block);
+    this.quant = opts.quant;
+    this.quantizer = opts.quantizer;
     if (opts.external) {
       mkdirSync(opts.external.dir, { recursive: true });
       const tmpPath = join(opts.external.dir, `${opts.external.file}.partial`);
@@ -100,6 +116,13 @@ export class Graph {
   }
 
   private scratchBuffer: ArrayBuffer | undefined;
+  private quantBuffer: ArrayBuffer | undefined;
+
+  /** A second reused buffer, for a weight's packed codes (see scratch); g.matMulNBits writes or copies them at once. */
+  quantScratch(bytes: number): ArrayBuffer {
+    if (!this.quantBuffer || this.quantBuffer.byteLength < bytes) this.quantBuffer = new ArrayBuffer(bytes);
+    return this.quantBuffer;
+  }
 
   private fresh(base: string): string {
     let name = base;
@@ -192,6 +215,25 @@ export class Graph {
 
   private castFloat(t: Tensor, dtype: 'float32' | 'float16' = this.dtype): Tensor {
     return castFloatTensor(t, dtype); // bfloat16 goes straight to float16
+  }
+
+  /**
+   * x [..., K] times the dequantized weight^T -> [..., N], as com.microsoft MatMulNBits with the packed
+   * weight `q` (row n = output n). The initializers are `<name>.qweight` (uint8 [N, kBlocks, blob]),
+   * `<name>.scales` (the graph's dtype, [N * kBlocks]) and `<name>.zero_points` (uint8, when asymmetric).
+   */
+  matMulNBits(x: Value, name: string, q: QuantizedMatrix, accuracyLevel = this.quant?.accuracyLevel ?? 4): Value {
+    const kb = kBlocksOf(q.K, q.block);
+    for (const suffix of ['qweight', 'scales', 'zero_points']) {
+      if (this.names.has(`${name}.${suffix}`)) throw new Error(`graph ${this.name}: weight ${name} added twice`);
+      this.names.add(`${name}.${suffix}`);
+    }
+    const b = this.addInitializer(`${name}.qweight`, { dtype: 'uint8', dims: [q.N, kb, q.packed.length / (q.N * kb)], data: q.packed });
+    const scales = this.addInitializer(`${name}.scales`, this.castFloat({ dtype: 'float32', dims: [q.N * kb], data: q.scales }));
+    const zp = q.zeroPoints && this.addInitializer(`${name}.zero_points`, { dtype: 'uint8', dims: [q.zeroPoints.length], data: q.zeroPoints });
+    return this.op('MatMulNBits', zp ? [x, b, scales, zp] : [x, b, scales], {
+      K: q.K, N: q.N, bits: q.bits, block_size: q.block, accuracy_level: accuracyLevel,
+    }, 1, MS_DOMAIN)[0]!;
   }
 
   /** An initializer constant (exact dtype kept). Identical small constants are shared. */
@@ -308,6 +350,7 @@ export class Graph {
   /** The serialised model. In external mode, also completes the external-data file. */
   toBytes(): Uint8Array {
     this.scratchBuffer = undefined;
+    this.quantBuffer = undefined;
     this.closeExternal();
     return this.encodeModel().finish();
   }
@@ -318,6 +361,7 @@ export class Graph {
       throw new Error(`graph ${this.name}: the model must sit beside its external data in ${this.external.dir}`);
     }
     this.scratchBuffer = undefined;
+    this.quantBuffer = undefined;
     this.closeExternal();
     mkdirSync(dirname(path), { recursive: true });
     const tmp = `${path}.partial`;
@@ -336,6 +380,7 @@ export class Graph {
   /** Abandons an unfinished external-data file. */
   discard(): void {
     this.scratchBuffer = undefined;
+    this.quantBuffer = undefined;
     const ext = this.external;
     if (ext && ext.fd >= 0) {
       closeSync(ext.fd);

@@ -2,11 +2,16 @@
 // Tensors are read one at a time with positioned reads, so a large file never sits in memory.
 import { closeSync, fstatSync, openSync, readSync, writeFileSync, renameSync } from 'node:fs';
 import type { WeightSource } from './source.ts';
-import { BYTES_PER_ELEMENT, type DType, type Tensor, numel, typedArrayOf } from '../tensor.ts';
+import { BYTES_PER_ELEMENT, type DType, type Fp8Kind, type Tensor, fp8ToFloat16, numel, typedArrayOf } from '../tensor.ts';
 
 const DTYPES: Record<string, DType> = {
   F32: 'float32', F16: 'float16', BF16: 'bfloat16', F64: 'float64', I64: 'int64', I32: 'int32', U8: 'uint8', BOOL: 'bool',
 };
+/**
+ * float8 tensors (ComfyUI's flux1-dev-fp8 files): read as float16, which holds every fp8 value exactly,
+ * so the rest of charflow (converter, quantizer) sees an ordinary half-precision checkpoint.
+ */
+const FP8: Record<string, Fp8Kind> = { F8_E4M3: 'e4m3fn', F8_E5M2: 'e5m2' };
 const NAMES = Object.fromEntries(Object.entries(DTYPES).map(([k, v]) => [v, k])) as Record<DType, string>;
 
 /** Header JSON above this size is refused: real checkpoints stay well under it. */
@@ -14,6 +19,8 @@ const MAX_HEADER = 100 * 1024 * 1024;
 
 interface Entry {
   dtype: DType;
+  /** Stored as fp8 (one byte a value), returned as float16. */
+  fp8?: Fp8Kind;
   shape: number[];
   begin: number;
   end: number;
@@ -42,13 +49,14 @@ export class SafetensorsFile implements WeightSource {
           continue;
         }
         const info = raw as { dtype: string; shape: number[]; data_offsets: [number, number] };
-        const dtype = DTYPES[info.dtype];
+        const fp8 = FP8[info.dtype];
+        const dtype = fp8 ? 'float16' : DTYPES[info.dtype];
         if (!dtype) throw new Error(`tensor '${key}' has unsupported dtype ${info.dtype}`);
         const [b, e] = info.data_offsets;
-        if (e - b !== numel(info.shape) * BYTES_PER_ELEMENT[dtype] || dataStart + e > size) {
+        if (e - b !== numel(info.shape) * (fp8 ? 1 : BYTES_PER_ELEMENT[dtype]) || dataStart + e > size) {
           throw new Error(`tensor '${key}' has inconsistent offsets`);
         }
-        this.entries.set(key, { dtype, shape: info.shape, begin: dataStart + b, end: dataStart + e });
+        this.entries.set(key, { dtype, fp8, shape: info.shape, begin: dataStart + b, end: dataStart + e });
       }
     } catch (err) {
       closeSync(this.fd);
@@ -80,6 +88,7 @@ export class SafetensorsFile implements WeightSource {
       if (n <= 0) throw new Error(`${this.path}: truncated tensor '${key}'`);
       done += n;
     }
+    if (e.fp8) return { dtype: 'float16', dims: [...e.shape], data: fp8ToFloat16(view, e.fp8) };
     return { dtype: e.dtype, dims: [...e.shape], data: typedArrayOf(e.dtype, buf) };
   }
 

@@ -340,7 +340,10 @@ describe('POST /prompt', () => {
 describe('GET /object_info', () => {
   it('describes charflow nodes in ComfyUI\'s shape', async () => {
     const all = await getJson<Record<string, Record<string, unknown>>>('/object_info');
-    expect(Object.keys(all)).toEqual(['LoadModels', 'LoadCharacter', 'SigLIPEncode', 'DINOv2Encode', 'AdapterFuse', 'TextEncode', 'DiTSample', 'Decode', 'SaveImage', 'PreviewImage']);
+    expect(Object.keys(all)).toEqual([
+      'LoadModels', 'LoadCharacter', 'SigLIPEncode', 'DINOv2Encode', 'AdapterFuse', 'RegionalCharacter', 'CombineCharacters', 'TextEncode',
+      'DiTSample', 'Decode', 'IdentityScore', 'KeepBest', 'SaveImage', 'PreviewImage', 'LoadImage', 'VAEEncode',
+    ]);
     const dit = all.DiTSample!;
     expect(dit).toMatchObject({
       name: 'DiTSample',
@@ -351,7 +354,10 @@ describe('GET /object_info', () => {
       output_is_list: [false],
       output_name: ['latent'],
       output_node: false,
-      input_order: { required: ['models', 'conditioning', 'seed', 'steps', 'width', 'height', 'guidance', 'subject_scale'], optional: ['character', 'noise'] },
+      input_order: {
+        required: ['models', 'conditioning', 'seed', 'steps', 'width', 'height', 'guidance', 'subject_scale', 'true_cfg', 'batch_size', 'denoise'],
+        optional: ['negative', 'character', 'noise', 'init', 'sigmas'],
+      },
     });
     const input = dit.input as { required: Record<string, unknown>; optional: Record<string, unknown> };
     expect(input.required.models).toEqual(['MODELS']);

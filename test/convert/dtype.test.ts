@@ -5,7 +5,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { expectClose, goldenConfig, goldenPath, goldenTensors, goldenWeights, need } from '../helpers/goldens.ts';
+import { expectClose, goldenConfig, goldenTensors, goldenWeights, indexedNames, need, scaledVariant } from '../helpers/goldens.ts';
+import { e2eStagePath } from '../helpers/e2e.ts';
+import { fluxConfigFromJson } from '../../models/flux.ts';
 import { E2E_SEQ, goldenCheckpoints } from './fixtures.ts';
 import { type ConvertEvent, type ConvertOptions, COMPONENTS, DEFAULT_FP32, componentDtypes, convertCheckpoints } from '../../models/convert/convert.ts';
 import { parseFp32List } from '../../cli/checkpoints.ts';
@@ -14,7 +16,7 @@ import { type Attrs, Graph, type Value } from '../../models/onnx/graph.ts';
 import * as ort from 'onnxruntime-node';
 import { fromOrt, runOnce, toOrt } from '../../models/onnx/ort.ts';
 import { buildT5, t5ConfigFromJson } from '../../models/t5.ts';
-import { type Tensor, float16ToFloat32, float32ToFloat16, toFloat32 } from '../../models/tensor.ts';
+import { type Tensor, f32, float16ToFloat32, float32ToFloat16, toFloat32 } from '../../models/tensor.ts';
 import { type WeightSource, memorySource } from '../../models/weights/source.ts';
 import { fluxRope } from '../../models/rope.ts';
 import { decodeImage, pixelValues } from '../../nodes/lib/image.ts';
@@ -67,20 +69,22 @@ async function runComponent(set: ModelSet, c: ComponentName, feeds: Record<strin
   }
 }
 
+/** The VAE's two graphs (decoder and encoder) stay float32 by default. */
+const isVae = (c: string): boolean => c === 'vae' || c === 'vae_encoder';
 const finite = (t: Tensor | undefined): boolean => Boolean(t) && toFloat32(t!).every(Number.isFinite);
 
 describe('precision policy', () => {
   it('keeps the VAE in float32 under fp16 by default; fp32 sets are all float32', () => {
-    expect(DEFAULT_FP32).toEqual(['vae']);
+    expect(DEFAULT_FP32).toEqual(['vae', 'vae_encoder']);
     const half = componentDtypes('float16');
-    for (const c of COMPONENTS) expect(half[c], c).toBe(c === 'vae' ? 'float32' : 'float16');
+    for (const c of COMPONENTS) expect(half[c], c).toBe(isVae(c) ? 'float32' : 'float16');
     expect(Object.values(componentDtypes('float16', []))).toEqual(COMPONENTS.map(() => 'float16'));
     expect(Object.values(componentDtypes('float32', []))).toEqual(COMPONENTS.map(() => 'float32'));
   });
 
   it('parses --fp32 lists', () => {
-    expect(parseFp32List('vae,t5')).toEqual(['vae', 't5']);
-    expect(parseFp32List(' VAE , adapter ')).toEqual(['vae', 'adapter_static', 'adapter_time']);
+    expect(parseFp32List('vae,t5')).toEqual(['vae', 'vae_encoder', 't5']);
+    expect(parseFp32List(' VAE , adapter ')).toEqual(['vae', 'vae_encoder', 'adapter_static', 'adapter_time']);
     expect(parseFp32List('none')).toEqual([]);
     expect(() => parseFp32List('vea')).toThrow(/"vea" is not a component.*siglip, dinov2, adapter, flux, vae, t5, clip, or none/);
     expect(() => parseFp32List(',')).toThrow(/or none/);
@@ -91,10 +95,10 @@ describe('models convert --dtype fp16: a mixed set', () => {
   it('records a float32 VAE and float16 others, and every graph runs in its own dtype', async () => {
     const { manifest } = await convertCheckpoints(options());
     expect(manifest.dtype).toBe('float16');
-    for (const c of COMPONENTS) expect(manifest.files[c].dtype, c).toBe(c === 'vae' ? 'float32' : 'float16');
+    for (const c of COMPONENTS) expect(manifest.files[c].dtype, c).toBe(isVae(c) ? 'float32' : 'float16');
 
     const set = openModelSet(models, 'mixed');
-    for (const c of COMPONENTS) expect(set.dtype(c), c).toBe(c === 'vae' ? 'float32' : 'float16');
+    for (const c of COMPONENTS) expect(set.dtype(c), c).toBe(isVae(c) ? 'float32' : 'float16');
 
     // The float32 VAE matches the golden within the float32 tolerance; the half graphs within fp16 ones.
     const vin = goldenTensors('vae_decoder', 'inputs.safetensors');
@@ -107,7 +111,7 @@ describe('models convert --dtype fp16: a mixed set', () => {
     const clip = await runComponent(set, 'clip', { input_ids: need(ein, 'clip_input_ids') });
     console.log('mixed fp16 clip pooled', expectClose(clip.pooler_output, ein.get('pooled_prompt_embeds'), 2e-2, 'pooled_prompt_embeds'));
 
-    const img = await decodeImage(readFileSync(goldenPath('instantcharacter_e2e', 'stage_low_res_384.png')));
+    const img = await decodeImage(readFileSync(e2eStagePath('low_res')));
     const m = set.manifest;
     const sig = await runComponent(set, 'siglip', { pixel_values: pixelValues([img], m.siglip.mean, m.siglip.std) });
     const dino = await runComponent(set, 'dinov2', { pixel_values: pixelValues([img], m.dinov2.mean, m.dinov2.std) });
@@ -117,37 +121,37 @@ describe('models convert --dtype fp16: a mixed set', () => {
     const st = await runComponent(set, 'adapter_static', {
       low_res_deep: need(pin, 'low_res_deep'), low_res_shallow: need(pin, 'low_res_shallow'), high_res_deep: need(pin, 'high_res_deep'),
     });
-    const at = await runComponent(set, 'adapter_time', { resampler_input: st.resampler_input!, timestep: need(pin, 'timesteps.0') });
-    console.log('mixed fp16 adapter', expectClose(at.ip_hidden_states, goldenTensors('ic_projector', 'outputs.safetensors').get('ip_hidden_states.0'), 5e-2, 'ip_hidden_states.0'));
+    const k = indexedNames(pin, 'timesteps')[0]!;
+    const at = await runComponent(set, 'adapter_time', { resampler_input: st.resampler_input!, timestep: need(pin, `timesteps.${k}`) });
+    console.log('mixed fp16 adapter', expectClose(at.ip_hidden_states, goldenTensors('ic_projector', 'outputs.safetensors').get(`ip_hidden_states.${k}`), 5e-2, `ip_hidden_states.${k}`));
 
     const fin = goldenTensors('flux_transformer_ip', 'inputs.safetensors');
     const ids = Float32Array.from([...toFloat32(need(fin, 'txt_ids')), ...toFloat32(need(fin, 'img_ids'))]);
-    const rope = fluxRope(ids);
+    const fcfg = fluxConfigFromJson(goldenConfig('flux_transformer_ip'));
+    const rope = fluxRope(ids, fcfg.axesDimsRope, fcfg.ropeTheta);
     const flux = await runComponent(set, 'flux', {
-      ...Object.fromEntries(['hidden_states', 'encoder_hidden_states', 'pooled_projections', 'timestep', 'guidance', 'ip_hidden_states', 'subject_scale']
+      ...Object.fromEntries(['hidden_states', 'encoder_hidden_states', 'pooled_projections', 'timestep', 'guidance', 'ip_hidden_states']
         .map((k) => [k, asF32(need(fin, k))])),
+      ip_masks: f32([1, need(fin, 'hidden_states').dims[1]!], new Float32Array(need(fin, 'hidden_states').dims[1]!).fill(toFloat32(need(fin, 'subject_scale'))[0]!)),
       rope_cos: rope.cos, rope_sin: rope.sin,
     });
-    console.log('mixed fp16 flux', expectClose(flux.noise_pred, goldenTensors('flux_transformer_ip', 'outputs.safetensors').get('noise_pred.scale_0.9'), 5e-2, 'noise_pred'));
+    const expected = scaledVariant(goldenTensors('flux_transformer_ip', 'outputs.safetensors'), 'noise_pred', toFloat32(need(fin, 'subject_scale'))[0]!);
+    console.log('mixed fp16 flux', expectClose(flux.noise_pred, expected, 5e-2, 'noise_pred'));
   }, 300_000);
 
   it('rebuilds only the components whose precision changed (with --force), and --fp32 none makes all fp16', async () => {
     const events: ConvertEvent[] = [];
-    await expect(convertCheckpoints(options({ fp32: ['vae', 't5'] }))).rejects.toThrow(/t5 differ.*--force/s);
-    const r = await convertCheckpoints(options({ fp32: ['vae', 't5'], force: true, onEvent: (e) => events.push(e) }));
+    await expect(convertCheckpoints(options({ fp32: ['vae', 'vae_encoder', 't5'] }))).rejects.toThrow(/t5 differ.*--force/s);
+    const r = await convertCheckpoints(options({ fp32: ['vae', 'vae_encoder', 't5'], force: true, onEvent: (e) => events.push(e) }));
     expect(r.built).toEqual(['t5']);
     expect(r.manifest.files.t5.dtype).toBe('float32');
     expect(r.manifest.files.vae.dtype).toBe('float32');
     expect(r.manifest.files.flux.dtype).toBe('float16');
 
-    const { Command } = await import('commander');
-    const { registerModels } = await import('../../cli/checkpoints.ts');
-    const program = new Command().exitOverride();
-    registerModels(program);
-    process.exitCode = 0;
-    await program.parseAsync(['models', 'convert', '--flux', paths.flux, '--siglip', paths.siglip, '--dinov2', paths.dinov2,
-      '--adapter', paths.adapter, '--adapter-config', paths.adapterConfig!, '--models', models, '--name', 'allhalf', '--fp32', 'none'], { from: 'user' });
-    expect(Number(process.exitCode ?? 0)).toBe(0);
+    const { main } = await import('../../cli/main.ts');
+    const code = await main(['models', 'convert', '--flux', paths.flux, '--siglip', paths.siglip, '--dinov2', paths.dinov2,
+      '--adapter', paths.adapter, '--adapter-config', paths.adapterConfig!, '--models', models, '--name', 'allhalf', '--fp32', 'none']);
+    expect(code).toBe(0);
     const all = openModelSet(models, 'allhalf');
     for (const c of COMPONENTS) expect(all.dtype(c), c).toBe('float16');
   }, 300_000);

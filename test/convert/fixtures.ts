@@ -6,13 +6,14 @@
 import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { goldenConfig, goldenPath } from '../helpers/goldens.ts';
+import { e2eSeqLens } from '../helpers/goldenset.ts';
 import { readSafetensors, writeSafetensors } from '../../models/weights/safetensors.ts';
 import { tinyTokenizerJson } from '../../models/tokenizers.ts';
 import type { Tensor } from '../../models/tensor.ts';
 import type { CheckpointPaths } from '../../models/convert/layouts.ts';
 
 /** The sequence lengths of the e2e golden's text inputs. */
-export const E2E_SEQ = { t5SeqLen: 12, clipSeqLen: 16 };
+export const E2E_SEQ = e2eSeqLens();
 
 function link(target: string, path: string): void {
   symlinkSync(target, path);

@@ -18,6 +18,9 @@ import { type Tensor, toFloat32 } from '../../models/tensor.ts';
 
 const cfg = fluxConfigFromJson(goldenConfig('flux_transformer_ip'));
 const C = cfg.numHeads * cfg.headDim;
+/** The last double and single block (the LoRAs target blocks other than the first). */
+const D = cfg.numLayers - 1;
+const S = cfg.numSingleLayers - 1;
 let root: string;
 let base: SafetensorsFile;
 
@@ -69,13 +72,13 @@ describe('LoRA merge', () => {
     const t = new Map<string, Tensor>([
       ['transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight', matrix(r, C, 1)],
       ['transformer.single_transformer_blocks.0.attn.to_q.lora_B.weight', matrix(C, r, 2)],
-      ['transformer.transformer_blocks.1.ff.net.2.lora_A.weight', matrix(r, 4 * C, 3)],
-      ['transformer.transformer_blocks.1.ff.net.2.lora_B.weight', matrix(C, r, 4)],
+      [`transformer.transformer_blocks.${D}.ff.net.2.lora_A.weight`, matrix(r, 4 * C, 3)],
+      [`transformer.transformer_blocks.${D}.ff.net.2.lora_B.weight`, matrix(C, r, 4)],
     ]);
     const file = join(root, 'peft.safetensors');
     writeSafetensors(file, t);
     const { source, targets, close } = mergeLoras(base, [{ path: file, weight: 0.7 }], cfg);
-    expect(targets.sort()).toEqual(['single_transformer_blocks.0.attn.to_q.weight', 'transformer_blocks.1.ff.net.2.weight']);
+    expect(targets.sort()).toEqual(['single_transformer_blocks.0.attn.to_q.weight', `transformer_blocks.${D}.ff.net.2.weight`]);
     for (const key of base.keys()) {
       const got = source.get(key);
       if (targets.includes(key)) continue;
@@ -83,8 +86,8 @@ describe('LoRA merge', () => {
     }
     const e1 = mergeError(source.get('single_transformer_blocks.0.attn.to_q.weight'), base.get('single_transformer_blocks.0.attn.to_q.weight'),
       t.get('transformer.single_transformer_blocks.0.attn.to_q.lora_B.weight')!, t.get('transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight')!, 0.7);
-    const e2 = mergeError(source.get('transformer_blocks.1.ff.net.2.weight'), base.get('transformer_blocks.1.ff.net.2.weight'),
-      t.get('transformer.transformer_blocks.1.ff.net.2.lora_B.weight')!, t.get('transformer.transformer_blocks.1.ff.net.2.lora_A.weight')!, 0.7);
+    const e2 = mergeError(source.get(`transformer_blocks.${D}.ff.net.2.weight`), base.get(`transformer_blocks.${D}.ff.net.2.weight`),
+      t.get(`transformer.transformer_blocks.${D}.ff.net.2.lora_B.weight`)!, t.get(`transformer.transformer_blocks.${D}.ff.net.2.lora_A.weight`)!, 0.7);
     console.log('PEFT merge max error', e1, e2);
     expect(Math.max(e1, e2)).toBeLessThan(1e-6);
     close();
@@ -98,9 +101,9 @@ describe('LoRA merge', () => {
       ['lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight', matrix(r, C, 5)],
       ['lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight', matrix(3 * C, r, 6)],
       ['lora_unet_double_blocks_0_img_attn_qkv.alpha', scalar(alpha)],
-      ['lora_unet_single_blocks_1_linear1.lora_down.weight', matrix(r, C, 7)],
-      ['lora_unet_single_blocks_1_linear1.lora_up.weight', matrix(7 * C, r, 8)],
-      ['lora_unet_single_blocks_1_linear1.alpha', scalar(alpha)],
+      [`lora_unet_single_blocks_${S}_linear1.lora_down.weight`, matrix(r, C, 7)],
+      [`lora_unet_single_blocks_${S}_linear1.lora_up.weight`, matrix(7 * C, r, 8)],
+      [`lora_unet_single_blocks_${S}_linear1.alpha`, scalar(alpha)],
       ['lora_unet_final_layer_adaLN_modulation_1.lora_down.weight', matrix(r, C, 9)],
       ['lora_unet_final_layer_adaLN_modulation_1.lora_up.weight', matrix(2 * C, r, 10)],
       ['lora_unet_final_layer_adaLN_modulation_1.alpha', scalar(alpha)],
@@ -119,9 +122,9 @@ describe('LoRA merge', () => {
       check('transformer_blocks.0.attn.to_q.weight', 'lora_unet_double_blocks_0_img_attn_qkv', 0),
       check('transformer_blocks.0.attn.to_k.weight', 'lora_unet_double_blocks_0_img_attn_qkv', C),
       check('transformer_blocks.0.attn.to_v.weight', 'lora_unet_double_blocks_0_img_attn_qkv', 2 * C),
-      check('single_transformer_blocks.1.attn.to_q.weight', 'lora_unet_single_blocks_1_linear1', 0),
-      check('single_transformer_blocks.1.attn.to_v.weight', 'lora_unet_single_blocks_1_linear1', 2 * C),
-      check('single_transformer_blocks.1.proj_mlp.weight', 'lora_unet_single_blocks_1_linear1', 3 * C),
+      check(`single_transformer_blocks.${S}.attn.to_q.weight`, `lora_unet_single_blocks_${S}_linear1`, 0),
+      check(`single_transformer_blocks.${S}.attn.to_v.weight`, `lora_unet_single_blocks_${S}_linear1`, 2 * C),
+      check(`single_transformer_blocks.${S}.proj_mlp.weight`, `lora_unet_single_blocks_${S}_linear1`, 3 * C),
     ];
     // norm_out.linear is (scale, shift); BFL's rows are (shift, scale): scale rows come from BFL rows C..2C.
     const ada = 'lora_unet_final_layer_adaLN_modulation_1';

@@ -150,7 +150,7 @@ beforeAll(async () => {
   paths = resolvePaths({ data: dir, env: {} });
   await ensureDirs(paths);
   await writeTinyModelSet(join(paths.models, 'tiny'));
-  copyFileSync(join(PACKAGE_ROOT, 'workflows', 'instantcharacter.json'), join(paths.workflows, 'instantcharacter.json'));
+  for (const f of ['instantcharacter.json', 'two_characters.json', 'best_of_8.json']) copyFileSync(join(PACKAGE_ROOT, 'workflows', f), join(paths.workflows, f));
   await buildEditor();
   server = await startServer({ paths, host: '127.0.0.1', port: 0 });
   port = server.port;
@@ -208,7 +208,7 @@ describe('the browser editor', () => {
     await typeIntoWidget('7', 'steps', 3);
     await typePrompt('6', 'a character is reading a book in the rain');
     expect(await values('7')).toMatchObject({ width: 96, height: 64, steps: 3 });
-    expect(await values('6')).toEqual({ prompt: 'a character is reading a book in the rain' });
+    expect(await values('6')).toMatchObject({ prompt: 'a character is reading a book in the rain' });
     await expect.poll(() => page.locator('.cf-doc').textContent()).toContain('•');
     await shot('02-small-via-widgets');
   }, 120_000);
@@ -332,7 +332,7 @@ describe('the browser editor', () => {
     await dropFile(readFileSync(join(paths.outputs, outputs[0]!)).toString('base64'), 'result.png', 'image/png');
     // The graph has unsaved changes? No: it was just saved, so the dropped workflow opens directly.
     await page.waitForFunction('window.charflow.graph._nodes.length === 9', undefined, { timeout: 10_000 });
-    expect(await values('6')).toEqual({ prompt: 'a character is reading a book in the rain' });
+    expect(await values('6')).toMatchObject({ prompt: 'a character is reading a book in the rain' });
     expect(await values('7')).toMatchObject({ width: 96, height: 64, steps: 3 });
     await shot('09-dropped-png');
   }, 120_000);
@@ -369,7 +369,7 @@ describe('the browser editor', () => {
         '5': {
           type: 'TextEncode',
           inputs: { models: { node: '1', output: 'models' }, prompt: { node: '2', output: 'text' } },
-          ui: { pos: [360, 40], size: [320, 160], title: 'Prompt from a link', custom: [1, 2] },
+          ui: { pos: [360, 40], size: [320, 240], title: 'Prompt from a link', custom: [1, 2] },
         },
       },
       groups: [{ title: 'Inputs', bounding: [-20, -60, 300, 340] }],
@@ -387,14 +387,82 @@ describe('the browser editor', () => {
     await shot('11-linked-param-unknown-type');
   }, 120_000);
 
+  it('opens the regional and best-of-8 examples with every link in place (CHARACTERS feeds DiT Sample\'s character)', async () => {
+    for (const name of ['two_characters', 'best_of_8']) {
+      const file = JSON.parse(readFileSync(join(PACKAGE_ROOT, 'workflows', `${name}.json`), 'utf8')) as { nodes: Record<string, WfNode> };
+      const links = Object.values(file.nodes).flatMap((n) => Object.values(n.inputs).filter((v) => typeof v === 'object' && v !== null && 'node' in v));
+      await page.click('button[data-action="open"]');
+      await page.locator(`.cf-list li[data-name*="${name}"]`).click();
+      const modal = page.locator('.cf-modal button[data-key="open"]');
+      if (await modal.count()) await modal.click(); // replaces unsaved changes
+      await page.waitForFunction(`window.charflow.graph._nodes.length === ${Object.keys(file.nodes).length}`, undefined, { timeout: 10_000 });
+      expect(await js('window.charflow.graph.links.size')).toBe(links.length);
+      const wf = await workflow();
+      for (const [id, n] of Object.entries(file.nodes)) expect(wf.nodes[id]!.inputs, `${name} node ${id}`).toMatchObject(n.inputs); // + defaults of newer parameters
+      await shot(`12-example-${name}`);
+    }
+    const dit = Object.entries((await workflow()).nodes).find(([, n]) => n.type === 'DiTSample')![0];
+    expect(await js(`${app}.node('${dit}').inputs.find((s) => s.name === 'character').type`)).toBe('CHARACTER,CHARACTERS');
+    // best_of_8 (open now), small: Identity Score shows the 8 scores on the node, Save Image the 2 best.
+    await typeIntoWidget('7', 'width', 64);
+    await typeIntoWidget('7', 'height', 64);
+    await typeIntoWidget('7', 'steps', 2);
+    const before = await js<number>(`${app}.runs.log.length`);
+    await page.click('button[data-action="run"]');
+    await page.waitForFunction(`${app}.runs.log.slice(${before}).some((e) => e.event.type === 'run_finished')`, undefined, { timeout: 120_000 });
+    const summary = await js<string[]>(`${app}.node('10').run.summary`);
+    expect(summary).toHaveLength(8);
+    for (const line of summary) expect(line).toMatch(/^#\d DINO-I -?\d\.\d{3} SigLIP-I -?\d\.\d{3}$/);
+    await page.waitForFunction(`${app}.node('9').run.images.length === 2`);
+    await shot('12-best_of_8-scores');
+  }, 240_000);
+
   it('reconnects by itself when the server restarts', async () => {
     await server!.close();
     await page.waitForSelector('.cf-status[data-connection="closed"]', { timeout: 15_000 });
-    await shot('12-offline');
+    await shot('13-offline');
     server = await startServer({ paths, host: '127.0.0.1', port });
     await page.waitForSelector('.cf-status[data-connection="open"]', { timeout: 20_000 });
     expect(await page.locator('.cf-conn').textContent()).toBe('connected');
     // While the server was down the page's reconnect attempts failed, as they should; nothing else went wrong.
     for (const p of problems.splice(0)) expect(p).toMatch(/WebSocket connection to .* failed|ERR_CONNECTION_REFUSED/);
   }, 120_000);
+});
+
+describe('the browser editor: the sampler-option examples (true CFG, a batch of 4, image-to-image)', () => {
+  const examples = ['true_cfg', 'batch4', 'img2img'];
+  beforeAll(() => {
+    for (const f of examples) copyFileSync(join(PACKAGE_ROOT, 'workflows', `${f}.json`), join(paths.workflows, `${f}.json`));
+  });
+
+  it('opens each, makes it small through the widgets, runs it and shows every image on Save Image', async () => {
+    await openEditor(); // also when run alone (-t)
+    for (const name of examples) {
+      const file = JSON.parse(readFileSync(join(PACKAGE_ROOT, 'workflows', `${name}.json`), 'utf8')) as { nodes: Record<string, WfNode> };
+      const idOf = (type: string): string | undefined => Object.entries(file.nodes).find(([, n]) => n.type === type)?.[0];
+      await page.click('button[data-action="open"]');
+      await page.locator(`.cf-list li[data-name*="${name}"]`).click();
+      const opened = `window.charflow.graph._nodes.length === ${Object.keys(file.nodes).length} && document.querySelector('.cf-doc').textContent.includes(${JSON.stringify(name)})`;
+      // Unsaved changes (the previous example's widgets) are discarded after a question.
+      await page.waitForFunction(`(${opened}) || document.querySelector('.cf-modal button[data-key="discard"]') !== null`, undefined, { timeout: 10_000 });
+      const modal = page.locator('.cf-modal button[data-key="discard"]');
+      if (await modal.count()) await modal.click();
+      await page.waitForFunction(opened, undefined, { timeout: 10_000 });
+      const sampler = idOf('DiTSample')!;
+      const save = idOf('SaveImage')!;
+      for (const [k, v] of [['width', 96], ['height', 64], ['steps', 2]] as const) await typeIntoWidget(sampler, k, v);
+      const loader = idOf('LoadImage');
+      if (loader) for (const [k, v] of [['width', 96], ['height', 64]] as const) await typeIntoWidget(loader, k, v);
+      const before = await js<number>(`${app}.runs.log.length`);
+      await page.click('button[data-action="run"]');
+      await page.waitForFunction(`${app}.runs.log.slice(${before}).some((e) => e.event.type === 'run_finished')`, undefined, { timeout: 180_000 });
+      const finished = await js<{ status: string }>(`${app}.runs.log.slice(${before}).find((e) => e.event.type === 'run_finished').event`);
+      expect(finished.status, name).toBe('done');
+      const batch = (file.nodes[sampler]!.inputs.batch_size as number | undefined) ?? 1;
+      await page.waitForFunction(`(() => { const i = ${app}.node('${save}').run.images; return i.length === ${batch} && i.every((x) => x.img.complete && x.img.naturalWidth > 0); })()`, undefined, { timeout: 20_000 });
+      const sizes = await js<number[][]>(`${app}.node('${save}').run.images.map((i) => [i.img.naturalWidth, i.img.naturalHeight])`);
+      expect(sizes, name).toEqual(Array(batch).fill([96, 64]));
+      await shot(`14-example-${name}`);
+    }
+  }, 600_000);
 });

@@ -6,11 +6,12 @@ import { Graph } from '../../models/onnx/graph.ts';
 import { runOnce } from '../../models/onnx/ort.ts';
 import { type Tensor, toFloat32 } from '../../models/tensor.ts';
 import { type WeightSource, memorySource } from '../../models/weights/source.ts';
-import { expectClose, goldenConfig, goldenTensors, goldenWeights, need, expectGoldenShapes } from '../helpers/goldens.ts';
+import { clipSpecialIds, expectClose, goldenConfig, goldenTensors, goldenWeights, need, expectGoldenShapes } from '../helpers/goldens.ts';
 
 const CASE = 'clip_text';
 const TOL = 1e-4;
-const cfg = clipConfigFromJson(goldenConfig(CASE));
+const json = goldenConfig(CASE);
+const cfg = clipConfigFromJson(json);
 const inputs = goldenTensors(CASE, 'inputs.safetensors');
 const outputs = goldenTensors(CASE, 'outputs.safetensors');
 
@@ -42,8 +43,9 @@ function goldenMemory(drop?: string, swap?: string): WeightSource {
 describe('CLIP text encoder', () => {
   it('parses config.json (bare CLIPTextConfig and nested CLIPConfig)', () => {
     expect(cfg).toEqual({
-      vocabSize: 100, hiddenSize: 32, intermediateSize: 64, numLayers: 2, numHeads: 4,
-      maxPositions: 16, layerNormEps: 1e-5, hiddenAct: 'quick_gelu', eosTokenId: 2,
+      vocabSize: json['vocab_size'], hiddenSize: json['hidden_size'], intermediateSize: json['intermediate_size'],
+      numLayers: json['num_hidden_layers'], numHeads: json['num_attention_heads'], maxPositions: json['max_position_embeddings'],
+      layerNormEps: json['layer_norm_eps'], hiddenAct: json['hidden_act'], eosTokenId: json['eos_token_id'],
     });
     // openai/clip-vit-large-patch14's config.json nests the text model's numbers under text_config.
     const nested = clipConfigFromJson({
@@ -89,11 +91,12 @@ describe('CLIP text encoder', () => {
   });
 
   it('pools at the first eos_token_id when the id is not the legacy 2', async () => {
-    // With eos 99 (the golden's EOS, also its largest id) the new rule selects the same first-EOS rows.
-    const out = await runOnce(build(goldenMemory(), { ...cfg, eosTokenId: 99 }), { input_ids: inputIds });
+    // The ids' own EOS (also the largest id, so the legacy argmax found it too): the new rule selects the same rows.
+    const special = clipSpecialIds(inputIds);
+    const out = await runOnce(build(goldenMemory(), { ...cfg, eosTokenId: special.eos }), { input_ids: inputIds });
     expectClose(out.pooler_output, need(outputs, 'pooler_output'), TOL, 'pooler_output');
-    // With eos 98 (the BOS of every row) it pools position 0.
-    const bos = await runOnce(build(goldenMemory(), { ...cfg, eosTokenId: 98 }), { input_ids: inputIds });
+    // With the BOS that starts every row as eos_token_id, it pools position 0.
+    const bos = await runOnce(build(goldenMemory(), { ...cfg, eosTokenId: special.bos }), { input_ids: inputIds });
     const C = cfg.hiddenSize;
     const T = inputIds.dims[1]!;
     const last = toFloat32(bos.last_hidden_state!);
@@ -104,10 +107,10 @@ describe('CLIP text encoder', () => {
   });
 
   it('names the tensor when a weight is missing or has the wrong shape', () => {
-    const missing = 'text_model.encoder.layers.1.mlp.fc2.bias';
+    const missing = `text_model.encoder.layers.${cfg.numLayers - 1}.mlp.fc2.bias`;
     expect(() => build(goldenMemory(missing))).toThrow(`missing tensor '${missing}'`);
-    const wrong = 'text_model.encoder.layers.0.mlp.fc1.weight'; // [64, 32] stored as [32, 64]
-    expect(() => build(goldenMemory(undefined, wrong))).toThrow(`tensor '${wrong}' has shape [32,64]`);
+    const wrong = 'text_model.encoder.layers.0.mlp.fc1.weight'; // [F, C] stored as [C, F]
+    expect(() => build(goldenMemory(undefined, wrong))).toThrow(`tensor '${wrong}' has shape [${cfg.hiddenSize},${cfg.intermediateSize}]`);
   });
 
   it('counts the parameters of openai/clip-vit-large-patch14 text model', () => {

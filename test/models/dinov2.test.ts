@@ -8,8 +8,8 @@ import {
   FULL_DINOV2, type Dinov2Options, buildDinov2, dinov2ConfigFromJson, dinov2WeightShapes, interpolatePositionEmbeddings,
 } from '../../models/dinov2.ts';
 import { resizeBicubicHWC } from '../../models/bicubic.ts';
-import { expectClose, goldenConfig, goldenPath, goldenTensors, goldenWeights } from '../helpers/goldens.ts';
-import { diffToPipeline, e2ePixels } from '../helpers/e2e.ts';
+import { expectClose, goldenConfig, goldenTensors, goldenWeights } from '../helpers/goldens.ts';
+import { diffToPipeline, e2eNormalization, e2ePixels, e2eShallowLayers } from '../helpers/e2e.ts';
 
 const TOL = 1e-4;
 
@@ -65,7 +65,9 @@ describe('DINOv2', () => {
     const got = interpolatePositionEmbeddings(pos, Math.floor(pixels.dims[3]! / cfg.patchSize));
     const d = expectClose(got, expected, 1e-5, 'debug.interpolated_position_embeddings');
     console.log(`dinov2 debug.interpolated_position_embeddings: max abs diff ${d.toExponential(2)}`);
-    expect(interpolatePositionEmbeddings(pos, 7)).toBe(pos); // trained grid: no resize
+    const trained = Math.floor((goldenConfig('dinov2')['image_size'] as number) / cfg.patchSize);
+    expect(pos.dims[1]).toBe(1 + trained ** 2);
+    expect(interpolatePositionEmbeddings(pos, trained)).toBe(pos); // trained grid: no resize
   });
 
   it('bicubic resize keeps constants and reproduces an identity-size grid', () => {
@@ -75,23 +77,27 @@ describe('DINOv2', () => {
     expect(Array.from(resizeBicubicHWC(ramp, 4, 4, 1, 4, 4))).toEqual(Array.from(ramp));
   });
 
-  it('builds the deep narrow e2e encoder at 384 px with hidden states 9, 19, 29 (and matches the pipeline features)', async () => {
+  it('builds the deep narrow e2e encoder at the pipeline\'s stage size with its shallow hidden states (and matches the pipeline features)', async () => {
     const cfg = dinov2ConfigFromJson(goldenConfig('instantcharacter_e2e', 'dinov2/config.json'));
     const w = goldenWeights('instantcharacter_e2e', 'dinov2/model.safetensors');
     const g = new Graph({ name: 'dinov2_e2e' });
-    const hiddenStates = [9, 19, 29];
-    buildDinov2({ g, w }, cfg, { hiddenStates, imageSize: 384 });
+    const hiddenStates = e2eShallowLayers().dinov2;
+    const { mean, std } = e2eNormalization('dinov2');
+    const pixels = await e2ePixels(mean, std);
+    const imageSize = pixels.dims[3]!;
+    buildDinov2({ g, w }, cfg, { hiddenStates, imageSize });
     w.close();
-    const got = await runOnce(g.toBytes(), { pixel_values: await e2ePixels([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]) });
-    const patches = Math.floor(384 / cfg.patchSize) ** 2;
-    expect([1, 1 + patches, cfg.hiddenSize]).toEqual([1, 730, 24]);
-    for (const name of ['last_hidden_state', ...hiddenStates.map((i) => `hidden_states.${i}`)]) {
-      expect(got[name]?.dims, name).toEqual([1, 1 + patches, cfg.hiddenSize]);
-    }
+    const got = await runOnce(g.toBytes(), { pixel_values: pixels });
+    const patches = Math.floor(imageSize / cfg.patchSize) ** 2;
     // DINOv2 fills the channels after SigLIP's in the pipeline's low-res features, CLS dropped.
     const inter = goldenTensors('instantcharacter_e2e', 'intermediates.safetensors');
     const deep = inter.get('image_embeds_low_res_deep')!;
-    const offset = deep.dims[2]! - cfg.hiddenSize;
+    const sigWidth = goldenConfig('instantcharacter_e2e', 'siglip/config.json')['hidden_size'] as number;
+    expect(deep.dims).toEqual([1, patches, sigWidth + cfg.hiddenSize]);
+    for (const name of ['last_hidden_state', ...hiddenStates.map((i) => `hidden_states.${i}`)]) {
+      expect(got[name]?.dims, name).toEqual([1, 1 + patches, cfg.hiddenSize]);
+    }
+    const offset = sigWidth;
     const checks: [string, string, number][] = [
       ['last_hidden_state', 'image_embeds_low_res_deep', 0],
       ...hiddenStates.map((i, j): [string, string, number] => [`hidden_states.${i}`, 'image_embeds_low_res_shallow', j * patches]),
@@ -109,11 +115,14 @@ describe('DINOv2', () => {
     for (const [key, dims] of Object.entries(dinov2WeightShapes(cfg))) {
       tensors.set(key, f32(dims, Array.from({ length: dims.reduce((a, b) => a * b, 1) }, (_, i) => 0.05 * Math.sin(i + key.length))));
     }
-    expect(tensors.get('encoder.layer.0.mlp.fc1.weight')?.dims).toEqual([128, 32]);
+    const ratio = goldenConfig('dinov2')['mlp_ratio'] as number;
+    expect(tensors.get('encoder.layer.0.mlp.fc1.weight')?.dims).toEqual([cfg.hiddenSize * ratio, cfg.hiddenSize]);
+    // The golden input's batch and size.
+    const [B, , S] = goldenTensors('dinov2', 'inputs.safetensors').get('pixel_values')!.dims as number[];
     const g = new Graph({ name: 'dinov2_mlp' });
-    buildDinov2({ g, w: memorySource(tensors) }, cfg, { imageSize: 70 });
-    const got = await runOnce(g.toBytes(), { pixel_values: wavyPixels([2, 3, 70, 70]) });
-    expect(got['last_hidden_state']?.dims).toEqual([2, 26, 32]);
+    buildDinov2({ g, w: memorySource(tensors) }, cfg, { imageSize: S! });
+    const got = await runOnce(g.toBytes(), { pixel_values: wavyPixels([B!, 3, S!, S!]) });
+    expect(got['last_hidden_state']?.dims).toEqual([B, 1 + Math.floor(S! / cfg.patchSize) ** 2, cfg.hiddenSize]);
   });
 
   it('counts dinov2-giant', () => {
@@ -131,11 +140,15 @@ describe('DINOv2', () => {
 
   it('names the tensor when a weight is missing or has the wrong shape', () => {
     const tensors = goldenTensors('dinov2', 'model.safetensors');
+    const cfg = dinov2ConfigFromJson(goldenConfig('dinov2'));
+    const imageSize = goldenTensors('dinov2', 'inputs.safetensors').get('pixel_values')!.dims[3]!;
+    const key = `encoder.layer.${cfg.numLayers - 1}.mlp.weights_in.weight`;
+    const [rows, cols] = tensors.get(key)!.dims as [number, number];
     const bad = new Map(tensors);
-    bad.set('encoder.layer.1.mlp.weights_in.weight', f32([88, 32]));
-    expect(() => buildGraph('dinov2', memorySource(bad), { imageSize: 70 })).toThrow(/encoder\.layer\.1\.mlp\.weights_in\.weight.*\[88,32\]/);
+    bad.set(key, f32([rows + 1, cols]));
+    expect(() => buildGraph('dinov2', memorySource(bad), { imageSize })).toThrow(`tensor '${key}' has shape [${rows + 1},${cols}]`);
     const missing = new Map(tensors);
     missing.delete('encoder.layer.0.layer_scale2.lambda1');
-    expect(() => buildGraph('dinov2', memorySource(missing), { imageSize: 70 })).toThrow(/encoder\.layer\.0\.layer_scale2\.lambda1/);
+    expect(() => buildGraph('dinov2', memorySource(missing), { imageSize })).toThrow(/encoder\.layer\.0\.layer_scale2\.lambda1/);
   });
 });

@@ -9,7 +9,7 @@ import {
 import { fluxImageIds, fluxRope, fluxTextIds } from '../../models/rope.ts';
 import { type WeightSource, memorySource } from '../../models/weights/source.ts';
 import { type Tensor, f32, toFloat32 } from '../../models/tensor.ts';
-import { expectClose, goldenConfig, goldenTensors, goldenWeights } from '../helpers/goldens.ts';
+import { expectClose, goldenConfig, goldenTensors, goldenWeights, imageIdGrid, scaledVariant, scaledVariants } from '../helpers/goldens.ts';
 
 const CASE = 'flux_transformer_ip';
 const TOL = 2e-4;
@@ -18,6 +18,14 @@ function build(cfg: FluxConfig, w: WeightSource, ip: WeightSource | undefined, d
   const g = new Graph({ name: 'flux' });
   buildFlux({ g, w }, ip, cfg, { debugOutputs });
   return g.toBytes();
+}
+
+/** The subject scale of the golden inputs. */
+const scaleOf = (inputs: Map<string, Tensor>): number => toFloat32(inputs.get('subject_scale')!)[0]!;
+
+/** One whole-picture character: its tokens and an [1, L] weight map filled with `scale`. */
+function ipFeeds(tokens: Tensor, scale: number, L: number): Record<string, Tensor> {
+  return { ip_hidden_states: tokens, ip_masks: f32([1, L], new Float32Array(L).fill(scale)) };
 }
 
 /** A copy of `src` with one tensor replaced (or removed when `t` is undefined). */
@@ -61,43 +69,53 @@ describe('flux transformer + IP attention (golden)', () => {
     const img = toFloat32(inputs.get('img_ids')!);
     // The golden ids are the standard ones our helpers produce.
     expect(Array.from(fluxTextIds(txt.length / 3))).toEqual(Array.from(txt));
-    expect(Array.from(fluxImageIds(6, 8))).toEqual(Array.from(img));
+    const { rows, cols } = imageIdGrid(inputs.get('img_ids')!);
+    expect(rows * cols).toBe(inputs.get('hidden_states')!.dims[1]);
+    expect(Array.from(fluxImageIds(rows, cols))).toEqual(Array.from(img));
     const dc = expectClose(feeds.rope_cos, outputs.get('debug.rope_cos'), 1e-6, 'debug.rope_cos');
     const ds = expectClose(feeds.rope_sin, outputs.get('debug.rope_sin'), 1e-6, 'debug.rope_sin');
     console.log(`rope max abs diff: cos ${dc}, sin ${ds}`);
   });
 
-  it('matches noise_pred.scale_0.9 and the debug tensors', async () => {
+  it('matches noise_pred.scale_<s> at the inputs\' subject_scale, and the debug tensors', async () => {
     const w = goldenWeights(CASE, 'diffusion_pytorch_model.safetensors');
     const ip = goldenWeights(CASE, 'ip_adapter.safetensors');
     const model = build(cfg, w, ip, true);
     const out = await runOnce(model, {
       ...feeds,
-      ip_hidden_states: inputs.get('ip_hidden_states')!,
-      subject_scale: inputs.get('subject_scale')!,
+      ...ipFeeds(inputs.get('ip_hidden_states')!, scaleOf(inputs), feeds.hidden_states!.dims[1]!),
     });
-    const d = expectClose(out['noise_pred'], outputs.get('noise_pred.scale_0.9'), TOL, 'noise_pred.scale_0.9');
+    const d = expectClose(out['noise_pred'], scaledVariant(outputs, 'noise_pred', scaleOf(inputs)), TOL, `noise_pred at scale ${scaleOf(inputs)}`);
     const dt = expectClose(out['debug.temb'], outputs.get('debug.temb'), TOL, 'debug.temb');
     const dip = [];
     for (let i = 0; i < cfg.numLayers + cfg.numSingleLayers; i++) {
-      dip.push(expectClose(out[`debug.ip_attn.${i}`], outputs.get(`debug.ip_attn.${i}`), TOL, `debug.ip_attn.${i}`));
+      // Ours is per character [B, R, L, C]; with R = 1 it holds the golden [B, L, C].
+      const ours = out[`debug.ip_attn.${i}`]!;
+      const gold = outputs.get(`debug.ip_attn.${i}`)!;
+      expect(ours.dims).toEqual([gold.dims[0], 1, ...gold.dims.slice(1)]);
+      dip.push(expectClose(f32(gold.dims, toFloat32(ours)), gold, TOL, `debug.ip_attn.${i}`));
     }
-    console.log(`noise_pred.scale_0.9 max abs diff ${d}; temb ${dt}; ip_attn ${dip.join(', ')}`);
+    console.log(`noise_pred (scale ${scaleOf(inputs)}) max abs diff ${d}; temb ${dt}; ip_attn ${dip.join(', ')}`);
   });
 
-  it('matches noise_pred.scale_0.0, with IP inputs and as plain FLUX', async () => {
+  it('matches every noise_pred.scale_<s> with IP inputs, and at s = 0 as plain FLUX too', async () => {
     const w = goldenWeights(CASE, 'diffusion_pytorch_model.safetensors');
     const ip = goldenWeights(CASE, 'ip_adapter.safetensors');
-    const expected = outputs.get('noise_pred.scale_0.0');
-    const withIp = await runOnce(build(cfg, w, ip), {
-      ...feeds,
-      ip_hidden_states: inputs.get('ip_hidden_states')!,
-      subject_scale: f32([1], [0]),
-    });
-    const d1 = expectClose(withIp['noise_pred'], expected, TOL, 'noise_pred.scale_0.0 (ip graph)');
-    const plain = await runOnce(build(cfg, w, undefined), feeds);
-    const d2 = expectClose(plain['noise_pred'], expected, TOL, 'noise_pred.scale_0.0 (plain graph)');
-    console.log(`noise_pred.scale_0.0 max abs diff: ip graph ${d1}, plain graph ${d2}`);
+    const model = build(cfg, w, ip);
+    for (const { key, scale, tensor: expected } of scaledVariants(outputs, 'noise_pred')) {
+      const withIp = await runOnce(model, {
+        ...feeds,
+        ...ipFeeds(inputs.get('ip_hidden_states')!, scale, feeds.hidden_states!.dims[1]!),
+      });
+      const d1 = expectClose(withIp['noise_pred'], expected, TOL, `${key} (ip graph)`);
+      if (scale !== 0) {
+        console.log(`${key} max abs diff: ip graph ${d1}`);
+        continue;
+      }
+      const plain = await runOnce(build(cfg, w, undefined), feeds);
+      const d2 = expectClose(plain['noise_pred'], expected, TOL, `${key} (plain graph)`);
+      console.log(`${key} max abs diff: ip graph ${d1}, plain graph ${d2}`);
+    }
   });
 
   it('serves other batch sizes and token counts from one graph', async () => {
@@ -118,19 +136,21 @@ describe('flux transformer + IP attention (golden)', () => {
       pooled_projections: twice(feeds.pooled_projections!),
       timestep: twice(feeds.timestep!),
       guidance: twice(feeds.guidance!),
-      ip_hidden_states: twice(inputs.get('ip_hidden_states')!),
-      subject_scale: inputs.get('subject_scale')!,
+      // The character's tokens are shared by both images: no batch axis.
+      ...ipFeeds(inputs.get('ip_hidden_states')!, scaleOf(inputs), feeds.hidden_states!.dims[1]!),
     });
     const out = batched['noise_pred']!;
     const half = toFloat32(out).length / 2;
-    const expected = outputs.get('noise_pred.scale_0.9')!;
+    const expected = scaledVariant(outputs, 'noise_pred', scaleOf(inputs));
     for (let b = 0; b < 2; b++) {
       const one = f32(expected.dims, toFloat32(out).subarray(b * half, (b + 1) * half));
       expectClose(one, expected, TOL, `noise_pred batch item ${b}`);
     }
 
-    // A 4 x 5 latent grid with 3 text tokens: only the shapes are known here.
-    const rows = 4, cols = 5, T = 3, L = rows * cols;
+    // A grid one row and one column smaller, with one text token fewer: only the shapes are known here.
+    const grid = imageIdGrid(inputs.get('img_ids')!);
+    const rows = Math.max(1, grid.rows - 1), cols = Math.max(1, grid.cols - 1);
+    const T = Math.max(1, inputs.get('txt_ids')!.dims[0]! - 1), L = rows * cols;
     const rope = fluxRope(Float32Array.from([...fluxTextIds(T), ...fluxImageIds(rows, cols)]), cfg.axesDimsRope, cfg.ropeTheta);
     const small = await runOnce(model, {
       ...feeds,
@@ -138,8 +158,7 @@ describe('flux transformer + IP attention (golden)', () => {
       encoder_hidden_states: f32([1, T, cfg.jointAttentionDim], toFloat32(feeds.encoder_hidden_states!).subarray(0, T * cfg.jointAttentionDim)),
       rope_cos: rope.cos,
       rope_sin: rope.sin,
-      ip_hidden_states: inputs.get('ip_hidden_states')!,
-      subject_scale: inputs.get('subject_scale')!,
+      ...ipFeeds(inputs.get('ip_hidden_states')!, scaleOf(inputs), L),
     });
     expect(small['noise_pred']!.dims).toEqual([1, L, cfg.patchSize ** 2 * cfg.outChannels]);
     expect(Array.from(toFloat32(small['noise_pred']!)).every(Number.isFinite)).toBe(true);
@@ -148,13 +167,14 @@ describe('flux transformer + IP attention (golden)', () => {
   it('names the tensor on a wrong-shaped or missing weight', () => {
     const w = goldenWeights(CASE, 'diffusion_pytorch_model.safetensors');
     const ip = goldenWeights(CASE, 'ip_adapter.safetensors');
-    const bad = 'transformer_blocks.1.attn.add_k_proj.weight';
+    const bad = `transformer_blocks.${cfg.numLayers - 1}.attn.add_k_proj.weight`;
     expect(() => build(cfg, patched(w, bad, f32([3, 3])), ip)).toThrow(bad);
-    const gone = 'single_transformer_blocks.0.proj_mlp.bias';
+    const gone = `single_transformer_blocks.${cfg.numSingleLayers - 1}.proj_mlp.bias`;
     expect(() => build(cfg, patched(w, gone, undefined), ip)).toThrow(gone);
-    const ipBad = '3.norm_ip_k.scale';
-    expect(() => build(cfg, w, patched(ip, ipBad, f32([64])))).toThrow(ipBad);
-    const ipGone = '1.to_v_ip.bias';
+    const processors = cfg.numLayers + cfg.numSingleLayers;
+    const ipBad = `${processors - 1}.norm_ip_k.scale`;
+    expect(() => build(cfg, w, patched(ip, ipBad, f32([cfg.headDim + 1])))).toThrow(ipBad);
+    const ipGone = `${processors >> 1}.to_v_ip.bias`;
     expect(() => build(cfg, w, patched(ip, ipGone, undefined))).toThrow(ipGone);
   });
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { flowMatchSchedule, packLatents, seededNormal, unpackLatents } from '../../models/sampling.ts';
+import { type ScheduleConfig, flowMatchSchedule, packLatents, seededNormal, unpackLatents } from '../../models/sampling.ts';
 import { fluxImageIds } from '../../models/rope.ts';
-import { goldenTensors, expectClose } from '../helpers/goldens.ts';
+import { goldenConfig, goldenStepCount, goldenTensors, expectClose } from '../helpers/goldens.ts';
 import { f32 } from '../../models/tensor.ts';
 
 const inputs = goldenTensors('instantcharacter_e2e', 'inputs.safetensors');
@@ -11,8 +11,13 @@ describe('flow-matching schedule', () => {
   it('matches the reference sigmas, timesteps and mu', () => {
     const noise = inputs.get('noise_latents')!;
     const [, , h, w] = noise.dims as [number, number, number, number];
-    const steps = outputs.get('timesteps')!.dims[0]!;
-    const s = flowMatchSchedule(steps, (h / 2) * (w / 2));
+    const steps = goldenStepCount(outputs);
+    const sc = goldenConfig('instantcharacter_e2e', 'scheduler_config.json');
+    const cfg: ScheduleConfig = {
+      baseImageSeqLen: sc['base_image_seq_len'] as number, maxImageSeqLen: sc['max_image_seq_len'] as number,
+      baseShift: sc['base_shift'] as number, maxShift: sc['max_shift'] as number, numTrainTimesteps: sc['num_train_timesteps'] as number,
+    };
+    const s = flowMatchSchedule(steps, (h / 2) * (w / 2), cfg);
     expect(s.mu).toBeCloseTo((outputs.get('mu')!.data as Float64Array)[0]!, 12);
     expect(Array.from(s.sigmas)).toEqual(Array.from(outputs.get('sigmas')!.data as Float32Array));
     expect(Array.from(s.timesteps)).toEqual(Array.from(outputs.get('timesteps')!.data as Float32Array));
@@ -38,7 +43,8 @@ describe('latent layout', () => {
 
   it('numbers image tokens (0, row, col)', () => {
     const ids = inputs.get('img_ids')!;
-    expect(Array.from(fluxImageIds(4, 6))).toEqual(Array.from(ids.data as Float32Array));
+    const [, , h, w] = inputs.get('noise_latents')!.dims as [number, number, number, number];
+    expect(Array.from(fluxImageIds(h / 2, w / 2))).toEqual(Array.from(ids.data as Float32Array));
   });
 
   it('draws the same noise for the same seed and different noise otherwise', () => {

@@ -7,8 +7,8 @@ import { type Tensor, f32 } from '../../models/tensor.ts';
 import {
   FULL_SIGLIP, type SiglipOptions, buildSiglip, siglipConfigFromJson, siglipWeightShapes,
 } from '../../models/siglip.ts';
-import { expectClose, goldenConfig, goldenPath, goldenTensors, goldenWeights } from '../helpers/goldens.ts';
-import { diffToPipeline, e2ePixels } from '../helpers/e2e.ts';
+import { expectClose, goldenConfig, goldenTensors, goldenWeights } from '../helpers/goldens.ts';
+import { diffToPipeline, e2eNormalization, e2ePixels, e2eShallowLayers } from '../helpers/e2e.ts';
 
 const TOL = 1e-4;
 
@@ -35,21 +35,28 @@ describe('SigLIP vision tower', () => {
     }
   });
 
-  it('builds the deep narrow e2e encoder at 384 px with hidden states 7, 13, 26 (and matches the pipeline features)', async () => {
+  it('builds the deep narrow e2e encoder at the pipeline\'s stage size with its shallow hidden states (and matches the pipeline features)', async () => {
     const cfg = siglipConfigFromJson(goldenConfig('instantcharacter_e2e', 'siglip/config.json'));
     const w = goldenWeights('instantcharacter_e2e', 'siglip/model.safetensors');
     const g = new Graph({ name: 'siglip_e2e' });
-    const hiddenStates = [7, 13, 26];
-    buildSiglip({ g, w }, cfg, { hiddenStates, imageSize: 384 });
+    const hiddenStates = e2eShallowLayers().siglip;
+    const { mean, std } = e2eNormalization('siglip');
+    const pixels = await e2ePixels(mean, std);
+    const imageSize = pixels.dims[3]!;
+    buildSiglip({ g, w }, cfg, { hiddenStates, imageSize });
     w.close();
-    const got = await runOnce(g.toBytes(), { pixel_values: await e2ePixels([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]) });
-    const tokens = Math.floor(384 / cfg.patchSize) ** 2;
-    expect([1, tokens, cfg.hiddenSize]).toEqual([1, 729, 16]);
+    const got = await runOnce(g.toBytes(), { pixel_values: pixels });
+    const inter = goldenTensors('instantcharacter_e2e', 'intermediates.safetensors');
+    const deep = inter.get('image_embeds_low_res_deep')!;
+    const tokens = Math.floor(imageSize / cfg.patchSize) ** 2;
+    // The pipeline's token count, and its channels: SigLIP's, then DINOv2's.
+    const dinoWidth = goldenConfig('instantcharacter_e2e', 'dinov2/config.json')['hidden_size'] as number;
+    expect([1, tokens, cfg.hiddenSize + dinoWidth]).toEqual(deep.dims);
+    expect(inter.get('image_embeds_low_res_shallow')!.dims).toEqual([1, hiddenStates.length * tokens, cfg.hiddenSize + dinoWidth]);
     for (const name of ['last_hidden_state', ...hiddenStates.map((i) => `hidden_states.${i}`)]) {
       expect(got[name]?.dims, name).toEqual([1, tokens, cfg.hiddenSize]);
     }
-    // SigLIP fills channels [0, 16) of the pipeline's low-res features (shallow: 3 layers along the sequence).
-    const inter = goldenTensors('instantcharacter_e2e', 'intermediates.safetensors');
+    // SigLIP fills channels [0, hidden) of the pipeline's low-res features (shallow: its layers along the sequence).
     const checks: [string, string, number][] = [
       ['last_hidden_state', 'image_embeds_low_res_deep', 0],
       ...hiddenStates.map((i, j): [string, string, number] => [`hidden_states.${i}`, 'image_embeds_low_res_shallow', j * tokens]),
@@ -70,7 +77,7 @@ describe('SigLIP vision tower', () => {
       vision_config: { hidden_size: 1152, image_size: 384, intermediate_size: 4304, model_type: 'siglip_vision_model', num_attention_heads: 16, num_hidden_layers: 27, patch_size: 14 },
     };
     expect(siglipConfigFromJson(json)).toEqual(FULL_SIGLIP);
-    expect(siglipConfigFromJson(goldenConfig('siglip_vision')).hiddenSize).toBe(32);
+    expect(siglipConfigFromJson(goldenConfig('siglip_vision')).hiddenSize).toBe(goldenConfig('siglip_vision')['hidden_size']);
   });
 
   it('counts the so400m vision tower without its pooling head', () => {
@@ -86,9 +93,12 @@ describe('SigLIP vision tower', () => {
 
   it('names the tensor when a weight is missing or has the wrong shape', () => {
     const tensors = goldenTensors('siglip_vision', 'model.safetensors');
+    const cfg = siglipConfigFromJson(goldenConfig('siglip_vision'));
+    const key = `vision_model.encoder.layers.${cfg.numLayers - 1}.mlp.fc1.weight`;
+    const wrong = [cfg.intermediateSize, cfg.hiddenSize - 1];
     const bad = new Map(tensors);
-    bad.set('vision_model.encoder.layers.1.mlp.fc1.weight', f32([64, 31]));
-    expect(() => buildGraph('siglip_vision', memorySource(bad))).toThrow(/vision_model\.encoder\.layers\.1\.mlp\.fc1\.weight.*\[64,31\]/);
+    bad.set(key, f32(wrong));
+    expect(() => buildGraph('siglip_vision', memorySource(bad))).toThrow(`tensor '${key}' has shape [${wrong.join(',')}]`);
     const missing = new Map(tensors);
     missing.delete('vision_model.post_layernorm.weight');
     expect(() => buildGraph('siglip_vision', memorySource(missing))).toThrow(/vision_model\.post_layernorm\.weight/);

@@ -12,7 +12,8 @@ import { expectClose, goldenConfig, goldenTensors, goldenWeights, need, expectGo
 
 const CASE = 't5_encoder';
 const TOL = 1e-4;
-const cfg = t5ConfigFromJson(goldenConfig(CASE));
+const json = goldenConfig(CASE);
+const cfg = t5ConfigFromJson(json);
 const inputs = goldenTensors(CASE, 'inputs.safetensors');
 const outputs = goldenTensors(CASE, 'outputs.safetensors');
 
@@ -46,9 +47,11 @@ function goldenMemory(rename: (key: string) => string = (k) => k, drop?: string,
 
 describe('T5 encoder', () => {
   it('parses config.json', () => {
+    // transformers writes the parsed feed_forward_proj too: is_gated_act and dense_act_fn.
     expect(cfg).toEqual({
-      vocabSize: 100, dModel: 32, dKv: 8, dFf: 48, numLayers: 2, numHeads: 4,
-      numBuckets: 32, maxDistance: 128, layerNormEps: 1e-6, gated: true, act: 'gelu_new',
+      vocabSize: json['vocab_size'], dModel: json['d_model'], dKv: json['d_kv'], dFf: json['d_ff'], numLayers: json['num_layers'],
+      numHeads: json['num_heads'], numBuckets: json['relative_attention_num_buckets'], maxDistance: json['relative_attention_max_distance'],
+      layerNormEps: json['layer_norm_epsilon'], gated: json['is_gated_act'], act: json['dense_act_fn'],
     });
     // google/t5-v1_1-xxl's config.json numbers.
     expect(t5ConfigFromJson({
@@ -119,11 +122,12 @@ describe('T5 encoder', () => {
   });
 
   it('names the tensor when a weight is missing or has the wrong shape', () => {
-    for (const missing of ['encoder.block.1.layer.1.DenseReluDense.wi_1.weight', 'shared.weight', REL_BIAS]) {
+    const lastFf = `encoder.block.${cfg.numLayers - 1}.layer.1.DenseReluDense.${cfg.gated ? 'wi_1' : 'wi'}.weight`;
+    for (const missing of [lastFf, 'shared.weight', REL_BIAS]) {
       expect(() => build(goldenMemory(undefined, missing))).toThrow(`missing tensor '${missing}'`);
     }
-    const wrong = 'encoder.block.0.layer.1.DenseReluDense.wo.weight'; // [32, 48] stored as [48, 32]
-    expect(() => build(goldenMemory(undefined, undefined, wrong))).toThrow(`tensor '${wrong}' has shape [48,32]`);
+    const wrong = 'encoder.block.0.layer.1.DenseReluDense.wo.weight'; // [d_model, d_ff] stored as [d_ff, d_model]
+    expect(() => build(goldenMemory(undefined, undefined, wrong))).toThrow(`tensor '${wrong}' has shape [${cfg.dFf},${cfg.dModel}]`);
   });
 
   it('counts the parameters of google/t5-v1_1-xxl encoder', () => {

@@ -12,7 +12,7 @@ describe('the tiny model set', () => {
     try {
       const a = await writeTinyModelSet(join(root, 'a'));
       const b = await writeTinyModelSet(join(root, 'b'));
-      expect(Object.keys(a.files).sort()).toEqual(['adapter_static', 'adapter_time', 'clip', 'dinov2', 'flux', 'siglip', 't5', 'vae']);
+      expect(Object.keys(a.files).sort()).toEqual(['adapter_static', 'adapter_time', 'clip', 'dinov2', 'flux', 'siglip', 't5', 'vae', 'vae_encoder']);
       for (const [name, entry] of Object.entries(a.files)) {
         expect(b.files[name as keyof typeof b.files].sha256, name).toBe(entry.sha256);
       }

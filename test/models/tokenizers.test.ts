@@ -14,6 +14,10 @@ import { goldenConfig, goldenWeights } from '../helpers/goldens.ts';
 
 const PROMPT = 'A photo of a girl wearing a red hat, standing in the city at night.';
 const UNKNOWN = 'Zürich ÉTÉ 北京 ☃ {x}';
+/** The tiny CLIP tokenizer of vocabulary 100 (invented here, not a golden): its specials sit at the top. */
+const BOS = 100 - 2;
+const EOS = 100 - 1;
+const UNK = 100 - 3;
 const tmp = mkdtempSync(join(tmpdir(), 'charflow-tok-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
@@ -99,12 +103,12 @@ describe('prompt encoding', () => {
     const text = tok.tokenizer.encode(PROMPT, { add_special_tokens: false }).ids;
     const ids = encodeClip(tok, PROMPT);
     expect(ids).toHaveLength(77);
-    expect(ids.slice(0, text.length + 2)).toEqual([98, ...text, 99]);
-    expect(ids.slice(text.length + 2).every((id) => id === 99)).toBe(true);
+    expect(ids.slice(0, text.length + 2)).toEqual([BOS, ...text, EOS]);
+    expect(ids.slice(text.length + 2).every((id) => id === EOS)).toBe(true);
 
-    expect(encodeClip(tok, PROMPT, 6)).toEqual([98, ...text.slice(0, 4), 99]);
-    expect(encodeClip(tok, '', 4)).toEqual([98, 99, 99, 99]);
-    expect(encodeClip(tok, 'a', 4, { pad: 0 })).toEqual([98, ids[1], 99, 0]);
+    expect(encodeClip(tok, PROMPT, 6)).toEqual([BOS, ...text.slice(0, 4), EOS]);
+    expect(encodeClip(tok, '', 4)).toEqual([BOS, EOS, EOS, EOS]);
+    expect(encodeClip(tok, 'a', 4, { pad: 0 })).toEqual([BOS, ids[1], EOS, 0]);
     expectValidIds(tok, encodeClip(tok, UNKNOWN), 100);
   });
 
@@ -138,8 +142,8 @@ describe('loadTokenizer', () => {
     });
     const clip = loadTokenizer(clipDir);
     const aId = clip.tokenizer.token_to_id('a</w>')!;
-    expect(clip.special).toMatchObject({ bos: 98, eos: 99, pad: aId });
-    expect(encodeClip(clip, 'cat', 5)).toEqual([98, clip.tokenizer.token_to_id('cat</w>'), 99, aId, aId]);
+    expect(clip.special).toMatchObject({ bos: BOS, eos: EOS, pad: aId });
+    expect(encodeClip(clip, 'cat', 5)).toEqual([BOS, clip.tokenizer.token_to_id('cat</w>'), EOS, aId, aId]);
 
     expect(() => loadTokenizer(folder('empty', {}))).toThrow(/no tokenizer.json/);
   });
@@ -156,11 +160,11 @@ describe('loadTokenizer', () => {
     const slow = loadTokenizer(dir);
     const fast = tokenizerFromJson(json);
     for (const text of [PROMPT, UNKNOWN, 'the cat and the dog', 'qz']) expect(encodeClip(slow, text)).toEqual(encodeClip(fast, text));
-    expect(slow.special).toMatchObject({ bos: 98, eos: 99, pad: 99, unk: 97 });
+    expect(slow.special).toMatchObject({ bos: BOS, eos: EOS, pad: EOS, unk: UNK });
   });
 });
 
-describe('tiny CLIP tokenizer with the clip_text golden model (vocab 100, BOS 98, EOS 99)', () => {
+describe('tiny CLIP tokenizer with the clip_text golden model (its vocabulary size)', () => {
   it('pools at the EOS that encodeClip writes', async () => {
     const cfg = clipConfigFromJson(goldenConfig('clip_text'));
     const T = cfg.maxPositions;
@@ -178,7 +182,8 @@ describe('tiny CLIP tokenizer with the clip_text golden model (vocab 100, BOS 98
     const last = toFloat32(out.last_hidden_state!);
     const pooled = toFloat32(out.pooler_output!);
     rows.forEach((row, b) => {
-      const eosAt = row.indexOf(99);
+      const eosAt = row.indexOf(tok.special.eos!);
+      expect(eosAt).toBeGreaterThan(0);
       expect(Array.from(pooled.subarray(b * C, (b + 1) * C))).toEqual(Array.from(last.subarray((b * T + eosAt) * C, (b * T + eosAt + 1) * C)));
     });
   });

@@ -18,7 +18,7 @@ function buildBytes(w: WeightSource, cfg: VaeConfig): Uint8Array {
   return g.toBytes();
 }
 
-/** The batch items stacked along axis 0. */
+/** Tensors [B_i, ...] concatenated along axis 0. */
 function stack(items: Tensor[]): Tensor {
   const parts = items.map(toFloat32);
   const data = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
@@ -27,7 +27,7 @@ function stack(items: Tensor[]): Tensor {
     data.set(p, at);
     at += p.length;
   }
-  return { dtype: 'float32', dims: [items.length, ...items[0]!.dims.slice(1)], data };
+  return { dtype: 'float32', dims: [items.reduce((n, t) => n + t.dims[0]!, 0), ...items[0]!.dims.slice(1)], data };
 }
 
 /** Batch item i of a [B, ...] tensor, as [1, ...]. */
@@ -68,13 +68,16 @@ describe('FLUX VAE decoder', () => {
       const latents = inputs.get('latents')!;
       const bytes = buildBytes(w, cfg);
       // The golden latents twice: each batch item must decode like the golden one.
+      const B = latents.dims[0]!;
       const batched = await runOnce(bytes, { latents: stack([latents, latents]) });
-      for (const i of [0, 1]) expectClose(item(batched.sample!, i), outputs.get('sample'), TOL, `sample[${i}]`);
-      // Another latent size decodes to 8x its size.
+      for (let i = 0; i < 2 * B; i++) expectClose(item(batched.sample!, i), item(outputs.get('sample')!, i % B), TOL, `sample[${i}]`);
+      // Another latent size decodes to `scale` times its size (one 2x upsampler per block after the first).
       const [, c, h, wd] = latents.dims as [number, number, number, number];
-      const small: Tensor = { dtype: 'float32', dims: [1, c, h / 2, wd / 2 + 1], data: new Float32Array(c * (h / 2) * (wd / 2 + 1)).fill(0.3) };
+      const scale = 2 ** (cfg.blockOutChannels.length - 1);
+      const [hs, ws] = [Math.max(1, Math.floor(h / 2)), Math.floor(wd / 2) + 1];
+      const small: Tensor = { dtype: 'float32', dims: [1, c, hs, ws], data: new Float32Array(c * hs * ws).fill(0.3) };
       const out = await runOnce(bytes, { latents: small });
-      expect(out.sample!.dims).toEqual([1, cfg.outChannels, 4 * h, 8 * (wd / 2 + 1)]);
+      expect(out.sample!.dims).toEqual([1, cfg.outChannels, scale * hs, scale * ws]);
       expect(out.image!.dims).toEqual(out.sample!.dims);
     } finally {
       w.close();
@@ -118,8 +121,9 @@ describe('FLUX VAE decoder', () => {
     try {
       const key = 'decoder.mid_block.attentions.0.to_q.weight';
       expect(() => buildBytes(tampered(w, key, undefined), cfg)).toThrow(/decoder\.mid_block\.attentions\.0\.to_q\.weight/);
-      const norm = 'decoder.up_blocks.2.resnets.0.norm2.bias';
-      expect(() => buildBytes(tampered(w, norm, [7]), cfg)).toThrow(/decoder\.up_blocks\.2\.resnets\.0\.norm2\.bias/);
+      const norm = `decoder.up_blocks.${cfg.blockOutChannels.length - 1}.resnets.0.norm2.bias`;
+      const wrong = [w.shape(norm)![0]! + 1];
+      expect(() => buildBytes(tampered(w, norm, wrong), cfg)).toThrow(`tensor '${norm}' has shape [${wrong[0]}]`);
     } finally {
       w.close();
     }

@@ -1,7 +1,7 @@
 // `charflow demo` from a clean data folder: generates the tiny set, runs the default workflow and
 // writes a PNG of the requested size that carries the workflow.
 import { describe, expect, it } from 'vitest';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
@@ -19,12 +19,16 @@ describe('charflow demo', () => {
     try {
       const stdout = sink();
       const stderr = sink();
-      const code = await main(['demo', '--data', join(dir, 'data'), '--out', join(dir, 'out'), '--width', '80', '--height', '64', '--steps', '2', '--device', 'cpu'], { stdout, stderr, cwd: dir });
+      // No --out: the PNG goes where `run` puts outputs, the data folder's outputs, and the demo says so.
+      const code = await main(['demo', '--data', join(dir, 'data'), '--width', '80', '--height', '64', '--steps', '2', '--device', 'cpu'], { stdout, stderr, cwd: dir });
       expect(code, stderr.text).toBe(0);
       expect(stderr.text).toMatch(/random weights/);
-      const files = readdirSync(join(dir, 'out'));
+      const outputs = join(dir, 'data', 'outputs');
+      expect(stderr.text).toContain(`the image is in ${outputs}\n`);
+      expect(existsSync(join(dir, 'out'))).toBe(false);
+      const files = readdirSync(outputs);
       expect(files).toEqual(['instantcharacter_00001.png']);
-      const png = readFileSync(join(dir, 'out', files[0]!));
+      const png = readFileSync(join(outputs, files[0]!));
       const meta = await sharp(png).metadata();
       expect([meta.width, meta.height]).toEqual([80, 64]);
       const wf = JSON.parse(readPngText(png).workflow!) as { nodes: Record<string, { inputs: Record<string, unknown> }> };
@@ -36,7 +40,9 @@ describe('charflow demo', () => {
 
   it('refuses a bad size with exit code 2', async () => {
     const stderr = sink();
-    const code = await main(['demo', '--width', 'abc'], { stdout: sink(), stderr });
+    const dir = mkdtempSync(join(tmpdir(), 'charflow-demo-'));
+    const code = await main(['demo', '--width', 'abc'], { stdout: sink(), stderr, cwd: dir });
+    rmSync(dir, { recursive: true, force: true });
     expect(code).toBe(2);
     expect(stderr.text).toMatch(/--width abc/);
   });

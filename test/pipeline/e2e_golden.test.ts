@@ -14,10 +14,12 @@ import { AdapterFuse } from '../../nodes/adapter_fuse.ts';
 import { DiTSample } from '../../nodes/dit_sample.ts';
 import { Decode } from '../../nodes/decode.ts';
 import type { CharacterTokens, Conditioning, Latent, ModelSet, RgbImage, VisionFeatures } from '../../nodes/types.ts';
-import { goldenPath, goldenTensors, expectClose } from '../helpers/goldens.ts';
+import { clipSpecialIds, goldenConfig, goldenPath, goldenStepCount, goldenTensors, expectClose, maxAbs } from '../helpers/goldens.ts';
+import { e2eNormalization, e2eStagePath } from '../helpers/e2e.ts';
 import { writeGoldenModelSet } from '../helpers/goldenset.ts';
 import { type Tensor, f32 } from '../../models/tensor.ts';
 import { decodeImage, pixelValues } from '../../nodes/lib/image.ts';
+import { packLatents } from '../../models/sampling.ts';
 
 const inputs = goldenTensors('instantcharacter_e2e', 'inputs.safetensors');
 const outputs = goldenTensors('instantcharacter_e2e', 'outputs.safetensors');
@@ -66,6 +68,8 @@ afterAll(async () => {
 
 describe('InstantCharacter end to end, against the official pipeline', () => {
   it('encodes the prompt ids as the reference did', async () => {
+    // The set's tokenizer writes the specials the reference ids carry.
+    expect(clipSpecialIds(inputs.get('clip_input_ids')!)).toEqual({ bos: models.manifest.clip.bosId, eos: models.manifest.clip.eosId });
     const t5 = await services.pool.run(models.path('t5'), { input_ids: inputs.get('t5_input_ids')! });
     console.log('prompt_embeds', expectClose(t5.last_hidden_state, inputs.get('prompt_embeds'), 1e-4, 'prompt_embeds'));
     const clip = await services.pool.run(models.path('clip'), { input_ids: inputs.get('clip_input_ids')! });
@@ -75,12 +79,17 @@ describe('InstantCharacter end to end, against the official pipeline', () => {
   it('reproduces features, adapter tokens, every step, the decoder output and the image', async () => {
     runs.length = 0;
     const image = await run<RgbImage>(LoadCharacter, { path: 'reference.png', square: 'stretch' }, 'image');
-    expect([image.width, image.height]).toEqual([120, 120]);
+    // The pipeline stretches the reference to a square of its longer side (the square stage image).
+    const [refH, refW] = inputs.get('reference_image_uint8')!.dims as [number, number, number];
+    const square = await decodeImage(e2eStagePath('square'));
+    expect([square.width, square.height]).toEqual([Math.max(refW, refH), Math.max(refW, refH)]);
+    expect([image.width, image.height]).toEqual([square.width, square.height]);
+    expect(Buffer.from(image.data).equals(Buffer.from(square.data)), 'square stage pixels').toBe(true);
     const siglip = await run<VisionFeatures>(SigLIPEncode, { models, image }, 'features');
     const dinov2 = await run<VisionFeatures>(DINOv2Encode, { models, image }, 'features');
     const character = await run<CharacterTokens>(AdapterFuse, { models, siglip, dinov2 }, 'character');
 
-    const magnitudeTol = (t: Tensor, base: number) => base * Math.max(1, ...Array.from(t.data as Float32Array, Math.abs));
+    const magnitudeTol = (t: Tensor, base: number) => base * Math.max(1, maxAbs(t));
     const low = runs.find((r) => r.model.endsWith('adapter_static.onnx'))!.feeds;
     for (const [name, key] of [['low_res_deep', 'image_embeds_low_res_deep'], ['low_res_shallow', 'image_embeds_low_res_shallow'], ['high_res_deep', 'image_embeds_high_res_deep']] as const) {
       const ref = intermediates.get(key)!;
@@ -92,10 +101,13 @@ describe('InstantCharacter end to end, against the official pipeline', () => {
     const noise: Latent = { samples: inputs.get('noise_latents')! };
     const [, , h, w] = noise.samples.dims as number[];
     const conditioning: Conditioning = { promptEmbeds: inputs.get('prompt_embeds')!, pooled: inputs.get('pooled_prompt_embeds')! };
-    const steps = outputs.get('timesteps')!.dims[0]!;
+    const steps = goldenStepCount(outputs);
+    expect(outputs.get('timesteps')!.dims).toEqual([steps]);
+    // Pixels per latent cell: the VAE halves the size once per block after the first.
+    const vaeScale = 2 ** ((goldenConfig('vae_decoder')['block_out_channels'] as number[]).length - 1);
     runs.length = 0;
     const latent = await run<Latent>(DiTSample, {
-      models, conditioning, character, noise, steps, width: w! * 8, height: h! * 8,
+      models, conditioning, character, noise, steps, width: w! * vaeScale, height: h! * vaeScale,
       guidance: (inputs.get('guidance_scale')!.data as Float32Array)[0], subject_scale: (inputs.get('subject_scale')!.data as Float32Array)[0],
     }, 'latent');
 
@@ -109,8 +121,11 @@ describe('InstantCharacter end to end, against the official pipeline', () => {
       expectClose(fluxRuns[i]!.feeds.timestep, gold('transformer_timestep'), 0, `step ${i} transformer timestep`);
       const ip = expectClose(timeRuns[i]!.out.ip_hidden_states, gold('ip_hidden_states'), 2e-4, `step ${i} ip_hidden_states`);
       const v = expectClose(fluxRuns[i]!.out.noise_pred, gold('noise_pred'), 5e-4, `step ${i} noise_pred`);
-      const next = i + 1 < steps ? fluxRuns[i + 1]!.feeds.hidden_states : undefined;
-      const lat = next ? expectClose(next, gold('latents'), 5e-4, `step ${i} latents`) : NaN;
+      // After step i: what the next transformer run was fed, or after the last step the sampler's result, packed.
+      const [, c, lh, lw] = latent.samples.dims as [number, number, number, number];
+      const next = i + 1 < steps ? fluxRuns[i + 1]!.feeds.hidden_states!
+        : f32(gold('latents').dims, packLatents(latent.samples.data as Float32Array, c, lh, lw));
+      const lat = expectClose(next, gold('latents'), 5e-4, `step ${i} latents`);
       console.log(`step ${i}: ip ${ip.toExponential(2)} noise_pred ${v.toExponential(2)} latents ${lat.toExponential(2)}`);
     }
     console.log('final latents', expectClose(latent.samples, outputs.get('final_latents_unpacked'), 5e-4, 'final latents'));
@@ -128,13 +143,14 @@ describe('InstantCharacter end to end, against the official pipeline', () => {
   });
 
   it('feeds the encoders exactly the pixel values of the reference stages (charflow resize is PIL-exact)', async () => {
-    const stage = await decodeImage(goldenPath('instantcharacter_e2e', 'stage_low_res_384.png'));
+    const stage = await decodeImage(e2eStagePath('low_res'));
     const image = await run<RgbImage>(LoadCharacter, { path: 'reference.png', square: 'stretch' }, 'image');
     runs.length = 0;
     await run<VisionFeatures>(SigLIPEncode, { models, image }, 'features');
     const fed = runs[0]!.feeds.pixel_values!;
-    const expected = pixelValues([stage], [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]);
-    const first = f32([1, 3, 384, 384], (fed.data as Float32Array).subarray(0, 3 * 384 * 384));
+    const { mean, std } = e2eNormalization('siglip');
+    const expected = pixelValues([stage], mean, std);
+    const first = f32(expected.dims, (fed.data as Float32Array).subarray(0, expected.data.length));
     expectClose(first, expected, 0, 'low-res pixel values');
   });
 });

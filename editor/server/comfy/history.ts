@@ -27,6 +27,8 @@ export interface HistoryEntry {
   outputs: Job['outputs'];
   status: { status_str: 'success' | 'error'; completed: boolean; messages: HistoryMessage[] };
   meta: Record<string, { node_id: string; display_node: string; parent_node: null; real_node_id: string }>;
+  /** The worker that ran it (scale-out only). */
+  worker?: string;
 }
 
 export function comfyExtra(job: Pick<Job, 'extra'>): ComfyExtra['comfy'] | undefined {
@@ -56,7 +58,9 @@ function outputsToExecute(job: Job, registry: Registry): string[] {
 }
 
 export function queueItem(job: Job, registry: Registry): QueueItem {
-  const extra = comfyExtra(job)?.extra_data ?? { client_id: job.clientId, create_time: job.createdAt };
+  const base = comfyExtra(job)?.extra_data ?? { client_id: job.clientId, create_time: job.createdAt };
+  // Scale-out: which worker runs (or ran) it, as ComfyUI users ask for instance ids (#8056).
+  const extra = job.worker !== null ? { ...base, worker: job.worker } : base;
   return [job.number, job.id, apiPromptOf(job, registry), extra, outputsToExecute(job, registry)];
 }
 
@@ -140,5 +144,6 @@ export function historyEntry(job: Job, registry: Registry): HistoryEntry {
     outputs: job.outputs,
     status: { status_str: job.status === 'done' ? 'success' : 'error', completed: job.status === 'done', messages: statusMessages(job) },
     meta,
+    ...(job.worker !== null ? { worker: job.worker } : {}),
   };
 }

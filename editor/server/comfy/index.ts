@@ -5,7 +5,7 @@
 // socket.
 import type { NextFunction, Request, Response } from 'express';
 import type { Services } from '../../../nodes/services.ts';
-import type { ServerContext } from '../server.ts';
+import type { ServerContext } from '../context.ts';
 import { promptError } from './errors.ts';
 import { comfyRouter } from './routes.ts';
 import { ComfyHub } from './ws.ts';

@@ -7,7 +7,7 @@ import { validateWorkflow } from '../../../engine/workflow/index.ts';
 import type { ValidWorkflow } from '../../../engine/workflow/types.ts';
 import type { Services } from '../../../nodes/services.ts';
 import { FileRequestError, listInputs, resolveView, storeUpload } from '../files.ts';
-import type { ServerContext } from '../server.ts';
+import type { ServerContext } from '../context.ts';
 import { apiToWorkflow, isCharflowWorkflow, workflowToApi, type ApiPrompt, type Converted } from './convert.ts';
 import { errorBody, issuesFromValidation, promptError, type Issue } from './errors.ts';
 import { historyEntry, queueItem, type ComfyExtra } from './history.ts';
@@ -171,16 +171,9 @@ export function comfyRouter(ctx: ServerContext, hub: ComfyHub<Services>): Router
   router.post('/free', anyJson, async (req, res, next) => {
     try {
       const body: unknown = req.body;
-      let unloaded = 0;
-      if (isObject(body) && body.unload_models === true) {
-        // A model in use finishes its runs first; the next run loads it again.
-        const loaded = ctx.services.pool.stats().loaded;
-        await Promise.all(loaded.map((p) => ctx.services.pool.unload(p)));
-        unloaded = loaded.length;
-      }
-      const freed = isObject(body) && body.free_memory === true;
-      if (freed) runner.executor.cache.clear();
-      res.json({ unloaded_models: unloaded, cache_cleared: freed });
+      // Wherever jobs run: here (embedded) or on every connected worker (scale-out).
+      const r = await runner.free({ unloadModels: isObject(body) && body.unload_models === true, clearCache: isObject(body) && body.free_memory === true });
+      res.json({ unloaded_models: r.unloadedModels, cache_cleared: r.cacheCleared });
     } catch (err) {
       next(err);
     }
@@ -264,6 +257,8 @@ export function comfyRouter(ctx: ServerContext, hub: ComfyHub<Services>): Router
           torch_vram_free: 0,
         },
       ],
+      // Scale-out: where jobs run. Embedded: this server; bullmq: the connected workers.
+      queue: { kind: runner.kind, workers: runner.workers() },
     });
   });
   router.get('/embeddings', (_req, res) => {

@@ -10,7 +10,7 @@ import type { IncomingMessage } from 'node:http';
 import { WebSocket } from 'ws';
 import type { RunEvent } from '../../../engine/executor/events.ts';
 import type { PreviewImage } from '../../../engine/node.ts';
-import { imagesOf, type Job, type JobQueue, type QueueRunner } from '../../../engine/queue/index.ts';
+import { imagesOf, type Job, type JobDispatcher, type JobQueue } from '../../../engine/queue/index.ts';
 import { executionError } from './history.ts';
 
 /** Above this many unsent bytes a socket gets no preview frames until it catches up. */
@@ -49,7 +49,7 @@ interface RunState {
 
 export interface ComfyHubOptions<S> {
   queue: JobQueue;
-  runner: QueueRunner<S>;
+  runner: JobDispatcher;
   log: (message: string) => void;
 }
 

@@ -1,0 +1,344 @@
+// A worker's side of scale-out: pulls jobs from BullMQ (one queue per model set; sets whose models
+// it holds first, others after DEFAULT_COLD_DELAY_MS so a warm worker gets them), validates each
+// job again exactly as the server's runner does, fetches input images by content hash, runs the
+// workflow in its own Executor (models run on worker threads, so this event loop stays free to renew
+// the job's lock), uploads output images to the server, relays every run event, and stores a small
+// result in Redis. One job at a time per worker process.
+import { randomUUID } from 'node:crypto';
+import { Queue, QueueEvents, Worker, type ConnectionOptions, type Job as BullJob } from 'bullmq';
+import type { Logger, NodeDef } from '../node.ts';
+import { Executor, type RunEvent, type RunResult } from '../executor/index.ts';
+import { validateWorkflow, WorkflowError } from '../workflow/index.ts';
+import type { ValidWorkflow } from '../workflow/types.ts';
+import {
+  DEFAULT_COLD_DELAY_MS,
+  MAX_STALLED_COUNT,
+  queueName,
+  redisOptions,
+  toWire,
+  type BullmqTiming,
+  type InputRef,
+  type QueueJobData,
+  type QueueJobResult,
+  type ServerToWorker,
+  type WorkerMessage,
+} from './bullmq.ts';
+import { imagesOf, Recorder } from './runner.ts';
+import type { JobImage } from './types.ts';
+
+/** The worker's connection to the server: the event relay and the file transfers. */
+export interface ServerLink {
+  readonly connected: boolean;
+  send(msg: WorkerMessage): void;
+  /** Resolves once a message is sent over a connected socket (or rejects when there is none). */
+  sendNow(msg: WorkerMessage): Promise<void>;
+  onMessage(fn: (msg: ServerToWorker) => void): void;
+  onConnected(fn: () => void): void;
+  /** The input's bytes into the worker's input cache; returns the path to put in the workflow. */
+  fetchInput(ref: InputRef): Promise<string>;
+  /** Uploads an image a node wrote here; returns the name the server stored it under. */
+  uploadImage(jobId: string, nodeId: string, index: number, image: JobImage): Promise<JobImage>;
+}
+
+export interface QueueWorkerOptions<S> {
+  url: string;
+  name: string;
+  device: string;
+  /** Model sets this worker serves. */
+  sets: string[];
+  /** Sets whose models are loaded now (warm). */
+  loadedSets: () => string[];
+  registry: ReadonlyMap<string, NodeDef<S>>;
+  services: S;
+  link: ServerLink;
+  timing: BullmqTiming;
+  coldDelayMs?: number;
+  maxNodes?: number;
+  concurrency?: number;
+  logger?: Logger;
+  /** Unload every model (ComfyUI's /free). */
+  unloadModels?: () => Promise<void>;
+}
+
+interface Current {
+  jobId: string;
+  controller: AbortController;
+  lost: boolean;
+}
+
+function message(err: unknown): string {
+  return err instanceof Error ? err.message || err.name : String(err);
+}
+
+export class QueueWorker<S> {
+  readonly executor: Executor<S>;
+  private readonly o: QueueWorkerOptions<S>;
+  private readonly connection: ConnectionOptions;
+  private readonly token = randomUUID();
+  private readonly bull = new Map<string, { worker: Worker; queue: Queue; events: QueueEvents }>();
+  private readonly logger: Logger;
+  private current: Current | undefined;
+  private wakeUp: (() => void) | undefined;
+  private loop: Promise<void> | undefined;
+  private stopped = false;
+
+  constructor(o: QueueWorkerOptions<S>) {
+    this.o = o;
+    this.logger = o.logger ?? { info: (m) => console.error(m), warn: (m) => console.error(`warning: ${m}`) };
+    this.connection = { ...redisOptions(o.url), maxRetriesPerRequest: null };
+    this.executor = new Executor({ registry: o.registry, services: o.services, concurrency: o.concurrency, logger: this.logger });
+    o.link.onMessage((m) => this.onServer(m));
+    o.link.onConnected(() => {
+      o.link.send({ type: 'hello', name: o.name, device: o.device, sets: o.sets, loaded: o.loadedSets() });
+      this.wake();
+    });
+  }
+
+  /** The id of the job running now. */
+  get runningJob(): string | undefined {
+    return this.current?.jobId;
+  }
+
+  /** Connects to the set queues and starts pulling. */
+  async start(): Promise<void> {
+    for (const set of this.o.sets) {
+      const name = queueName(set);
+      const worker = new Worker(name, null, {
+        connection: this.connection,
+        autorun: false,
+        name: this.o.name,
+        lockDuration: this.o.timing.lockDurationMs,
+        stalledInterval: this.o.timing.stalledIntervalMs,
+        maxStalledCount: MAX_STALLED_COUNT,
+      });
+      worker.on('error', (err) => this.logger.warn(`Redis (${name}): ${err.message}`));
+      const queue = new Queue(name, { connection: this.connection });
+      queue.on('error', (err) => this.logger.warn(`Redis (${name}): ${err.message}`));
+      const events = new QueueEvents(name, { connection: this.connection });
+      events.on('error', (err) => this.logger.warn(`Redis (${name}): ${err.message}`));
+      // A new or returned job wakes the loop at once (the poll below is only a fallback).
+      events.on('waiting', () => this.wake());
+      this.bull.set(set, { worker, queue, events });
+      await worker.startStalledCheckTimer();
+      await events.waitUntilReady();
+    }
+    this.loop = this.run();
+  }
+
+  /** Stops pulling; the running job is stopped and goes back to the queue at once (not after a stall). */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    const cur = this.current;
+    if (cur) {
+      cur.lost = true;
+      cur.controller.abort(new Error('the worker is stopping'));
+    }
+    this.wake();
+    await this.loop?.catch(() => {});
+    for (const b of this.bull.values()) await Promise.all([b.events.close(), b.worker.close(true), b.queue.close()].map((p) => p.catch(() => {})));
+  }
+
+  private wake(): void {
+    const w = this.wakeUp;
+    this.wakeUp = undefined;
+    w?.();
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        this.wakeUp = undefined;
+        resolve();
+      }, ms);
+      this.wakeUp = () => {
+        clearTimeout(t);
+        resolve();
+      };
+    });
+  }
+
+  private onServer(m: ServerToWorker): void {
+    if (m.type === 'cancel' && this.current?.jobId === m.jobId) this.current.controller.abort(new Error('cancelled'));
+    if (m.type === 'free') {
+      if (m.clearCache) this.executor.cache.clear();
+      if (m.unloadModels) void this.o.unloadModels?.().then(() => this.status());
+    }
+  }
+
+  private status(): void {
+    if (this.o.link.connected) this.o.link.send({ type: 'status', loaded: this.o.loadedSets(), current: this.current?.jobId ?? null });
+  }
+
+  private async run(): Promise<void> {
+    while (!this.stopped) {
+      let next: { job: BullJob; set: string } | undefined;
+      let retryIn = 1000;
+      try {
+        if (this.o.link.connected) {
+          const r = await this.take();
+          next = r.job ? { job: r.job, set: r.set! } : undefined;
+          if (r.retryIn !== undefined) retryIn = Math.min(retryIn, r.retryIn);
+        }
+      } catch (err) {
+        if (!this.stopped) this.logger.warn(`could not take a job: ${message(err)}`);
+      }
+      if (this.stopped) {
+        if (next) await next.job.moveToWait(this.token).catch(() => {});
+        return;
+      }
+      if (!next) {
+        await this.sleep(retryIn);
+        continue;
+      }
+      try {
+        await this.process(next.job);
+      } catch (err) {
+        this.logger.warn(`job ${next.job.id}: ${message(err)}`);
+      }
+    }
+  }
+
+  /** Warm sets' jobs at once; a cold set's job only once it has waited coldDelayMs for a warm worker. */
+  private async take(): Promise<{ job?: BullJob; set?: string; retryIn?: number }> {
+    const loaded = new Set(this.o.loadedSets());
+    const warm = this.o.sets.filter((s) => loaded.has(s));
+    const cold = this.o.sets.filter((s) => !loaded.has(s));
+    for (const set of warm) {
+      const job = await this.bull.get(set)!.worker.getNextJob(this.token, { block: false });
+      if (job) return { job, set };
+    }
+    const delay = this.o.coldDelayMs ?? DEFAULT_COLD_DELAY_MS;
+    let retryIn: number | undefined;
+    for (const set of cold) {
+      const b = this.bull.get(set)!;
+      const [first] = await b.queue.getJobs(['prioritized', 'wait'], 0, 0, true);
+      if (!first) continue;
+      const waited = Date.now() - first.timestamp;
+      if (waited < delay) {
+        retryIn = Math.min(retryIn ?? delay, delay - waited + 5);
+        continue;
+      }
+      const job = await b.worker.getNextJob(this.token, { block: false });
+      if (job) return { job, set };
+    }
+    return { retryIn };
+  }
+
+  private async process(bull: BullJob): Promise<void> {
+    const data = bull.data as QueueJobData & { id: string };
+    const jobId = typeof data?.id === 'string' ? data.id : String(bull.id);
+    if (bull.deferredFailure) {
+      // BullMQ's stalled check gave up on this job (it stalled too often): fail it, do not run it.
+      await bull.moveToFailed(new Error(bull.deferredFailure), this.token, false);
+      await this.o.link.sendNow({ type: 'finished', jobId }).catch(() => {});
+      return;
+    }
+    const cur: Current = { jobId, controller: new AbortController(), lost: false };
+    this.current = cur;
+    // Renew the lock while the job runs; losing it means another worker may have the job now.
+    const renew = setInterval(() => {
+      bull.extendLock(this.token, this.o.timing.lockDurationMs).then(
+        (ok) => {
+          if (!ok && !cur.lost) {
+            cur.lost = true;
+            cur.controller.abort(new Error('the job lock was lost'));
+          }
+        },
+        (err: Error) => this.logger.warn(`job ${jobId}: could not renew its lock: ${err.message}`),
+      );
+    }, Math.max(50, Math.floor(this.o.timing.lockDurationMs / 2)));
+    let result: QueueJobResult;
+    try {
+      this.o.link.send({ type: 'started', jobId });
+      this.status();
+      result = await this.runJob(jobId, data, cur.controller.signal);
+    } finally {
+      clearInterval(renew);
+      this.current = undefined;
+    }
+    if (cur.lost) {
+      // Stopping (goes back to waiting) or the lock is gone (the stalled check moved it): not ours to finish.
+      if (this.stopped) await bull.moveToWait(this.token).catch(() => {});
+      return;
+    }
+    await bull.moveToCompleted(result, this.token, false);
+    await this.o.link.sendNow({ type: 'finished', jobId }).catch(() => {
+      // The server reads the result from Redis when it comes back.
+    });
+    this.status();
+  }
+
+  /** The same checks and outcome rules as the server's QueueRunner, then the run itself. */
+  private async runJob(jobId: string, data: QueueJobData, signal: AbortSignal): Promise<QueueJobResult> {
+    const rec = new Recorder();
+    // Events leave in order; an event with images waits for their upload (the server's names go out).
+    let chain: Promise<void> = Promise.resolve();
+    const relay = (e: RunEvent): Promise<void> => {
+      chain = chain.then(async () => {
+        let images: JobImage[] | undefined;
+        const own = 'outputs' in e ? imagesOf(e.outputs) : undefined;
+        if (own) images = await Promise.all(own.map((img, i) => this.o.link.uploadImage(jobId, (e as { nodeId: string }).nodeId, i, img)));
+        const sent: RunEvent = images ? ({ ...e, outputs: { images } } as RunEvent) : e;
+        rec.record(sent);
+        this.o.link.send({ type: 'event', jobId, event: toWire(sent, images) });
+      });
+      return chain;
+    };
+    let run: RunResult | undefined;
+    let error: string | null = null;
+    try {
+      const workflow = data?.workflow as unknown;
+      const v = validateWorkflow(workflow, this.o.registry, this.o.maxNodes === undefined ? {} : { maxNodes: this.o.maxNodes });
+      if (!v.ok) throw new WorkflowError(v.errors);
+      const wf = await this.withLocalInputs(v.workflow!, Array.isArray(data.inputs) ? data.inputs : []);
+      run = await this.executor.run(wf, {
+        runId: jobId,
+        ...(Array.isArray(data.targets) ? { targets: data.targets } : {}),
+        signal,
+        onEvent: (e) => relay(e),
+      });
+      await chain;
+    } catch (err) {
+      error = message(err);
+      await chain.catch(() => {});
+    }
+    if (!rec.ended) {
+      const e: RunEvent = { type: 'run_finished', runId: jobId, time: Date.now(), status: 'failed', ms: 0, counts: { done: 0, cached: 0, failed: 0, skipped: 0, cancelled: 0 } };
+      await relay(e).catch(() => {});
+    }
+    const res: QueueJobResult = { status: 'failed', error, outputs: rec.outputs, nodes: run?.nodes ?? {}, worker: this.o.name };
+    if (run && error === null) {
+      if (run.status === 'cancelled') {
+        res.status = 'interrupted';
+        res.error = 'interrupted by a cancel request';
+      } else {
+        res.status = run.status;
+        if (run.status === 'failed') {
+          const first = Object.values(run.nodes).find((o) => o.status === 'failed');
+          res.error = first && first.status === 'failed' ? first.message : 'the run failed';
+        }
+      }
+    }
+    return res;
+  }
+
+  /**
+   * Image parameters named in the job's input list point at the worker's cached copy (fetched by
+   * content hash). Only a parameter that is an image path and still holds the listed value is
+   * rewritten; anything else stays as validated, and the node resolves it inside its own folders.
+   */
+  private async withLocalInputs(wf: ValidWorkflow, refs: readonly InputRef[]): Promise<ValidWorkflow> {
+    if (!refs.length) return wf;
+    const nodes = { ...wf.nodes };
+    for (const ref of refs) {
+      const node = nodes[ref.nodeId];
+      if (!node || typeof ref.field !== 'string' || !/^[0-9a-f]{64}$/.test(String(ref.sha256))) continue;
+      const param = this.o.registry.get(node.type)?.params?.[ref.field];
+      if (!param || param.format !== 'image' || node.inputs[ref.field] !== ref.path) continue;
+      const local = await this.o.link.fetchInput(ref);
+      nodes[ref.nodeId] = { ...node, inputs: { ...node.inputs, [ref.field]: local } };
+    }
+    return { ...wf, nodes };
+  }
+}
