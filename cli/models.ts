@@ -3,7 +3,7 @@ import { type Command, InvalidArgumentError } from 'commander';
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CliError, commandAction, ensureDataDirs, EXIT, pathsFor, withDataOption, type CliContext } from './context.ts';
-import { modelSetExists } from '../models/modelset.ts';
+import { modelSetComplete } from '../models/modelset.ts';
 import { tinySetName, writeTinyModelSet } from '../models/tiny.ts';
 import { type WeightFormat, parseWeightFormat } from '../models/quant/formats.ts';
 import { checkBlock } from '../models/quant/quantize.ts';
@@ -12,7 +12,8 @@ import { checkBlock } from '../models/quant/quantize.ts';
 export async function ensureTinySet(ctx: CliContext, modelsRoot: string, force = false, weights: WeightFormat = 'fp32', block?: number): Promise<string> {
   const name = tinySetName(weights);
   const dir = join(modelsRoot, name);
-  if (!force && modelSetExists(modelsRoot, name)) return dir;
+  // A tiny set from an older charflow lacks newer graphs (e.g. the VAE encoder): it is generated, so rewrite it.
+  if (!force && modelSetComplete(modelsRoot, name)) return dir;
   if (force && existsSync(dir)) rmSync(dir, { recursive: true, force: true });
   const started = Date.now();
   ctx.stderr.write(`writing the tiny model set${weights === 'fp32' ? '' : ` with ${weights} weights`} (random weights, for tests and the demo) to ${dir}\n`);

@@ -74,11 +74,11 @@ export async function serve(o: ServeOptions, io: ServeIo): Promise<RunningServer
     }
   }
   const paths = resolvePaths({ data: o.data, models: o.models, env: io.env, cwd: io.cwd });
-  const { modelSetDir, modelSetExists } = await import('../models/modelset.ts');
+  const { modelSetDir, modelSetComplete } = await import('../models/modelset.ts');
   const { TINY_SET_NAME, writeTinyModelSet } = await import('../models/tiny.ts');
   const { startServer } = await import('../editor/server/server.ts');
   // The default workflow uses the tiny set: make it so a first-time user can press Run.
-  if (!modelSetExists(paths.models, TINY_SET_NAME)) {
+  if (!modelSetComplete(paths.models, TINY_SET_NAME)) { // missing, or from a charflow without some graph
     const dir = modelSetDir(paths.models, TINY_SET_NAME);
     io.stderr.write(`writing the tiny model set (random weights) to ${dir}, so the default workflow can run\n`);
     try {

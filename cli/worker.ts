@@ -59,6 +59,8 @@ export async function runWorker(o: WorkerOptions, ctx: CliContext, stop: Promise
   const { nodeRegistry } = await import('../nodes/registry.ts');
 
   let timing;
+  const coldDelay = ctx.env.CHARFLOW_COLD_DELAY_MS;
+  if (coldDelay !== undefined && !/^\d{1,6}$/.test(coldDelay)) throw new CliError(`CHARFLOW_COLD_DELAY_MS must be a whole number of milliseconds, got "${coldDelay}"`);
   try {
     timing = timingFromEnv(ctx.env);
     for (const w of (await checkRedis(queueUrl)).warnings) log(`warning: ${w}`);
@@ -107,6 +109,7 @@ export async function runWorker(o: WorkerOptions, ctx: CliContext, stop: Promise
     services,
     link,
     timing,
+    ...(coldDelay !== undefined ? { coldDelayMs: Number(coldDelay) } : {}),
     logger: { info: log, warn: (m) => log(`warning: ${m}`) },
     unloadModels: async () => {
       await Promise.all(services.pool.stats().loaded.map((p) => services.pool.unload(p)));

@@ -17,7 +17,7 @@ import { type T5Config, buildT5, t5WeightShapes } from './t5.ts';
 import { type ClipTextConfig, buildClip, clipWeightShapes } from './clip.ts';
 import { type TextTokenizer, loadTokenizer } from './tokenizers.ts';
 import type { QuantSpec } from './quant/quantize.ts';
-import type { WeightFormat } from './quant/formats.ts';
+import type { WeightFormat } from './quant/weight-format.ts';
 
 export const MANIFEST_FILE = 'manifest.json';
 
@@ -91,6 +91,11 @@ export interface ModelSetSpec {
 
 /** Graphs whose weights exceed this are written with external data (protobuf caps at 2 GB). */
 const EXTERNAL_THRESHOLD = 1.5 * 1024 ** 3;
+/**
+ * Quantized graphs go external from 256 MiB: inline weights stay in memory until the graph is saved, and
+ * a 1 GB int4 graph held inline would lift the conversion's peak RSS over 1 GB.
+ */
+export const QUANT_EXTERNAL_THRESHOLD = 256 * 1024 ** 2;
 
 const SIGLIP_NORM = { mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5] };
 const IMAGENET_NORM = { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
@@ -178,7 +183,7 @@ export async function writeModelSet(spec: ModelSetSpec, dir: string, onProgress?
     const quant = spec.quant?.[job.name];
     // Quantized: at most bits/8 per weight plus a float32 scale and a zero point per block (16 at the least).
     const bytesPerWeight = quant ? quant.bits / 8 + 5 / 16 : dtype === 'float16' ? 2 : 4;
-    const external = job.parameters * bytesPerWeight > EXTERNAL_THRESHOLD ? { dir, file: `${job.name}.onnx.data` } : undefined;
+    const external = job.parameters * bytesPerWeight > (quant ? QUANT_EXTERNAL_THRESHOLD : EXTERNAL_THRESHOLD) ? { dir, file: `${job.name}.onnx.data` } : undefined;
     const g = new Graph({ name: job.name, dtype, external, quant, quantizer: opts.quantizer });
     try {
       job.build({ g, w: job.weights });
@@ -249,6 +254,20 @@ export function modelSetDir(modelsRoot: string, name: string): string {
 
 export function modelSetExists(modelsRoot: string, name: string): boolean {
   return existsSync(join(modelSetDir(modelsRoot, name), MANIFEST_FILE));
+}
+
+/** Every graph a set written by this charflow holds; sets written by older versions may lack newer ones (vae_encoder). */
+export const COMPONENT_NAMES: readonly ComponentName[] = ['siglip', 'dinov2', 'adapter_static', 'adapter_time', 'flux', 'vae', 'vae_encoder', 't5', 'clip'];
+
+/** The set exists and has every graph this charflow writes (a generated set that is not can simply be rewritten). */
+export function modelSetComplete(modelsRoot: string, name: string): boolean {
+  if (!modelSetExists(modelsRoot, name)) return false;
+  try {
+    const manifest = JSON.parse(readFileSync(join(modelSetDir(modelsRoot, name), MANIFEST_FILE), 'utf8')) as ModelSetManifest;
+    return COMPONENT_NAMES.every((c) => manifest.files?.[c] !== undefined);
+  } catch {
+    return false;
+  }
 }
 
 /** Opens a set and checks that every file it lists is present with the recorded size. */

@@ -49,7 +49,10 @@ export const VAEEncode: NodeDef<Services> = {
     const h = image!.height / down;
     const w = image!.width / down;
     const c = models.manifest.vae.latentChannels;
-    const eps = inputs.sample ? seededNormal(inputs.seed as number, c * h * w) : new Float32Array(c * h * w);
+    const n = c * h * w;
+    // The second n draws of the seed's stream: DiT Sample's noise for the same seed is the first n, and the
+    // draw and the noise must not be the same numbers.
+    const eps = inputs.sample ? seededNormal(inputs.seed as number, 2 * n).slice(n) : new Float32Array(n);
     const out = await ctx.services.pool.run(models.path('vae_encoder'), {
       image: vaeInput(image!),
       eps: f32([1, c, h, w], eps),

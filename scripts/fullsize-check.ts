@@ -25,7 +25,7 @@ import { FULL_CLIP, buildClip, clipWeightShapes } from '../models/clip.ts';
 import { openAdapter, openClip, openDinov2, openFluxTransformer, openSiglip, openT5, openVae } from '../models/convert/layouts.ts';
 import { type TensorSpec, writeSafetensorsStreaming, writeTorchZipStreaming } from '../models/convert/writers.ts';
 import { componentDtypes } from '../models/convert/convert.ts';
-import type { ComponentName } from '../models/modelset.ts';
+import { type ComponentName, QUANT_EXTERNAL_THRESHOLD } from '../models/modelset.ts';
 import { type ComponentFormat, type WeightFormat, parseWeightFormat, resolveFormats } from '../models/quant/formats.ts';
 import { COMPONENTS } from '../models/convert/convert.ts';
 
@@ -39,6 +39,8 @@ const FP16_POLICY = componentDtypes('float16');
 // Measurements
 
 function resetPeak(): void {
+  // With --expose-gc: drop what the previous step left (its buffers), so the peak is this step's own.
+  (globalThis as { gc?: () => void }).gc?.();
   try {
     writeFileSync('/proc/self/clear_refs', '5');
   } catch { /* not Linux: the peak then covers the whole run */ }
@@ -352,7 +354,7 @@ async function main(): Promise<void> {
         const dtype = formats?.[job.name].dtype ?? FP16_POLICY[job.name]; // as `charflow models convert --dtype fp16` (the VAE stays float32)
         const quant = formats?.[job.name].quant;
         const perWeight = quant ? quant.bits / 8 + 5 / 16 : dtype === 'float16' ? 2 : 4;
-        const external = job.parameters * perWeight > EXTERNAL_THRESHOLD ? { dir: out, file: `${job.name}.onnx.data` } : undefined;
+        const external = job.parameters * perWeight > (quant ? QUANT_EXTERNAL_THRESHOLD : EXTERNAL_THRESHOLD) ? { dir: out, file: `${job.name}.onnx.data` } : undefined;
         const g = new Graph({ name: job.name, dtype, external, quant });
         t0 = process.hrtime.bigint();
         resetPeak();

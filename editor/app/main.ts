@@ -133,6 +133,7 @@ class App {
       }
       this.runs.handle(msg.runId, msg.event);
     } else if (msg.type === 'queue_changed') this.status.queue(msg.items);
+    else if (msg.type === 'workers') this.status.workers(msg.items);
     else if (msg.type === 'error') this.status.message(msg.message, 'error');
   }
 

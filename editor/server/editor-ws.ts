@@ -133,6 +133,7 @@ export class EditorHub<S> {
     this.closed = true;
     clearInterval(this.heartbeat);
     if (this.queueTimer) clearImmediate(this.queueTimer);
+    if (this.workersTimer) clearImmediate(this.workersTimer);
     for (const u of this.unsubscribe.splice(0)) u();
     for (const c of this.clients) c.ws.close(1001, 'server stopping');
     this.clients.clear();

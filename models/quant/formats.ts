@@ -4,8 +4,9 @@
 import type { ComponentName, GraphDType, ModelSetSpec } from '../modelset.ts';
 import { type QuantSpec, checkBlock } from './quantize.ts';
 
-export type WeightFormat = 'fp32' | 'fp16' | 'int8' | 'int4';
-export const WEIGHT_FORMATS: readonly WeightFormat[] = ['fp32', 'fp16', 'int8', 'int4'];
+import { type WeightFormat, WEIGHT_FORMATS } from './weight-format.ts';
+
+export { type WeightFormat, WEIGHT_FORMATS } from './weight-format.ts';
 
 /**
  * Default block: ONNX Runtime's quantizer default. With float32 scales it keeps FLUX + the adapter's

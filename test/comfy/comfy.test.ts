@@ -365,7 +365,7 @@ describe('GET /object_info', () => {
     expect(input.required.width).toEqual(['INT', { default: 1024, min: 64, max: 4096, step: 16 }]);
     expect(input.required.seed).toEqual(['INT', expect.objectContaining({ default: 0, min: 0, control_after_generate: true })]);
     expect(input.required.guidance).toEqual(['FLOAT', { default: 3.5, min: 0, max: 30, step: 0.01, tooltip: 'Distilled guidance (FLUX.1-dev)' }]);
-    expect(input.optional.character).toEqual(['CHARACTER', { tooltip: 'Without it, plain text-to-image' }]);
+    expect(input.optional.character).toEqual(['CHARACTER,CHARACTERS', { tooltip: expect.stringContaining('plain text-to-image') }]);
 
     const load = all.LoadCharacter!.input as { required: Record<string, [unknown, Record<string, unknown>]> };
     expect(load.required.path).toEqual([expect.arrayContaining(['workflows/assets/character.png']), expect.objectContaining({ image_upload: true, default: 'workflows/assets/character.png' })]);

@@ -1,5 +1,6 @@
 // Scale-out on BullMQ, with real processes: a redis-server of the test's own, the server (in this
 // process, so its queue can be inspected) and `charflow worker` child processes on the tiny set.
+import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Job as BullJob, Queue } from 'bullmq';
@@ -57,8 +58,8 @@ async function serve(redisUrl: string, data: string, extra: { token?: string; ti
   return { server, log };
 }
 
-function worker(name: string, redisUrl: string, server: RunningServer, env?: Record<string, string>): WorkerProcess {
-  const w = startWorker(name, { queue: redisUrl, server: server.url, models, threads: 1, ...(env ? { env } : {}) });
+function worker(name: string, redisUrl: string, server: RunningServer, env?: Record<string, string>, data?: string): WorkerProcess {
+  const w = startWorker(name, { queue: redisUrl, server: server.url, models, threads: 1, ...(env ? { env } : {}), ...(data ? { data } : {}) });
   cleanup.push(() => w.stop());
   return w;
 }
@@ -87,10 +88,12 @@ describe('scale-out: one server, two worker processes, BullMQ on Redis', () => {
 
     // An editor tab and a stock ComfyUI client, both listening.
     const editorEvents: { runId: string; type: string }[] = [];
+    const statusLines: { name: string; device: string; current: { id: string } | null }[][] = [];
     const editor = new WebSocket(`${server.url.replace('http', 'ws')}ws/editor`);
     editor.on('message', (d) => {
-      const m = JSON.parse(d.toString()) as { type: string; runId?: string; event?: { type: string } };
+      const m = JSON.parse(d.toString()) as { type: string; runId?: string; event?: { type: string }; items?: [] };
       if (m.type === 'event' && m.runId && m.event) editorEvents.push({ runId: m.runId, type: m.event.type });
+      if (m.type === 'workers') statusLines.push(m.items!);
     });
     await new Promise((r) => editor.once('open', r));
     cleanup.push(() => editor.close());
@@ -144,6 +147,10 @@ describe('scale-out: one server, two worker processes, BullMQ on Redis', () => {
       expect(byWorker(w).some((id) => comfyProgress.has(id)), `ComfyUI progress from ${w}`).toBe(true);
       expect(byWorker(w).some((id) => editorEvents.some((e) => e.runId === id && e.type === 'node_progress')), `editor progress from ${w}`).toBe(true);
     }
+    // The editor's status line heard of both workers, their device and their jobs.
+    expect(statusLines[0]!.map((w) => w.name).sort()).toEqual(['w1', 'w2']);
+    expect(statusLines.some((l) => l.some((w) => w.name === 'w1' && w.device === 'cpu' && w.current !== null))).toBe(true);
+    expect(statusLines.at(-1)!.map((w) => w.name)).toEqual(['w2']);
     // /history names the worker.
     const hist = (await (await fetch(`${server.url}history/${victim.id}`)).json()) as Record<string, { worker?: string }>;
     expect(hist[victim.id]!.worker).toBe('w2');
@@ -187,7 +194,8 @@ describe('scale-out: one server, two worker processes, BullMQ on Redis', () => {
     Object.values(escape.nodes).find((n) => n.type === 'LoadCharacter')!.inputs.path = '/etc/passwd';
     await bull2.updateData({ ...bull2.data, workflow: escape, inputs: [] });
 
-    const w3 = worker('w3', redis.url, server);
+    const w3Data = tempDir('w3');
+    const w3 = worker('w3', redis.url, server, undefined, w3Data);
     await connected(server, 'w3');
     const job = await waitFor('failed', () => finished(server, id), 30_000);
     expect(job.status).toBe('failed');
@@ -199,7 +207,7 @@ describe('scale-out: one server, two worker processes, BullMQ on Redis', () => {
     // Affinity: w3 is warm after one real job; a cold w4 joins; while w3 is free it gets the tiny jobs.
     const warmup = await submit(server, workflow(8, 4));
     expect((await waitFor('warm-up', () => finished(server, warmup), 60_000)).worker).toBe('w3');
-    worker('w4', redis.url, server);
+    worker('w4', redis.url, server, { CHARFLOW_COLD_DELAY_MS: '3000' }); // a margin for a loaded CI machine
     await connected(server, 'w4');
     for (let i = 0; i < 3; i++) {
       const jid = await submit(server, workflow(20 + i, 4));
@@ -207,6 +215,19 @@ describe('scale-out: one server, two worker processes, BullMQ on Redis', () => {
       expect(j.status).toBe('done');
       expect(j.worker).toBe('w3');
     }
+
+    // An uploaded input travels by content hash into the worker's own cache; nothing else is shared.
+    const png = readFileSync(path.join(ROOT, 'workflows/assets/character.png'));
+    const form = new FormData();
+    form.append('image', new Blob([png], { type: 'image/png' }), 'hero.png');
+    const up = (await (await fetch(`${server.url}upload/image`, { method: 'POST', body: form })).json()) as { name: string };
+    const withUpload = workflow(40, 4);
+    Object.values(withUpload.nodes).find((n) => n.type === 'LoadCharacter')!.inputs.path = up.name;
+    const submitted = await submit(server, withUpload);
+    const uj = await waitFor('uploaded-input job', () => finished(server, submitted), 30_000);
+    expect(uj).toMatchObject({ status: 'done', worker: 'w3' });
+    const sha = createHash('sha256').update(readFileSync(path.join(data, 'inputs', up.name))).digest('hex');
+    expect(readFileSync(path.join(w3Data, 'inputs', 'by-hash', `${sha}.png`)).equals(readFileSync(path.join(data, 'inputs', up.name)))).toBe(true);
     await w3.stop();
   }, 120_000);
 });

@@ -112,11 +112,13 @@ describe('FLUX VAE encoder', () => {
     try {
       const image = need(inputs, 'image');
       const [, c, H, W] = image.dims as [number, number, number, number];
-      const small = f32([2, c, H / 2, W / 2 + 8], new Float32Array(2 * c * (H / 2) * (W / 2 + 8)).fill(0.2));
-      const eps = f32([2, cfg.latentChannels, H / 16, (W / 2 + 8) / 8], new Float32Array(2 * cfg.latentChannels * (H / 16) * ((W / 2 + 8) / 8)));
+      // Another size (still multiples of 8) and a batch of 2.
+      const [h2, w2] = [H + 8, W + 16];
+      const small = f32([2, c, h2, w2], new Float32Array(2 * c * h2 * w2).fill(0.2));
+      const eps = f32([2, cfg.latentChannels, h2 / 8, w2 / 8], new Float32Array(2 * cfg.latentChannels * (h2 / 8) * (w2 / 8)));
       const out = await runOnce(buildBytes(w, cfg), { image: small, eps });
-      expect(out.latents!.dims).toEqual([2, cfg.latentChannels, H / 16, (W / 2 + 8) / 8]);
-      expect(out.moments!.dims).toEqual([2, 2 * cfg.latentChannels, H / 16, (W / 2 + 8) / 8]);
+      expect(out.latents!.dims).toEqual([2, cfg.latentChannels, h2 / 8, w2 / 8]);
+      expect(out.moments!.dims).toEqual([2, 2 * cfg.latentChannels, h2 / 8, w2 / 8]);
     } finally {
       w.close();
     }

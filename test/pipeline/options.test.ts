@@ -16,6 +16,8 @@ import { writeTinyModelSet } from '../../models/tiny.ts';
 import { decodeImage, readPngText } from '../../nodes/lib/image.ts';
 import { TextEncode } from '../../nodes/text_encode.ts';
 import { coverResize } from '../../nodes/load_image.ts';
+import { VAEEncode } from '../../nodes/vae_encode.ts';
+import { seededNormal } from '../../models/sampling.ts';
 import { resizeImage } from '../../nodes/lib/image.ts';
 import { checkBatchFits, fluxBytesPerImage } from '../../nodes/dit_sample.ts';
 import type { Conditioning, Latent, ModelSet } from '../../nodes/types.ts';
@@ -265,5 +267,26 @@ describe('Load Image', () => {
     const wide = coverResize(tall, 8, 4);
     const band = { width: 4, height: 2, data: tall.data.slice(3 * 4 * 3, 5 * 4 * 3) };
     expect(Array.from(wide.data)).toEqual(Array.from(resizeImage(band, 8, 4).data));
+  });
+});
+
+describe('VAE Encode', () => {
+  it('gives the mean by default and a seeded draw with sample on, which is not the sampler noise of that seed', async () => {
+    const models: ModelSet = services.modelSet('tiny');
+    const ctx: NodeContext<Services> = { nodeId: 'v', signal: new AbortController().signal, progress: () => {}, services, workflow: {}, log: { info: () => {}, warn: () => {} } };
+    const image = coverResize(await decodeImage(join(PACKAGE_ROOT, 'workflows/assets/character.png')), SMALL.width, SMALL.height);
+    const encode = async (sample: boolean, seed: number) => ((await VAEEncode.run(ctx, { models, image, sample, seed })).latent as Latent).samples;
+    const mean = await encode(false, 0);
+    expect(maxAbsDiff(await encode(false, 9), mean)).toBe(0); // the seed plays no part
+    const a = await encode(true, 5);
+    expect(maxAbsDiff(await encode(true, 5), a)).toBe(0);
+    expect(maxAbsDiff(a, mean)).toBeGreaterThan(1e-3);
+    expect(maxAbsDiff(await encode(true, 6), a)).toBeGreaterThan(1e-3);
+    // latents - mean = scale * std * eps: not proportional to DiT Sample's noise for seed 5.
+    const d = toFloat32(a).map((v, i) => v - toFloat32(mean)[i]!);
+    const noise = seededNormal(5, d.length);
+    const dot = d.reduce((acc, v, i) => acc + v * noise[i]!, 0);
+    const norm = Math.sqrt(d.reduce((acc, v) => acc + v * v, 0) * noise.reduce((acc, v) => acc + v * v, 0));
+    expect(Math.abs(dot / norm)).toBeLessThan(0.5);
   });
 });

@@ -30,13 +30,13 @@ const outputs = goldenTensors('instantcharacter_e2e', 'outputs.safetensors');
 /**
  * Measured on the golden case (block 32, accuracy_level 4, CPU with AVX512-VNNI) and asserted with ~1.3x
  * headroom (other CPUs take other int8 kernels): relative errors max|ours - ref| / max|ref|, and the 8-bit
- * image's PSNR against the official output. Measured: int8 noise_pred 2.0e-2 .. 2.8e-2 per step, final
- * latents 1.3e-2, image 2.8e-2, 47.5 dB; int4 noise_pred 1.9e-1 .. 3.4e-1, latents 1.8e-1, image 3.0e-1,
+ * image's PSNR against the official output. Measured: int8 noise_pred 2.4e-2 .. 2.8e-2 per step, final
+ * latents 1.6e-2, image 2.4e-2, 47.4 dB; int4 noise_pred 2.0e-1 .. 3.5e-1, latents 1.8e-1, image 3.0e-1,
  * 27.0 dB. The golden weights are tiny random ones (hidden sizes of a few dozen), so these are far above
  * what real checkpoints lose: few values per block, no outlier structure. See docs/quantization.md.
  */
 const TOLERANCE: Record<'int8' | 'int4', { noisePred: number; latents: number; image: number; psnr: number }> = {
-  int8: { noisePred: 0.04, latents: 0.02, image: 0.04, psnr: 44 },
+  int8: { noisePred: 0.04, latents: 0.022, image: 0.035, psnr: 44 },
   int4: { noisePred: 0.45, latents: 0.25, image: 0.4, psnr: 24 },
 };
 const BLOCK = 32;
