@@ -2,15 +2,18 @@
 // PNG to the data folder's outputs (or --out), like `run`. The tiny weights are random: it proves
 // the pipeline, not the art.
 import type { Command } from 'commander';
-import { resolve } from 'node:path';
+import { basename, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CliError, commandAction, ensureDataDirs, EXIT, pathsFor, withDataOption, type CliContext } from './context.ts';
-import { ensureTinySet } from './models.ts';
+import type { WeightFormat } from '../models/quant/formats.ts';
+import { ensureTinySet, tinyWeightsArg } from './models.ts';
 import { runCommand } from './run.ts';
 
 const DEFAULT_WORKFLOW = fileURLToPath(new URL('../workflows/instantcharacter.json', import.meta.url));
 /** The id of DiTSample in the default workflow. */
 const SAMPLER_NODE = '7';
+/** The id of LoadModels in the default workflow. */
+const MODELS_NODE = '1';
 
 function positive(name: string, v: string, max: number): number {
   const n = Number(v);
@@ -29,8 +32,9 @@ export function registerDemo(program: Command, ctx: CliContext): void {
       .option('--out <dir>', 'folder for the PNG (default: <data>/outputs)')
       .option('--models <dir>', 'models folder (default: $CHARFLOW_MODELS or <data>/models)')
       .option('--device <device>', 'auto, cpu, cuda or webgpu', 'auto')
+      .option('--weights <format>', 'the tiny set to run: fp32 ("tiny"), fp16, int8 ("tiny-int8") or int4 ("tiny-int4")', tinyWeightsArg, 'fp32' as WeightFormat)
       .option('--json', 'one JSON event per line'),
-  ).action(commandAction(ctx, async (opts: { width: string; height: string; steps: string; prompt?: string; out?: string; models?: string; data?: string; device: 'auto' | 'cpu' | 'cuda' | 'webgpu'; json?: boolean }) => {
+  ).action(commandAction(ctx, async (opts: { width: string; height: string; steps: string; prompt?: string; out?: string; models?: string; data?: string; device: 'auto' | 'cpu' | 'cuda' | 'webgpu'; json?: boolean; weights: WeightFormat }) => {
     const paths = pathsFor(ctx, opts);
     const set = [
       `${SAMPLER_NODE}.width=${positive('width', opts.width, 4096)}`,
@@ -39,7 +43,8 @@ export function registerDemo(program: Command, ctx: CliContext): void {
     ];
     if (opts.prompt !== undefined) set.push(`6.prompt=${JSON.stringify(opts.prompt)}`);
     await ensureDataDirs(paths);
-    await ensureTinySet(ctx, paths.models);
+    const setDir = await ensureTinySet(ctx, paths.models, false, opts.weights);
+    set.push(`${MODELS_NODE}.set=${JSON.stringify(basename(setDir))}`);
     ctx.stderr.write('note: the tiny models have random weights; the picture is noise. It proves the pipeline, not the art.\n');
     // The same rule as `run`: the data folder's outputs unless --out says otherwise.
     const outputDir = opts.out === undefined ? paths.outputs : resolve(ctx.cwd, opts.out);

@@ -28,7 +28,7 @@ export async function ensureTinySet(ctx: CliContext, modelsRoot: string, force =
   return dir;
 }
 
-function tinyWeightsArg(value: string): WeightFormat {
+export function tinyWeightsArg(value: string): WeightFormat {
   try {
     return parseWeightFormat(value);
   } catch (err) {

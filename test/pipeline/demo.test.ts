@@ -38,6 +38,22 @@ describe('charflow demo', () => {
     }
   });
 
+  it('runs a quantized tiny set with --weights int4; the PNG names the set', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'charflow-demo-'));
+    try {
+      const stderr = sink();
+      const code = await main(['demo', '--data', join(dir, 'data'), '--width', '64', '--height', '64', '--steps', '1', '--device', 'cpu', '--weights', 'int4'], { stdout: sink(), stderr, cwd: dir });
+      expect(code, stderr.text).toBe(0);
+      expect(readdirSync(join(dir, 'data', 'models'))).toEqual(['tiny-int4']);
+      const png = readFileSync(join(dir, 'data', 'outputs', 'instantcharacter_00001.png'));
+      const wf = JSON.parse(readPngText(png).workflow!) as { nodes: Record<string, { inputs: Record<string, unknown> }> };
+      expect(wf.nodes['1']!.inputs.set).toBe('tiny-int4');
+      expect((await main(['demo', '--weights', 'int3'], { stdout: sink(), stderr: sink(), cwd: dir }))).toBe(2);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('refuses a bad size with exit code 2', async () => {
     const stderr = sink();
     const dir = mkdtempSync(join(tmpdir(), 'charflow-demo-'));
