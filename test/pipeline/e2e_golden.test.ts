@@ -1,12 +1,11 @@
 // The official InstantCharacter pipeline, reproduced step by step through charflow's real nodes on
 // the golden model set: reference image -> encoders -> adapter -> 4 sampling steps -> VAE.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyFileSync, mkdtempSync, mkdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { NodeContext, NodeDef } from '../../engine/node.ts';
-import { resolvePaths } from '../../engine/paths.ts';
-import { createServices, type OwnedServices, type Services } from '../../nodes/services.ts';
+import type { NodeDef } from '../../engine/node.ts';
+import type { OwnedServices, Services } from '../../nodes/services.ts';
+import { type NodeHarness, type PoolRun, openNodeHarness } from '../helpers/node-harness.ts';
 import { LoadCharacter } from '../../nodes/load_character.ts';
 import { SigLIPEncode } from '../../nodes/siglip_encode.ts';
 import { DINOv2Encode } from '../../nodes/dinov2_encode.ts';
@@ -25,45 +24,28 @@ const inputs = goldenTensors('instantcharacter_e2e', 'inputs.safetensors');
 const outputs = goldenTensors('instantcharacter_e2e', 'outputs.safetensors');
 const intermediates = goldenTensors('instantcharacter_e2e', 'intermediates.safetensors');
 
-let dir: string;
+let h: NodeHarness;
 let services: OwnedServices;
-let models: ModelSet;
 /** Every pool run: which graph, what went in, what came out. */
-const runs: { model: string; feeds: Record<string, Tensor>; out: Record<string, Tensor> }[] = [];
+let runs: PoolRun[];
 
-function ctx(nodeId: string): NodeContext<Services> {
-  return {
-    nodeId, signal: new AbortController().signal, progress: () => {}, services, workflow: {},
-    log: { info: () => {}, warn: () => {} },
-  };
+function run<T>(def: NodeDef<Services>, inputs: Record<string, unknown>, output: string): Promise<T> {
+  return h.run<T>(def, inputs, output);
 }
 
-async function run<T>(def: NodeDef<Services>, inputsOf: Record<string, unknown>, output: string): Promise<T> {
-  const withDefaults: Record<string, unknown> = {};
-  for (const [k, p] of Object.entries(def.params)) withDefaults[k] = p.default;
-  return (await def.run(ctx(def.type), { ...withDefaults, ...inputsOf }))[output] as T;
-}
+let models: ModelSet;
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'charflow-e2e-'));
-  const paths = resolvePaths({ data: dir });
-  mkdirSync(paths.inputs, { recursive: true });
-  copyFileSync(goldenPath('instantcharacter_e2e', 'reference.png'), join(paths.inputs, 'reference.png'));
-  await writeGoldenModelSet(paths.models, { t5SeqLen: inputs.get('t5_input_ids')!.dims[1]!, clipSeqLen: inputs.get('clip_input_ids')!.dims[1]! });
-  services = await createServices(paths, { device: 'cpu' });
+  h = await openNodeHarness('charflow-e2e-', async (paths) => {
+    copyFileSync(goldenPath('instantcharacter_e2e', 'reference.png'), join(paths.inputs, 'reference.png'));
+    await writeGoldenModelSet(paths.models, { t5SeqLen: inputs.get('t5_input_ids')!.dims[1]!, clipSeqLen: inputs.get('clip_input_ids')!.dims[1]! });
+  });
+  ({ services, runs } = h);
   models = services.modelSet('golden');
-  const pool = services.pool;
-  const realRun = pool.run.bind(pool);
-  pool.run = async (model, feeds, opts) => {
-    const out = await realRun(model, feeds, opts);
-    runs.push({ model, feeds, out });
-    return out;
-  };
 }, 300_000);
 
 afterAll(async () => {
-  await services?.close();
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  await h?.close();
 });
 
 describe('InstantCharacter end to end, against the official pipeline', () => {

@@ -2,12 +2,11 @@
 // golden model set: Load Image -> VAE input, then DiTSample with an init latent and denoise, then Decode.
 // The case records the encoder's latent sample and the noise (torch's RNG), so both are fed in.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyFileSync, mkdtempSync, mkdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { copyFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import type { NodeContext, NodeDef } from '../../engine/node.ts';
-import { resolvePaths } from '../../engine/paths.ts';
-import { createServices, type OwnedServices, type Services } from '../../nodes/services.ts';
+import type { NodeDef } from '../../engine/node.ts';
+import type { OwnedServices, Services } from '../../nodes/services.ts';
+import { type NodeHarness, type PoolRun, openNodeHarness } from '../helpers/node-harness.ts';
 import { DiTSample } from '../../nodes/dit_sample.ts';
 import { Decode } from '../../nodes/decode.ts';
 import { LoadImage } from '../../nodes/load_image.ts';
@@ -25,20 +24,16 @@ const outputs = goldenTensors(CASE, 'outputs.safetensors');
 const STEP_TOL = 5e-4;
 const IMAGE_TOL = 1e-3;
 
-let dir: string;
+let h: NodeHarness;
 let services: OwnedServices;
+/** Every pool run: which graph, what went in, what came out. */
+let runs: PoolRun[];
+
+function run<T>(def: NodeDef<Services>, inputs: Record<string, unknown>, output: string): Promise<T> {
+  return h.run<T>(def, inputs, output);
+}
+
 let models: ModelSet;
-const runs: { model: string; feeds: Record<string, Tensor>; out: Record<string, Tensor> }[] = [];
-
-function ctx(nodeId: string): NodeContext<Services> {
-  return { nodeId, signal: new AbortController().signal, progress: () => {}, services, workflow: {}, log: { info: () => {}, warn: () => {} } };
-}
-
-async function run<T>(def: NodeDef<Services>, inputsOf: Record<string, unknown>, output: string): Promise<T> {
-  const withDefaults: Record<string, unknown> = {};
-  for (const [k, p] of Object.entries(def.params)) withDefaults[k] = p.default;
-  return (await def.run(ctx(def.type), { ...withDefaults, ...inputsOf }))[output] as T;
-}
 
 /**
  * The strength the pipeline was called with. The case stores it as float32 (0.6 -> 0.6000000238...), but the
@@ -62,24 +57,15 @@ function item(t: Tensor, i: number): Tensor {
 }
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'charflow-img2img-'));
-  const paths = resolvePaths({ data: dir });
-  mkdirSync(paths.inputs, { recursive: true });
-  await writeGoldenModelSet(paths.models, { t5SeqLen: need(inputs, 't5_input_ids').dims[1]!, clipSeqLen: need(inputs, 'clip_input_ids').dims[1]! });
-  services = await createServices(paths, { device: 'cpu' });
+  h = await openNodeHarness('charflow-img2img-', async (paths) => {
+    await writeGoldenModelSet(paths.models, { t5SeqLen: need(inputs, 't5_input_ids').dims[1]!, clipSeqLen: need(inputs, 'clip_input_ids').dims[1]! });
+  });
+  ({ services, runs } = h);
   models = services.modelSet('golden');
-  const pool = services.pool;
-  const realRun = pool.run.bind(pool);
-  pool.run = async (model, feeds, opts) => {
-    const out = await realRun(model, feeds, opts);
-    runs.push({ model, feeds, out });
-    return out;
-  };
 }, 600_000);
 
 afterAll(async () => {
-  await services?.close();
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  await h?.close();
 });
 
 describe('image-to-image against diffusers FluxImg2ImgPipeline', () => {

@@ -3,12 +3,11 @@
 // Both passes of a step run as ONE batch-2 transformer call (positive first), with the same character
 // tokens and subject scale and the same distilled guidance; noise = neg + cfg * (pos - neg).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyFileSync, mkdtempSync, mkdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { copyFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import type { NodeContext, NodeDef } from '../../engine/node.ts';
-import { resolvePaths } from '../../engine/paths.ts';
-import { createServices, type OwnedServices, type Services } from '../../nodes/services.ts';
+import type { NodeDef } from '../../engine/node.ts';
+import type { OwnedServices, Services } from '../../nodes/services.ts';
+import { type NodeHarness, type PoolRun, openNodeHarness } from '../helpers/node-harness.ts';
 import { LoadCharacter } from '../../nodes/load_character.ts';
 import { SigLIPEncode } from '../../nodes/siglip_encode.ts';
 import { DINOv2Encode } from '../../nodes/dinov2_encode.ts';
@@ -33,20 +32,16 @@ const IP_TOL = 2e-4;
 const DECODER_TOL = 2e-3;
 const IMAGE_TOL = 1e-3;
 
-let dir: string;
+let h: NodeHarness;
 let services: OwnedServices;
+/** Every pool run: which graph, what went in, what came out. */
+let runs: PoolRun[];
+
+function run<T>(def: NodeDef<Services>, inputs: Record<string, unknown>, output: string): Promise<T> {
+  return h.run<T>(def, inputs, output);
+}
+
 let models: ModelSet;
-const runs: { model: string; feeds: Record<string, Tensor>; out: Record<string, Tensor> }[] = [];
-
-function ctx(nodeId: string): NodeContext<Services> {
-  return { nodeId, signal: new AbortController().signal, progress: () => {}, services, workflow: {}, log: { info: () => {}, warn: () => {} } };
-}
-
-async function run<T>(def: NodeDef<Services>, inputsOf: Record<string, unknown>, output: string): Promise<T> {
-  const withDefaults: Record<string, unknown> = {};
-  for (const [k, p] of Object.entries(def.params)) withDefaults[k] = p.default;
-  return (await def.run(ctx(def.type), { ...withDefaults, ...inputsOf }))[output] as T;
-}
 
 /** Batch item i of [B, ...], as [1, ...]. */
 function item(t: Tensor, i: number): Tensor {
@@ -56,26 +51,17 @@ function item(t: Tensor, i: number): Tensor {
 }
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'charflow-truecfg-'));
-  const paths = resolvePaths({ data: dir });
-  mkdirSync(paths.inputs, { recursive: true });
-  const ref = goldenFind(BASE, /^reference\.png$/);
-  copyFileSync(ref, join(paths.inputs, basename(ref)));
-  await writeGoldenModelSet(paths.models, e2eSeqLens());
-  services = await createServices(paths, { device: 'cpu' });
+  h = await openNodeHarness('charflow-truecfg-', async (paths) => {
+    const ref = goldenFind(BASE, /^reference\.png$/);
+    copyFileSync(ref, join(paths.inputs, basename(ref)));
+    await writeGoldenModelSet(paths.models, e2eSeqLens());
+  });
+  ({ services, runs } = h);
   models = services.modelSet('golden');
-  const pool = services.pool;
-  const realRun = pool.run.bind(pool);
-  pool.run = async (model, feeds, opts) => {
-    const out = await realRun(model, feeds, opts);
-    runs.push({ model, feeds, out });
-    return out;
-  };
 }, 600_000);
 
 afterAll(async () => {
-  await services?.close();
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  await h?.close();
 });
 
 describe('negative prompt with true CFG, against the official pipeline', () => {

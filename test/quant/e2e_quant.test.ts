@@ -3,12 +3,11 @@
 // outputs within the quantization error measured for each format (relative to each tensor's magnitude).
 // Every shape, step count and scale comes from the case's own files.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyFileSync, mkdtempSync, mkdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { NodeContext, NodeDef } from '../../engine/node.ts';
-import { resolvePaths } from '../../engine/paths.ts';
-import { createServices, type OwnedServices, type Services } from '../../nodes/services.ts';
+import type { NodeDef } from '../../engine/node.ts';
+import type { OwnedServices, Services } from '../../nodes/services.ts';
+import { type NodeHarness, type PoolRun, openNodeHarness } from '../helpers/node-harness.ts';
 import { LoadCharacter } from '../../nodes/load_character.ts';
 import { SigLIPEncode } from '../../nodes/siglip_encode.ts';
 import { DINOv2Encode } from '../../nodes/dinov2_encode.ts';
@@ -41,18 +40,13 @@ const TOLERANCE: Record<'int8' | 'int4', { noisePred: number; latents: number; i
 };
 const BLOCK = 32;
 
-let dir: string;
+let h: NodeHarness;
 let services: OwnedServices;
-const runs: { model: string; feeds: Record<string, Tensor>; out: Record<string, Tensor> }[] = [];
+/** Every pool run: which graph, what went in, what came out. */
+let runs: PoolRun[];
 
-function ctx(nodeId: string): NodeContext<Services> {
-  return { nodeId, signal: new AbortController().signal, progress: () => {}, services, workflow: {}, log: { info: () => {}, warn: () => {} } };
-}
-
-async function run<T>(def: NodeDef<Services>, inputsOf: Record<string, unknown>, output: string): Promise<T> {
-  const withDefaults: Record<string, unknown> = {};
-  for (const [k, p] of Object.entries(def.params)) withDefaults[k] = p.default;
-  return (await def.run(ctx(def.type), { ...withDefaults, ...inputsOf }))[output] as T;
+function run<T>(def: NodeDef<Services>, inputs: Record<string, unknown>, output: string): Promise<T> {
+  return h.run<T>(def, inputs, output);
 }
 
 function relErr(a: Tensor, b: Tensor): number {
@@ -69,27 +63,18 @@ function relErr(a: Tensor, b: Tensor): number {
 }
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'charflow-e2e-quant-'));
-  const paths = resolvePaths({ data: dir });
-  mkdirSync(paths.inputs, { recursive: true });
-  copyFileSync(goldenPath('instantcharacter_e2e', 'reference.png'), join(paths.inputs, 'reference.png'));
-  for (const weights of ['int8', 'int4'] as WeightFormat[]) {
-    const formats = resolveFormats(COMPONENTS, { base: weights, fp32: ['vae', 'vae_encoder'], block: BLOCK });
-    await writeModelSet({ ...specWithFormats(goldenSpec(e2eSeqLens()), formats), name: `golden-${weights}` }, join(paths.models, `golden-${weights}`));
-  }
-  services = await createServices(paths, { device: 'cpu' });
-  const pool = services.pool;
-  const realRun = pool.run.bind(pool);
-  pool.run = async (model, feeds, opts) => {
-    const out = await realRun(model, feeds, opts);
-    runs.push({ model, feeds, out });
-    return out;
-  };
+  h = await openNodeHarness('charflow-e2e-quant-', async (paths) => {
+    copyFileSync(goldenPath('instantcharacter_e2e', 'reference.png'), join(paths.inputs, 'reference.png'));
+    for (const weights of ['int8', 'int4'] as WeightFormat[]) {
+      const formats = resolveFormats(COMPONENTS, { base: weights, fp32: ['vae', 'vae_encoder'], block: BLOCK });
+      await writeModelSet({ ...specWithFormats(goldenSpec(e2eSeqLens()), formats), name: `golden-${weights}` }, join(paths.models, `golden-${weights}`));
+    }
+  });
+  ({ services, runs } = h);
 }, 600_000);
 
 afterAll(async () => {
-  await services?.close();
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  await h?.close();
 });
 
 describe('InstantCharacter end to end through quantized sets, against the official pipeline', () => {
