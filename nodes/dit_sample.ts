@@ -31,6 +31,11 @@ function staticChecks(consts: Record<string, unknown>, linked: { negative: boole
   if (batch !== undefined && (!Number.isInteger(batch) || batch < 1 || batch > MAX_BATCH)) {
     throw new NodeInputError('batch_size', `must be an integer from 1 to ${MAX_BATCH}, got ${batch}`);
   }
+  // Image i uses seed + i: past the largest exact integer two images would share a seed.
+  const seed = num('seed');
+  if (seed !== undefined && batch !== undefined && seed + batch - 1 > Number.MAX_SAFE_INTEGER) {
+    throw new NodeInputError('seed', `${seed} + ${batch - 1} (the last image of the batch) is past ${Number.MAX_SAFE_INTEGER}; choose a smaller seed`);
+  }
   const trueCfg = num('true_cfg');
   if (trueCfg !== undefined && trueCfg > 1 && !linked.negative) {
     throw new NodeInputError('true_cfg', `is ${trueCfg}, which needs a negative prompt: connect a Text Encode to "negative", or set true_cfg to 1`);

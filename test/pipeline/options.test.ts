@@ -208,6 +208,11 @@ describe('image-to-image errors', () => {
     expect(failure(result, '7').field).toBe('init');
   });
 
+  it('names the seed when seed + i would pass the largest exact integer', async () => {
+    const f = failure(await run(prepare(example('batch4.json'), { 7: { seed: Number.MAX_SAFE_INTEGER - 1 } })), '7');
+    expect(f.field).toBe('seed');
+  });
+
   it('names denoise at 0, and below 1 without an init', async () => {
     expect(failure(await run(prepare(example('img2img.json'), { 7: { denoise: 0 } })), '7').field).toBe('denoise');
     expect(failure(await run(prepare(example('instantcharacter.json'), { 7: { denoise: 0.5 } })), '7').field).toBe('denoise');
