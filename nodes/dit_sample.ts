@@ -4,7 +4,7 @@ import type { Services } from './services.ts';
 import { SOCKET, type Conditioning, type Latent, type ModelSet } from './types.ts';
 import { tensorBytes } from './lib/tensors.ts';
 import { latentPreview } from './lib/preview.ts';
-import { type CharacterInput, fluxIpFeeds } from './lib/flux_feeds.ts';
+import { type CharacterInput, prepareIpFeeds } from './lib/flux_feeds.ts';
 import {
   type Schedule, eulerStep, flowMatchSchedule, packLatents, scaleNoise, seededNormal, shiftedSchedule, sigmasProblem,
   truncateSchedule, unpackLatents,
@@ -251,14 +251,14 @@ export const DiTSample: NodeDef<Services> = {
       : repeatBatch(cond.pooled, batch); // [B, Dp]
     const guidance = f32([callBatch], new Array<number>(callBatch).fill(inputs.guidance as number));
 
+    // Masks, scales and checks once; per step only the characters' tokens (shared by every image and both passes).
+    const ipFeeds = await prepareIpFeeds({
+      pool, models, signal: ctx.signal, character, subjectScale: inputs.subject_scale as number, rows, cols, batch: callBatch,
+    });
     for (let i = 0; i < steps; i++) {
       if (ctx.signal.aborted) throw ctx.signal.reason ?? new Error('cancelled');
       const t = schedule.timesteps[i]!; // sigma * 1000
-      // The characters' tokens once per step, shared by every image and by both passes.
-      const ip = await fluxIpFeeds({
-        pool, models, signal: ctx.signal, character, subjectScale: inputs.subject_scale as number,
-        rows, cols, timestep: t, batch: callBatch,
-      });
+      const ip = await ipFeeds(t);
       const hidden = negative ? concatTwice(latents) : latents; // [callBatch, L, 4C]
       const out = await pool.run(models.path('flux'), {
         hidden_states: f32([callBatch, imageTokens, channels * 4], hidden),

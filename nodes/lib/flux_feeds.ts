@@ -25,44 +25,36 @@ export interface FluxIpFeedRequest {
   /** The packed latent grid: H/16 rows x W/16 columns (one transformer image token per cell). */
   rows: number;
   cols: number;
-  /** sigma * 1000, as the adapter's time part takes it. */
-  timestep: number;
   /** Images per transformer call; only graphs from before regional support need it (their tokens are per image). */
   batch?: number;
   /** The input name used in errors (default 'character'). */
   field?: string;
 }
 
+/** The IP feeds of one denoising step, given its timestep (sigma * 1000, as the adapter's time part takes it). */
+export type IpFeedsForStep = (timestep: number) => Promise<Record<string, Tensor>>;
+
 /** Graphs built before regional support take subject_scale [1] and per-image tokens [B, P, D] (the pool caches the scan). */
 async function isLegacyGraph(pool: SessionPool, path: string): Promise<boolean> {
   return (await pool.inputNames(path)).includes('subject_scale');
 }
 
-/** s_r * m_r over the grid, [R, rows * cols]; cached per set and grid (masks do not change between steps). */
-const maskCache = new WeakMap<CharacterSet, Map<string, Tensor>>();
-
+/** s_r * m_r over the grid: [R, rows * cols]. */
 export function characterMasks(set: CharacterSet, rows: number, cols: number): Tensor {
-  let byGrid = maskCache.get(set);
-  if (!byGrid) maskCache.set(set, (byGrid = new Map()));
-  const key = `${rows}x${cols}`;
-  let t = byGrid.get(key);
-  if (!t) {
-    const L = rows * cols;
-    const data = new Float32Array(set.characters.length * L);
-    set.characters.forEach((c, r) => {
-      const m = rasteriseRegion(c.region, rows, cols);
-      for (let l = 0; l < L; l++) data[r * L + l] = c.scale * m[l]!;
-    });
-    byGrid.set(key, (t = f32([set.characters.length, L], data)));
-  }
-  return t;
+  const L = rows * cols;
+  const data = new Float32Array(set.characters.length * L);
+  set.characters.forEach((c, r) => {
+    const m = rasteriseRegion(c.region, rows, cols);
+    for (let l = 0; l < L; l++) data[r * L + l] = c.scale * m[l]!;
+  });
+  return f32([set.characters.length, L], data);
 }
 
 /** Adapter tokens of one character at `timestep`: [1, P, D]. */
-async function timeTokens(req: FluxIpFeedRequest, character: CharacterTokens): Promise<Tensor> {
+async function timeTokens(req: FluxIpFeedRequest, character: CharacterTokens, timestep: number): Promise<Tensor> {
   const out = await req.pool.run(req.models.path('adapter_time'), {
     resampler_input: character.resamplerInput,
-    timestep: f32([1], [req.timestep]),
+    timestep: f32([1], [timestep]),
   }, { outputs: ['ip_hidden_states'], signal: req.signal });
   return out.ip_hidden_states!;
 }
@@ -77,13 +69,14 @@ function stack(parts: Tensor[], times = 1): Tensor {
 }
 
 /**
- * The IP feeds of the flux graph for one step: `ip_hidden_states` [R, P, D] (shared by every image of the
+ * The IP feeds of the flux graph, step by step: `ip_hidden_states` [R, P, D] (shared by every image of the
  * batch) and `ip_masks` [R, L] = s_r * m_r. No character: one zero character with weight 0 (adds nothing).
  * One character: R = 1, weight subjectScale everywhere. A set: its characters with their own scales and
  * masks. A model set whose transformer predates regional support gets its old inputs (subject_scale), and
- * refuses a set with an error naming the field.
+ * refuses a set with an error naming the field. Everything but the adapter's time part is settled here,
+ * once per sampling run; each step then only runs the time part for its timestep.
  */
-export async function fluxIpFeeds(req: FluxIpFeedRequest): Promise<Record<string, Tensor>> {
+export async function prepareIpFeeds(req: FluxIpFeedRequest): Promise<IpFeedsForStep> {
   const field = req.field ?? 'character';
   const { adapter } = req.models.manifest;
   const L = req.rows * req.cols;
@@ -94,21 +87,29 @@ export async function fluxIpFeeds(req: FluxIpFeedRequest): Promise<Record<string
       throw new NodeInputError(field, `has ${set.characters.length} characters; at most ${MAX_CHARACTERS} fit in one picture`);
     }
   }
+  const single = set ? undefined : req.character as CharacterTokens | undefined;
+  const noTokens = f32([1, adapter.numQueries, adapter.outputDim]); // zeros
   if (await isLegacyGraph(req.pool, req.models.path('flux'))) {
     if (set) {
       throw new NodeInputError(field, `the transformer of model set "${req.models.name}" was built without regional character support; `
         + 'rebuild or re-convert the model set to use a character set');
     }
-    const single = req.character as CharacterTokens | undefined;
-    const tokens = single ? await timeTokens(req, single) : f32([1, adapter.numQueries, adapter.outputDim]);
-    return { ip_hidden_states: stack([tokens], req.batch ?? 1), subject_scale: f32([1], [single ? req.subjectScale : 0]) };
+    const scale = f32([1], [single ? req.subjectScale : 0]);
+    const none = { ip_hidden_states: stack([noTokens], req.batch ?? 1), subject_scale: scale };
+    return async (t) => (single ? { ip_hidden_states: stack([await timeTokens(req, single, t)], req.batch ?? 1), subject_scale: scale } : none);
   }
   if (set) {
-    const tokens: Tensor[] = [];
-    for (const c of set.characters) tokens.push(await timeTokens(req, c.character));
-    return { ip_hidden_states: stack(tokens), ip_masks: characterMasks(set, req.rows, req.cols) };
+    const masks = characterMasks(set, req.rows, req.cols);
+    return async (t) => {
+      const tokens: Tensor[] = [];
+      for (const c of set.characters) tokens.push(await timeTokens(req, c.character, t));
+      return { ip_hidden_states: stack(tokens), ip_masks: masks };
+    };
   }
-  const single = req.character as CharacterTokens | undefined;
-  if (!single) return { ip_hidden_states: f32([1, adapter.numQueries, adapter.outputDim]), ip_masks: f32([1, L]) };
-  return { ip_hidden_states: await timeTokens(req, single), ip_masks: f32([1, L], new Float32Array(L).fill(req.subjectScale)) };
+  if (!single) {
+    const none = { ip_hidden_states: noTokens, ip_masks: f32([1, L]) };
+    return async () => none;
+  }
+  const masks = f32([1, L], new Float32Array(L).fill(req.subjectScale));
+  return async (t) => ({ ip_hidden_states: await timeTokens(req, single, t), ip_masks: masks });
 }

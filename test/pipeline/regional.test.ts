@@ -12,18 +12,22 @@ import { validateWorkflow } from '../../engine/workflow/index.ts';
 import { NodeInputError, type NodeContext, type NodeDef } from '../../engine/node.ts';
 import { Graph } from '../../models/onnx/graph.ts';
 import { writeTinyModelSet } from '../../models/tiny.ts';
-import { f32 } from '../../models/tensor.ts';
+import { f32, type Tensor } from '../../models/tensor.ts';
 import { createServices, PACKAGE_ROOT, type OwnedServices, type Services } from '../../nodes/services.ts';
 import { nodeRegistry } from '../../nodes/registry.ts';
 import { jsonReporter } from '../../cli/progress.ts';
 import { decodeImage, readPngText, cropImage } from '../../nodes/lib/image.ts';
 import { rasteriseRegion, regionBox } from '../../nodes/lib/regions.ts';
-import { characterMasks, fluxIpFeeds } from '../../nodes/lib/flux_feeds.ts';
+import { type FluxIpFeedRequest, characterMasks, prepareIpFeeds } from '../../nodes/lib/flux_feeds.ts';
 import { boxPixels, identityScores } from '../../nodes/lib/identity.ts';
 import { bestIndices, KeepBest } from '../../nodes/keep_best.ts';
 import { CombineCharacters } from '../../nodes/combine_characters.ts';
 import { RegionalCharacter, decodeMask } from '../../nodes/regional_character.ts';
 import type { BatchImage, CharacterSet, CharacterTokens, IdentityScores, ModelSet, RgbImage } from '../../nodes/types.ts';
+/** The feeds of one step at `timestep`. */
+async function fluxIpFeeds(req: FluxIpFeedRequest & { timestep: number }): Promise<Record<string, Tensor>> {
+  return (await prepareIpFeeds(req))(req.timestep);
+}
 
 const registry = nodeRegistry();
 const EXACT = 1e-6;
@@ -155,10 +159,12 @@ describe('character sets and the transformer feeds', () => {
     const { adapter } = models.manifest;
     const rows = 2, cols = 4;
     const req = { pool: services.pool, models, character: set as CharacterSet | CharacterTokens | undefined, subjectScale: 0.9, rows, cols, timestep: 500 };
-    const feeds = await fluxIpFeeds(req);
+    const perStep = await prepareIpFeeds(req);
+    const feeds = await perStep(req.timestep);
     expect(feeds.ip_hidden_states!.dims).toEqual([2, adapter.numQueries, adapter.outputDim]);
     expect(Array.from(feeds.ip_masks!.data as Float32Array)).toEqual([0.5, 0, 0, 0, 0.5, 0, 0, 0, 0, 0, 1.5, 0, 0, 0, 1.5, 0]);
-    expect(feeds.ip_masks).toBe(characterMasks(set, rows, cols)); // once per set and grid, not per step
+    expect(feeds.ip_masks!.data).toEqual(characterMasks(set, rows, cols).data);
+    expect((await perStep(250)).ip_masks).toBe(feeds.ip_masks); // once per sampling run, not per step
     const single = await fluxIpFeeds({ ...req, character });
     expect(single.ip_hidden_states!.dims).toEqual([1, adapter.numQueries, adapter.outputDim]);
     expect(Array.from(single.ip_masks!.data as Float32Array)).toEqual(new Array(8).fill(Math.fround(0.9)));
