@@ -5,7 +5,6 @@
 // twice: the server records it when the worker says it finished, and a sweep reads Redis for the
 // jobs it has not heard about (server restarts, dropped sockets, jobs failed by the stalled check).
 import { Job as BullJob, Queue, Worker, type ConnectionOptions } from 'bullmq';
-import type { RunEvent } from '../executor/events.ts';
 import type { ValidWorkflow } from '../workflow/types.ts';
 import {
   checkRedis,
@@ -24,7 +23,7 @@ import {
 import type { FreeResult, JobDispatcher, WorkerInfo } from './dispatcher.ts';
 import { Emitter } from './emitter.ts';
 import type { JobQueue } from './queue.ts';
-import { Recorder, type RunnerEvents } from './runner.ts';
+import { failedBeforeStart, Recorder, type RunnerEvents } from './runner.ts';
 import type { Job, JobResult, PruneOptions } from './types.ts';
 
 /** One connected worker's socket, as the transport gives it to the dispatcher. */
@@ -354,14 +353,7 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
     const l = this.live.get(job.id) ?? { job, rec: new Recorder() };
     this.live.delete(job.id);
     if (!l.rec.ended) {
-      const e: RunEvent = {
-        type: 'run_finished',
-        runId: job.id,
-        time: Date.now(),
-        status: 'failed',
-        ms: 0,
-        counts: { done: 0, cached: 0, failed: 0, skipped: 0, cancelled: 0 },
-      };
+      const e = failedBeforeStart(job.id);
       if (result === null || result.status === 'failed') {
         l.rec.record(e);
         this.emit('event', l.job, e);

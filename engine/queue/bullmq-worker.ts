@@ -23,7 +23,7 @@ import {
   type ServerToWorker,
   type WorkerMessage,
 } from './bullmq.ts';
-import { imagesOf, Recorder } from './runner.ts';
+import { failedBeforeStart, imagesOf, jobOutcome, Recorder } from './runner.ts';
 import type { JobImage } from './types.ts';
 
 /** The worker's connection to the server: the event relay and the file transfers. */
@@ -303,24 +303,8 @@ export class QueueWorker<S> {
       error = message(err);
       await chain.catch(() => {});
     }
-    if (!rec.ended) {
-      const e: RunEvent = { type: 'run_finished', runId: jobId, time: Date.now(), status: 'failed', ms: 0, counts: { done: 0, cached: 0, failed: 0, skipped: 0, cancelled: 0 } };
-      await relay(e).catch(() => {});
-    }
-    const res: QueueJobResult = { status: 'failed', error, outputs: rec.outputs, nodes: run?.nodes ?? {}, worker: this.o.name };
-    if (run && error === null) {
-      if (run.status === 'cancelled') {
-        res.status = 'interrupted';
-        res.error = 'interrupted by a cancel request';
-      } else {
-        res.status = run.status;
-        if (run.status === 'failed') {
-          const first = Object.values(run.nodes).find((o) => o.status === 'failed');
-          res.error = first && first.status === 'failed' ? first.message : 'the run failed';
-        }
-      }
-    }
-    return res;
+    if (!rec.ended) await relay(failedBeforeStart(jobId)).catch(() => {});
+    return { ...jobOutcome(run, error), outputs: rec.outputs, nodes: run?.nodes ?? {}, worker: this.o.name };
   }
 
   /**

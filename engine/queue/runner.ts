@@ -51,6 +51,23 @@ export function imagesOf(outputs: NodeOutputs | undefined): JobImage[] | undefin
   return images;
 }
 
+/** The run_finished event of a job that failed before its executor started (so every client sees it end). */
+export function failedBeforeStart(runId: string): RunEvent {
+  return { type: 'run_finished', runId, time: Date.now(), status: 'failed', ms: 0, counts: { done: 0, cached: 0, failed: 0, skipped: 0, cancelled: 0 } };
+}
+
+/**
+ * How a job ended, from its executor result (undefined if it never got one) and the error that stopped it
+ * (null if none): a cancel is 'interrupted'; a failed run names its first failed node's message.
+ */
+export function jobOutcome(result: RunResult | undefined, error: string | null): { status: 'done' | 'failed' | 'interrupted'; error: string | null } {
+  if (!result || error !== null) return { status: 'failed', error };
+  if (result.status === 'cancelled') return { status: 'interrupted', error: 'interrupted by a cancel request' };
+  if (result.status === 'done') return { status: 'done', error: null };
+  const first = Object.values(result.nodes).find((o) => o.status === 'failed');
+  return { status: 'failed', error: first && first.status === 'failed' ? first.message : 'the run failed' };
+}
+
 /** Collects what a job keeps in its history: per-node outputs (JSON) and the event log. */
 export class Recorder {
   readonly outputs: Record<string, JobNodeOutput> = {};
@@ -277,30 +294,11 @@ export class QueueRunner<S> extends Emitter<RunnerEvents> implements JobDispatch
     }
     if (!rec.ended) {
       // Failed before the executor started (e.g. the registry changed since it was queued).
-      const e: RunEvent = {
-        type: 'run_finished',
-        runId: job.id,
-        time: Date.now(),
-        status: 'failed',
-        ms: 0,
-        counts: { done: 0, cached: 0, failed: 0, skipped: 0, cancelled: 0 },
-      };
+      const e = failedBeforeStart(job.id);
       rec.record(e);
       this.emit('event', job, e);
     }
-    const res: JobResult = { status: 'failed', outputs: rec.outputs, nodes: result?.nodes ?? {}, messages: rec.messages, error };
-    if (result && error === null) {
-      if (result.status === 'cancelled') {
-        res.status = 'interrupted';
-        res.error = 'interrupted by a cancel request';
-      } else {
-        res.status = result.status;
-        if (result.status === 'failed') {
-          const first = Object.values(result.nodes).find((o) => o.status === 'failed');
-          res.error = first && first.status === 'failed' ? first.message : 'the run failed';
-        }
-      }
-    }
+    const res: JobResult = { ...jobOutcome(result, error), outputs: rec.outputs, nodes: result?.nodes ?? {}, messages: rec.messages };
     const final = this.queue.finish(job.id, res);
     this.emit('job_finished', final);
     if (this.keepHistory) this.queue.prune(this.keepHistory);
