@@ -32,6 +32,7 @@ import type { BenchContext } from './lib/context.ts';
 import { type Figure, info, judged } from './lib/report.ts';
 import { median } from './lib/stats.ts';
 import { cpuMeter } from './lib/cpuload.ts';
+import { psnr8, relMaxError } from '../test/helpers/metrics.ts';
 
 const FORMATS = ['int8', 'int4'] as const;
 const setName = (f: WeightFormat): string => (f === 'fp32' ? MID_SET_NAME : `${MID_SET_NAME}-${f}`);
@@ -83,24 +84,6 @@ async function runNode<T>(services: Services, def: NodeDef<Services>, inputs: Re
   return (await def.run(nodeCtx(services), { ...withDefaults, ...inputs }))[output] as T;
 }
 
-function relErr(a: Tensor, b: Tensor): number {
-  const x = a.data as Float32Array;
-  const y = b.data as Float32Array;
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < y.length; i++) {
-    d = Math.max(d, Math.abs(x[i]! - y[i]!));
-    m = Math.max(m, Math.abs(y[i]!));
-  }
-  return d / m;
-}
-
-function psnr(a: RgbImage, b: RgbImage): number {
-  let se = 0;
-  for (let i = 0; i < a.data.length; i++) se += (a.data[i]! - b.data[i]!) ** 2;
-  return 10 * Math.log10((255 * 255) / Math.max(se / a.data.length, 1e-12));
-}
-
 export async function benchQuant(ctx: BenchContext): Promise<Figure[]> {
   await ensureQuantMidSets();
   const { services } = ctx;
@@ -143,8 +126,8 @@ export async function benchQuant(ctx: BenchContext): Promise<Figure[]> {
     pool.run = realRun;
   }
   const randomNote = 'random (seeded) mid-size weights, not trained ones: the real-weight anchors are W8A8 27.0 dB, NF4 19.5 dB (deepcompressor, FLUX.1-dev)';
-  figures.push(judged(11, 'mid-size pipeline (8 steps, 512x512) final image PSNR vs fp32, int8', psnr(images.int8!, images.fp32!), 'dB', '>=', 30, { note: randomNote }));
-  figures.push(judged(11, 'mid-size pipeline (8 steps, 512x512) final image PSNR vs fp32, int4', psnr(images.int4!, images.fp32!), 'dB', '>=', 20, { note: randomNote }));
+  figures.push(judged(11, 'mid-size pipeline (8 steps, 512x512) final image PSNR vs fp32, int8', psnr8(images.int8!, images.fp32!), 'dB', '>=', 30, { note: randomNote }));
+  figures.push(judged(11, 'mid-size pipeline (8 steps, 512x512) final image PSNR vs fp32, int4', psnr8(images.int4!, images.fp32!), 'dB', '>=', 20, { note: randomNote }));
 
   // ---- per-step noise_pred error on fp32's own trajectory --------------------------------------------
   const stepErr: Record<string, number[]> = {};
@@ -152,7 +135,7 @@ export async function benchQuant(ctx: BenchContext): Promise<Figure[]> {
     stepErr[f] = [];
     for (let i = 0; i < fluxFeeds.length; i++) {
       const out = await pool.run(sets[f].path('flux'), fluxFeeds[i]!, { outputs: ['noise_pred'] });
-      stepErr[f]!.push(relErr(out.noise_pred!, fluxOut[i]!));
+      stepErr[f]!.push(relMaxError(out.noise_pred!, fluxOut[i]!));
     }
     figures.push(info(11, `noise_pred relative error per step, ${f} (max over ${fluxFeeds.length} steps)`, Math.max(...stepErr[f]!), 'x', {
       samples: stepErr[f], note: `max|q - fp32| / max|fp32| for each step's noise_pred on fp32's inputs: ${stepErr[f]!.map((e) => e.toExponential(1)).join(', ')}; ${randomNote}`,

@@ -22,6 +22,7 @@ import { COMPONENTS } from '../../models/convert/convert.ts';
 import { type WeightFormat, resolveFormats, specWithFormats } from '../../models/quant/formats.ts';
 import type { Tensor } from '../../models/tensor.ts';
 import { decodeImage } from '../../nodes/lib/image.ts';
+import { psnr8, relMaxError } from '../helpers/metrics.ts';
 
 const inputs = goldenTensors('instantcharacter_e2e', 'inputs.safetensors');
 const outputs = goldenTensors('instantcharacter_e2e', 'outputs.safetensors');
@@ -47,19 +48,6 @@ let runs: PoolRun[];
 
 function run<T>(def: NodeDef<Services>, inputs: Record<string, unknown>, output: string): Promise<T> {
   return h.run<T>(def, inputs, output);
-}
-
-function relErr(a: Tensor, b: Tensor): number {
-  expect(a.dims).toEqual(b.dims);
-  const x = a.data as Float32Array;
-  const y = b.data as Float32Array;
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < y.length; i++) {
-    d = Math.max(d, Math.abs(x[i]! - y[i]!));
-    m = Math.max(m, Math.abs(y[i]!));
-  }
-  return d / m;
 }
 
 beforeAll(async () => {
@@ -99,19 +87,17 @@ describe('InstantCharacter end to end through quantized sets, against the offici
       const fluxRuns = runs.filter((r) => r.model.endsWith('flux.onnx'));
       expect(fluxRuns.length).toBe(steps);
       for (let i = 0; i < steps; i++) {
-        const e = relErr(fluxRuns[i]!.out.noise_pred!, outputs.get(`step.${i}.noise_pred`)!);
+        const e = relMaxError(fluxRuns[i]!.out.noise_pred!, outputs.get(`step.${i}.noise_pred`)!);
         console.log(`${weights} step ${i}: noise_pred relative error ${e.toExponential(2)}`);
         expect(e).toBeLessThan(tol.noisePred);
       }
-      const eLat = relErr(latent.samples, outputs.get('final_latents_unpacked')!);
+      const eLat = relMaxError(latent.samples, outputs.get('final_latents_unpacked')!);
       runs.length = 0;
       const decoded = await run<RgbImage>(Decode, { models, latent }, 'image');
       const vae = runs.find((r) => r.model.endsWith('vae.onnx'))!;
-      const eImg = relErr(vae.out.image!, outputs.get('image')!);
+      const eImg = relMaxError(vae.out.image!, outputs.get('image')!);
       const ref8 = await decodeImage(goldenPath('instantcharacter_e2e', 'output_image.png'));
-      let se = 0;
-      for (let i = 0; i < ref8.data.length; i++) se += (ref8.data[i]! - decoded.data[i]!) ** 2;
-      const psnr = 10 * Math.log10((255 * 255) / Math.max(se / ref8.data.length, 1e-12));
+      const psnr = psnr8(ref8, decoded);
       console.log(`${weights}: final latents ${eLat.toExponential(2)}, image ${eImg.toExponential(2)}, 8-bit PSNR ${psnr.toFixed(1)} dB`);
       expect(eLat).toBeLessThan(tol.latents);
       expect(eImg).toBeLessThan(tol.image);
