@@ -3,9 +3,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { NodeDef } from '../../engine/node.ts';
-import type { OwnedServices, Services } from '../../nodes/services.ts';
-import { type NodeHarness, type PoolRun, openNodeHarness } from '../helpers/node-harness.ts';
+import type { Services } from '../../nodes/services.ts';
+import { type NodeHarness, openNodeHarness } from '../helpers/node-harness.ts';
 import { LoadCharacter } from '../../nodes/load_character.ts';
 import { SigLIPEncode } from '../../nodes/siglip_encode.ts';
 import { DINOv2Encode } from '../../nodes/dinov2_encode.ts';
@@ -24,55 +23,48 @@ const inputs = goldenTensors('instantcharacter_e2e', 'inputs.safetensors');
 const outputs = goldenTensors('instantcharacter_e2e', 'outputs.safetensors');
 const intermediates = goldenTensors('instantcharacter_e2e', 'intermediates.safetensors');
 
-let h: NodeHarness;
-let services: OwnedServices;
-/** Every pool run: which graph, what went in, what came out. */
-let runs: PoolRun[];
-
-function run<T>(def: NodeDef<Services>, inputs: Record<string, unknown>, output: string): Promise<T> {
-  return h.run<T>(def, inputs, output);
-}
+/** Services over a temporary data folder; harness.runs records every pool run (graph, feeds, outputs). */
+let harness: NodeHarness;
 
 let models: ModelSet;
 
 beforeAll(async () => {
-  h = await openNodeHarness('charflow-e2e-', async (paths) => {
+  harness = await openNodeHarness('charflow-e2e-', async (paths) => {
     copyFileSync(goldenPath('instantcharacter_e2e', 'reference.png'), join(paths.inputs, 'reference.png'));
     await writeGoldenModelSet(paths.models, { t5SeqLen: inputs.get('t5_input_ids')!.dims[1]!, clipSeqLen: inputs.get('clip_input_ids')!.dims[1]! });
   });
-  ({ services, runs } = h);
-  models = services.modelSet('golden');
+  models = harness.services.modelSet('golden');
 }, 300_000);
 
 afterAll(async () => {
-  await h?.close();
+  await harness?.close();
 });
 
 describe('InstantCharacter end to end, against the official pipeline', () => {
   it('encodes the prompt ids as the reference did', async () => {
     // The set's tokenizer writes the specials the reference ids carry.
     expect(clipSpecialIds(inputs.get('clip_input_ids')!)).toEqual({ bos: models.manifest.clip.bosId, eos: models.manifest.clip.eosId });
-    const t5 = await services.pool.run(models.path('t5'), { input_ids: inputs.get('t5_input_ids')! });
+    const t5 = await harness.services.pool.run(models.path('t5'), { input_ids: inputs.get('t5_input_ids')! });
     console.log('prompt_embeds', expectClose(t5.last_hidden_state, inputs.get('prompt_embeds'), 1e-4, 'prompt_embeds'));
-    const clip = await services.pool.run(models.path('clip'), { input_ids: inputs.get('clip_input_ids')! });
+    const clip = await harness.services.pool.run(models.path('clip'), { input_ids: inputs.get('clip_input_ids')! });
     console.log('pooled', expectClose(clip.pooler_output, inputs.get('pooled_prompt_embeds'), 1e-4, 'pooled_prompt_embeds'));
   });
 
   it('reproduces features, adapter tokens, every step, the decoder output and the image', async () => {
-    runs.length = 0;
-    const image = await run<RgbImage>(LoadCharacter, { path: 'reference.png', square: 'stretch' }, 'image');
+    harness.runs.length = 0;
+    const image = await harness.run<RgbImage>(LoadCharacter, { path: 'reference.png', square: 'stretch' }, 'image');
     // The pipeline stretches the reference to a square of its longer side (the square stage image).
     const [refH, refW] = inputs.get('reference_image_uint8')!.dims as [number, number, number];
     const square = await decodeImage(e2eStagePath('square'));
     expect([square.width, square.height]).toEqual([Math.max(refW, refH), Math.max(refW, refH)]);
     expect([image.width, image.height]).toEqual([square.width, square.height]);
     expect(Buffer.from(image.data).equals(Buffer.from(square.data)), 'square stage pixels').toBe(true);
-    const siglip = await run<VisionFeatures>(SigLIPEncode, { models, image }, 'features');
-    const dinov2 = await run<VisionFeatures>(DINOv2Encode, { models, image }, 'features');
-    const character = await run<CharacterTokens>(AdapterFuse, { models, siglip, dinov2 }, 'character');
+    const siglip = await harness.run<VisionFeatures>(SigLIPEncode, { models, image }, 'features');
+    const dinov2 = await harness.run<VisionFeatures>(DINOv2Encode, { models, image }, 'features');
+    const character = await harness.run<CharacterTokens>(AdapterFuse, { models, siglip, dinov2 }, 'character');
 
     const magnitudeTol = (t: Tensor, base: number) => base * Math.max(1, maxAbs(t));
-    const low = runs.find((r) => r.model.endsWith('adapter_static.onnx'))!.feeds;
+    const low = harness.runs.find((r) => r.model.endsWith('adapter_static.onnx'))!.feeds;
     for (const [name, key] of [['low_res_deep', 'image_embeds_low_res_deep'], ['low_res_shallow', 'image_embeds_low_res_shallow'], ['high_res_deep', 'image_embeds_high_res_deep']] as const) {
       const ref = intermediates.get(key)!;
       console.log(name, expectClose(low[name], ref, magnitudeTol(ref, 1e-4), name));
@@ -87,14 +79,14 @@ describe('InstantCharacter end to end, against the official pipeline', () => {
     expect(outputs.get('timesteps')!.dims).toEqual([steps]);
     // Pixels per latent cell: the VAE halves the size once per block after the first.
     const vaeScale = 2 ** ((goldenConfig('vae_decoder')['block_out_channels'] as number[]).length - 1);
-    runs.length = 0;
-    const latent = await run<Latent>(DiTSample, {
+    harness.runs.length = 0;
+    const latent = await harness.run<Latent>(DiTSample, {
       models, conditioning, character, noise, steps, width: w! * vaeScale, height: h! * vaeScale,
       guidance: (inputs.get('guidance_scale')!.data as Float32Array)[0], subject_scale: (inputs.get('subject_scale')!.data as Float32Array)[0],
     }, 'latent');
 
-    const fluxRuns = runs.filter((r) => r.model.endsWith('flux.onnx'));
-    const timeRuns = runs.filter((r) => r.model.endsWith('adapter_time.onnx'));
+    const fluxRuns = harness.runs.filter((r) => r.model.endsWith('flux.onnx'));
+    const timeRuns = harness.runs.filter((r) => r.model.endsWith('adapter_time.onnx'));
     expect(fluxRuns.length).toBe(steps);
     expect(timeRuns.length).toBe(steps);
     for (let i = 0; i < steps; i++) {
@@ -112,9 +104,9 @@ describe('InstantCharacter end to end, against the official pipeline', () => {
     }
     console.log('final latents', expectClose(latent.samples, outputs.get('final_latents_unpacked'), 5e-4, 'final latents'));
 
-    runs.length = 0;
-    const decoded = await run<RgbImage>(Decode, { models, latent }, 'image');
-    const vae = runs.find((r) => r.model.endsWith('vae.onnx'))!;
+    harness.runs.length = 0;
+    const decoded = await harness.run<RgbImage>(Decode, { models, latent }, 'image');
+    const vae = harness.runs.find((r) => r.model.endsWith('vae.onnx'))!;
     console.log('decoder_output', expectClose(vae.out.sample, outputs.get('decoder_output'), 2e-3, 'decoder_output'));
     console.log('image', expectClose(vae.out.image, outputs.get('image'), 1e-3, 'image'));
     const ref8 = await decodeImage(goldenPath('instantcharacter_e2e', 'output_image.png'));
@@ -126,10 +118,10 @@ describe('InstantCharacter end to end, against the official pipeline', () => {
 
   it('feeds the encoders exactly the pixel values of the reference stages (charflow resize is PIL-exact)', async () => {
     const stage = await decodeImage(e2eStagePath('low_res'));
-    const image = await run<RgbImage>(LoadCharacter, { path: 'reference.png', square: 'stretch' }, 'image');
-    runs.length = 0;
-    await run<VisionFeatures>(SigLIPEncode, { models, image }, 'features');
-    const fed = runs[0]!.feeds.pixel_values!;
+    const image = await harness.run<RgbImage>(LoadCharacter, { path: 'reference.png', square: 'stretch' }, 'image');
+    harness.runs.length = 0;
+    await harness.run<VisionFeatures>(SigLIPEncode, { models, image }, 'features');
+    const fed = harness.runs[0]!.feeds.pixel_values!;
     const { mean, std } = e2eNormalization('siglip');
     const expected = pixelValues([stage], mean, std);
     const first = f32(expected.dims, (fed.data as Float32Array).subarray(0, expected.data.length));

@@ -4,9 +4,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import type { NodeDef } from '../../engine/node.ts';
-import type { OwnedServices, Services } from '../../nodes/services.ts';
-import { type NodeHarness, type PoolRun, openNodeHarness } from '../helpers/node-harness.ts';
+import type { Services } from '../../nodes/services.ts';
+import { type NodeHarness, openNodeHarness } from '../helpers/node-harness.ts';
 import { DiTSample } from '../../nodes/dit_sample.ts';
 import { Decode } from '../../nodes/decode.ts';
 import { LoadImage } from '../../nodes/load_image.ts';
@@ -24,14 +23,8 @@ const outputs = goldenTensors(CASE, 'outputs.safetensors');
 const STEP_TOL = 5e-4;
 const IMAGE_TOL = 1e-3;
 
-let h: NodeHarness;
-let services: OwnedServices;
-/** Every pool run: which graph, what went in, what came out. */
-let runs: PoolRun[];
-
-function run<T>(def: NodeDef<Services>, inputs: Record<string, unknown>, output: string): Promise<T> {
-  return h.run<T>(def, inputs, output);
-}
+/** Services over a temporary data folder; harness.runs records every pool run (graph, feeds, outputs). */
+let harness: NodeHarness;
 
 let models: ModelSet;
 
@@ -57,28 +50,27 @@ function item(t: Tensor, i: number): Tensor {
 }
 
 beforeAll(async () => {
-  h = await openNodeHarness('charflow-img2img-', async (paths) => {
+  harness = await openNodeHarness('charflow-img2img-', async (paths) => {
     await writeGoldenModelSet(paths.models, { t5SeqLen: need(inputs, 't5_input_ids').dims[1]!, clipSeqLen: need(inputs, 'clip_input_ids').dims[1]! });
   });
-  ({ services, runs } = h);
-  models = services.modelSet('golden');
+  models = harness.services.modelSet('golden');
 }, 600_000);
 
 afterAll(async () => {
-  await h?.close();
+  await harness?.close();
 });
 
 describe('image-to-image against diffusers FluxImg2ImgPipeline', () => {
   it('loads the init picture into exactly the pipeline\'s VAE input', async () => {
     const png = goldenFind(CASE, /^init_image\.png$/);
-    copyFileSync(png, join(services.paths.inputs, basename(png)));
+    copyFileSync(png, join(harness.services.paths.inputs, basename(png)));
     const vin = need(inputs, 'vae_input');
     const [, , H, W] = vin.dims as number[];
-    const image = await run<RgbImage>(LoadImage, { path: basename(png), width: W, height: H }, 'image');
+    const image = await harness.run<RgbImage>(LoadImage, { path: basename(png), width: W, height: H }, 'image');
     expect([image.width, image.height]).toEqual([W, H]);
     expectClose(vaeInput(image), vin, 1e-7, 'vae_input');
-    // The encoder runs on it and gives a latent of the recorded sample's shape.
-    const latent = await run<Latent>(VAEEncode, { models, image }, 'latent');
+    // The encoder harness.runs on it and gives a latent of the recorded sample's shape.
+    const latent = await harness.run<Latent>(VAEEncode, { models, image }, 'latent');
     expect(latent.samples.dims).toEqual(need(outputs, 'image_latents').dims);
   });
 
@@ -96,14 +88,14 @@ describe('image-to-image against diffusers FluxImg2ImgPipeline', () => {
     expect(kept.timesteps.length).toBe(recorded);
 
     const conditioning: Conditioning = { promptEmbeds: need(inputs, 'prompt_embeds'), pooled: need(inputs, 'pooled_prompt_embeds') };
-    runs.length = 0;
-    const latent = await run<Latent>(DiTSample, {
+    harness.runs.length = 0;
+    const latent = await harness.run<Latent>(DiTSample, {
       models, conditioning, init, noise, steps, denoise: strength, width: w * 8, height: h * 8,
       guidance: scalarOf(need(inputs, 'guidance_scale')),
     }, 'latent');
-    const flux = runs.filter((r) => r.model.endsWith('flux.onnx'));
+    const flux = harness.runs.filter((r) => r.model.endsWith('flux.onnx'));
     expect(flux.length).toBe(recorded);
-    expect(runs.filter((r) => r.model.endsWith('adapter_time.onnx')).length).toBe(0); // plain FLUX: no character
+    expect(harness.runs.filter((r) => r.model.endsWith('adapter_time.onnx')).length).toBe(0); // plain FLUX: no character
 
     const start = expectClose(flux[0]!.feeds.hidden_states, need(outputs, 'start_latents_packed'), STEP_TOL, 'start latents');
     const startUnpacked = need(outputs, 'start_latents');
@@ -118,9 +110,9 @@ describe('image-to-image against diffusers FluxImg2ImgPipeline', () => {
       console.log(`step ${i}: noise_pred ${v.toExponential(2)} latents ${lat.toExponential(2)}`);
     }
 
-    runs.length = 0;
-    const decoded = await run<RgbImage>(Decode, { models, latent }, 'image');
-    const vae = runs.find((r) => r.model.endsWith('vae.onnx'))!;
+    harness.runs.length = 0;
+    const decoded = await harness.run<RgbImage>(Decode, { models, latent }, 'image');
+    const vae = harness.runs.find((r) => r.model.endsWith('vae.onnx'))!;
     console.log('image', expectClose(item(vae.out.image!, 0), need(outputs, 'image'), IMAGE_TOL, 'image'));
     const ref8 = await decodeImage(goldenFind(CASE, /^output_image\.png$/));
     let maxPixel = 0;

@@ -5,9 +5,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import type { NodeDef } from '../../engine/node.ts';
-import type { OwnedServices, Services } from '../../nodes/services.ts';
-import { type NodeHarness, type PoolRun, openNodeHarness } from '../helpers/node-harness.ts';
+import type { Services } from '../../nodes/services.ts';
+import { type NodeHarness, openNodeHarness } from '../helpers/node-harness.ts';
 import { LoadCharacter } from '../../nodes/load_character.ts';
 import { SigLIPEncode } from '../../nodes/siglip_encode.ts';
 import { DINOv2Encode } from '../../nodes/dinov2_encode.ts';
@@ -32,14 +31,8 @@ const IP_TOL = 2e-4;
 const DECODER_TOL = 2e-3;
 const IMAGE_TOL = 1e-3;
 
-let h: NodeHarness;
-let services: OwnedServices;
-/** Every pool run: which graph, what went in, what came out. */
-let runs: PoolRun[];
-
-function run<T>(def: NodeDef<Services>, inputs: Record<string, unknown>, output: string): Promise<T> {
-  return h.run<T>(def, inputs, output);
-}
+/** Services over a temporary data folder; harness.runs records every pool run (graph, feeds, outputs). */
+let harness: NodeHarness;
 
 let models: ModelSet;
 
@@ -51,25 +44,24 @@ function item(t: Tensor, i: number): Tensor {
 }
 
 beforeAll(async () => {
-  h = await openNodeHarness('charflow-truecfg-', async (paths) => {
+  harness = await openNodeHarness('charflow-truecfg-', async (paths) => {
     const ref = goldenFind(BASE, /^reference\.png$/);
     copyFileSync(ref, join(paths.inputs, basename(ref)));
     await writeGoldenModelSet(paths.models, e2eSeqLens());
   });
-  ({ services, runs } = h);
-  models = services.modelSet('golden');
+  models = harness.services.modelSet('golden');
 }, 600_000);
 
 afterAll(async () => {
-  await h?.close();
+  await harness?.close();
 });
 
 describe('negative prompt with true CFG, against the official pipeline', () => {
-  it('runs both passes of each step as one batch-2 call and matches every step and the image', async () => {
-    const image = await run<RgbImage>(LoadCharacter, { path: basename(goldenFind(BASE, /^reference\.png$/)), square: 'stretch' }, 'image');
-    const siglip = await run<VisionFeatures>(SigLIPEncode, { models, image }, 'features');
-    const dinov2 = await run<VisionFeatures>(DINOv2Encode, { models, image }, 'features');
-    const character = await run<CharacterTokens>(AdapterFuse, { models, siglip, dinov2 }, 'character');
+  it('harness.runs both passes of each step as one batch-2 call and matches every step and the image', async () => {
+    const image = await harness.run<RgbImage>(LoadCharacter, { path: basename(goldenFind(BASE, /^reference\.png$/)), square: 'stretch' }, 'image');
+    const siglip = await harness.run<VisionFeatures>(SigLIPEncode, { models, image }, 'features');
+    const dinov2 = await harness.run<VisionFeatures>(DINOv2Encode, { models, image }, 'features');
+    const character = await harness.run<CharacterTokens>(AdapterFuse, { models, siglip, dinov2 }, 'character');
 
     const noise: Latent = { samples: need(e2eInputs, 'noise_latents') };
     const [, , h, w] = noise.samples.dims as number[];
@@ -78,14 +70,14 @@ describe('negative prompt with true CFG, against the official pipeline', () => {
     const steps = goldenStepCount(outputs);
     const trueCfg = scalarOf(need(cfgInputs, 'true_cfg_scale'));
     expect(trueCfg).toBeGreaterThan(1);
-    runs.length = 0;
-    const latent = await run<Latent>(DiTSample, {
+    harness.runs.length = 0;
+    const latent = await harness.run<Latent>(DiTSample, {
       models, conditioning, negative, character, noise, steps, width: w! * 8, height: h! * 8, true_cfg: trueCfg,
       guidance: scalarOf(need(e2eInputs, 'guidance_scale')), subject_scale: scalarOf(need(e2eInputs, 'subject_scale')),
     }, 'latent');
 
-    const flux = runs.filter((r) => r.model.endsWith('flux.onnx'));
-    const time = runs.filter((r) => r.model.endsWith('adapter_time.onnx'));
+    const flux = harness.runs.filter((r) => r.model.endsWith('flux.onnx'));
+    const time = harness.runs.filter((r) => r.model.endsWith('adapter_time.onnx'));
     expect(flux.length).toBe(steps); // one call per step ...
     expect(time.length).toBe(steps); // ... and the character's tokens once per step, for both passes
     for (let i = 0; i < steps; i++) {
@@ -105,9 +97,9 @@ describe('negative prompt with true CFG, against the official pipeline', () => {
       console.log(`step ${i}: ip ${ip.toExponential(2)} pos ${pos.toExponential(2)} neg ${neg.toExponential(2)} latents ${lat.toExponential(2)}`);
     }
 
-    runs.length = 0;
-    const decoded = await run<RgbImage>(Decode, { models, latent }, 'image');
-    const vae = runs.find((r) => r.model.endsWith('vae.onnx'))!;
+    harness.runs.length = 0;
+    const decoded = await harness.run<RgbImage>(Decode, { models, latent }, 'image');
+    const vae = harness.runs.find((r) => r.model.endsWith('vae.onnx'))!;
     console.log('decoder_output', expectClose(vae.out.sample, need(outputs, 'decoder_output'), DECODER_TOL, 'decoder_output'));
     console.log('image', expectClose(vae.out.image, need(outputs, 'image'), IMAGE_TOL, 'image'));
     const ref8 = await decodeImage(goldenFind(CASE, /^output_image\.png$/));

@@ -5,9 +5,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { NodeDef } from '../../engine/node.ts';
-import type { OwnedServices, Services } from '../../nodes/services.ts';
-import { type NodeHarness, type PoolRun, openNodeHarness } from '../helpers/node-harness.ts';
+import type { Services } from '../../nodes/services.ts';
+import { type NodeHarness, openNodeHarness } from '../helpers/node-harness.ts';
 import { LoadCharacter } from '../../nodes/load_character.ts';
 import { SigLIPEncode } from '../../nodes/siglip_encode.ts';
 import { DINOv2Encode } from '../../nodes/dinov2_encode.ts';
@@ -41,50 +40,43 @@ const TOLERANCE: Record<'int8' | 'int4', { noisePred: number; latents: number; i
 };
 const BLOCK = 32;
 
-let h: NodeHarness;
-let services: OwnedServices;
-/** Every pool run: which graph, what went in, what came out. */
-let runs: PoolRun[];
-
-function run<T>(def: NodeDef<Services>, inputs: Record<string, unknown>, output: string): Promise<T> {
-  return h.run<T>(def, inputs, output);
-}
+/** Services over a temporary data folder; harness.runs records every pool run (graph, feeds, outputs). */
+let harness: NodeHarness;
 
 beforeAll(async () => {
-  h = await openNodeHarness('charflow-e2e-quant-', async (paths) => {
+  harness = await openNodeHarness('charflow-e2e-quant-', async (paths) => {
     copyFileSync(goldenPath('instantcharacter_e2e', 'reference.png'), join(paths.inputs, 'reference.png'));
     for (const weights of ['int8', 'int4'] as WeightFormat[]) {
       const formats = resolveFormats(COMPONENTS, { base: weights, fp32: ['vae', 'vae_encoder'], block: BLOCK });
       await writeModelSet({ ...specWithFormats(goldenSpec(e2eSeqLens()), formats), name: `golden-${weights}` }, join(paths.models, `golden-${weights}`));
     }
   });
-  ({ services, runs } = h);
 }, 600_000);
 
 afterAll(async () => {
-  await h?.close();
+  await harness?.close();
 });
 
 describe('InstantCharacter end to end through quantized sets, against the official pipeline', () => {
   for (const weights of ['int8', 'int4'] as const) {
     it(`${weights}: every step's noise_pred, the final latents and the image stay within the measured error`, async () => {
       const tol = TOLERANCE[weights];
-      const models: ModelSet = services.modelSet(`golden-${weights}`);
+      const models: ModelSet = harness.services.modelSet(`golden-${weights}`);
       expect(models.manifest.files.flux.weights).toBe(weights);
-      const image = await run<RgbImage>(LoadCharacter, { path: 'reference.png', square: 'stretch' }, 'image');
-      const siglip = await run<VisionFeatures>(SigLIPEncode, { models, image }, 'features');
-      const dinov2 = await run<VisionFeatures>(DINOv2Encode, { models, image }, 'features');
-      const character = await run<CharacterTokens>(AdapterFuse, { models, siglip, dinov2 }, 'character');
+      const image = await harness.run<RgbImage>(LoadCharacter, { path: 'reference.png', square: 'stretch' }, 'image');
+      const siglip = await harness.run<VisionFeatures>(SigLIPEncode, { models, image }, 'features');
+      const dinov2 = await harness.run<VisionFeatures>(DINOv2Encode, { models, image }, 'features');
+      const character = await harness.run<CharacterTokens>(AdapterFuse, { models, siglip, dinov2 }, 'character');
       const noise: Latent = { samples: inputs.get('noise_latents')! };
       const [, , h, w] = noise.samples.dims as number[];
       const conditioning: Conditioning = { promptEmbeds: inputs.get('prompt_embeds')!, pooled: inputs.get('pooled_prompt_embeds')! };
       const steps = outputs.get('timesteps')!.dims[0]!;
-      runs.length = 0;
-      const latent = await run<Latent>(DiTSample, {
+      harness.runs.length = 0;
+      const latent = await harness.run<Latent>(DiTSample, {
         models, conditioning, character, noise, steps, width: w! * 8, height: h! * 8,
         guidance: (inputs.get('guidance_scale')!.data as Float32Array)[0], subject_scale: (inputs.get('subject_scale')!.data as Float32Array)[0],
       }, 'latent');
-      const fluxRuns = runs.filter((r) => r.model.endsWith('flux.onnx'));
+      const fluxRuns = harness.runs.filter((r) => r.model.endsWith('flux.onnx'));
       expect(fluxRuns.length).toBe(steps);
       for (let i = 0; i < steps; i++) {
         const e = relMaxError(fluxRuns[i]!.out.noise_pred!, outputs.get(`step.${i}.noise_pred`)!);
@@ -92,9 +84,9 @@ describe('InstantCharacter end to end through quantized sets, against the offici
         expect(e).toBeLessThan(tol.noisePred);
       }
       const eLat = relMaxError(latent.samples, outputs.get('final_latents_unpacked')!);
-      runs.length = 0;
-      const decoded = await run<RgbImage>(Decode, { models, latent }, 'image');
-      const vae = runs.find((r) => r.model.endsWith('vae.onnx'))!;
+      harness.runs.length = 0;
+      const decoded = await harness.run<RgbImage>(Decode, { models, latent }, 'image');
+      const vae = harness.runs.find((r) => r.model.endsWith('vae.onnx'))!;
       const eImg = relMaxError(vae.out.image!, outputs.get('image')!);
       const ref8 = await decodeImage(goldenPath('instantcharacter_e2e', 'output_image.png'));
       const psnr = psnr8(ref8, decoded);
