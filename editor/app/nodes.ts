@@ -5,14 +5,7 @@ import type { CatalogNode, ImageRef } from '../protocol.ts';
 import { type ParamBinding, type WidgetEnv, addParamWidget, wrapText } from './widgets.ts';
 import { paramInfo } from './schema.ts';
 import { inputViewUrl } from './api.ts';
-
-/**
- * Socket types that connect: equal names, '*' on either side, or an input listing several types
- * ('CHARACTER,CHARACTERS'); case matters, unlike litegraph's default.
- */
-export function socketsMatch(output: string, input: string): boolean {
-  return output === '*' || input === '*' || output === input || (input.includes(',') && input.split(',').includes(output));
-}
+import { socketsMatch } from '../../engine/workflow/types.ts';
 
 const SOCKET_COLORS: Record<string, string> = {
   MODELS: '#b39ddb',

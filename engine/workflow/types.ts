@@ -127,3 +127,11 @@ export function compareIds(a: string, b: string): number {
   if (na !== nb) return na ? -1 : 1;
   return a < b ? -1 : a > b ? 1 : 0;
 }
+
+/**
+ * Socket types that connect: equal names, '*' on either side, or an input that lists several types
+ * ('CHARACTER,CHARACTERS'); case matters, unlike litegraph's default. The validator and the editor both use it.
+ */
+export function socketsMatch(output: string, input: string): boolean {
+  return output === input || output === '*' || input === '*' || (input.includes(',') && input.split(',').includes(output));
+}

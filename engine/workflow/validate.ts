@@ -7,6 +7,7 @@ import {
   DEFAULT_MAX_NODES,
   isLink,
   nodeLabel,
+  socketsMatch,
   userText,
   type InputValue,
   type ValidationCode,
@@ -115,10 +116,7 @@ function inputSocket<S>(def: NodeDef<S>, name: string): string | undefined {
   return param ? PARAM_SOCKET[param.type] : undefined;
 }
 
-/** Equal names, '*' on either side, or an input that lists several types ('CHARACTER,CHARACTERS'). */
-export function socketsMatch(output: string, input: string): boolean {
-  return output === input || output === '*' || input === '*' || (input.includes(',') && input.split(',').includes(output));
-}
+export { socketsMatch } from './types.ts';
 
 function isConstant(v: unknown): v is string | number | boolean {
   return typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean';
