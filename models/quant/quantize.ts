@@ -30,11 +30,12 @@ export interface QuantSpec {
   accuracyLevel?: number;
 }
 
-export const QUANT_BLOCKS = [16, 32, 64, 128, 256] as const;
+/** The block sizes MatMulNBits accepts: powers of two from 16 to 256. */
+export const QUANT_BLOCKS: readonly number[] = [16, 32, 64, 128, 256];
 
-/** Throws a clear message unless `block` is a power of two MatMulNBits accepts. */
+/** Throws a clear message unless `block` is one of QUANT_BLOCKS. */
 export function checkBlock(block: number): void {
-  if (!Number.isInteger(block) || block < 16 || block > 256 || (block & (block - 1)) !== 0) {
+  if (!QUANT_BLOCKS.includes(block)) {
     throw new Error(`block size ${block} is not a power of two between 16 and 256 (MatMulNBits needs one; 32, 64 or 128 are usual)`);
   }
 }
