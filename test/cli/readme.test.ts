@@ -71,7 +71,7 @@ function commandAliases(): Map<string, string> {
 
 const ALIASES = commandAliases();
 const OPTION = /(?<![\w-])--[a-z][a-z0-9-]*/g;
-const OTHER_PROGRAM = /^\s*(?:\$\s*)?(?:redis-server\b|redis-cli\b|npm|npx\s+(?!charflow\b)|node\b|tsx\b|bash\b|sh\b|\.\/|scripts\/|bench\/|apt-get|apt\b|git\b|pip\b|python|curl\b)/;
+const OTHER_PROGRAM = /^\s*(?:\$\s*)?(?:redis-server\b|redis-cli\b|npm|npx\s+(?!charflow\b)|node\b|tsx\b|bash\b|sh\b|\.\/|scripts\/|bench\/|apt-get|apt\b|brew\b|sudo\b|git\b|pip\b|python|curl\b)/;
 const CHARFLOW_COMMAND = new RegExp(
   `\\b(?:npx\\s+)?charflow\\s+(${[...COMMANDS.keys()].sort((a, b) => b.length - a.length).map((c) => c.replace(' ', '\\s+')).join('|')})\\b`,
   'g',

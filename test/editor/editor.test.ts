@@ -12,8 +12,8 @@ import { PACKAGE_ROOT } from '../../nodes/services.ts';
 import { readPngText } from '../../nodes/lib/image.ts';
 import { startServer } from '../../editor/server/index.ts';
 import { buildEditor } from '../../editor/build.ts';
+import { CHROMIUM } from '../../scripts/system-deps.mjs';
 
-const CHROMIUM = '/usr/bin/chromium';
 const ARTIFACTS = join(PACKAGE_ROOT, 'test-artifacts', 'editor');
 const haveChromium = existsSync(CHROMIUM);
 
@@ -136,7 +136,8 @@ async function openEditor(): Promise<void> {
 }
 
 beforeAll(async () => {
-  if (!haveChromium) return;
+  // No silent skip: the editor test needs Debian's chromium (`npm run test:setup` installs it).
+  if (!haveChromium) throw new Error(`${CHROMIUM} is missing: npm run test:setup`);
   mkdirSync(ARTIFACTS, { recursive: true });
   for (const f of readdirSync(ARTIFACTS)) if (f.endsWith('.png')) rmSync(join(ARTIFACTS, f));
   dir = mkdtempSync(join(tmpdir(), 'charflow-editor-'));
@@ -147,8 +148,6 @@ beforeAll(async () => {
   await buildEditor();
   server = await startServer({ paths, host: '127.0.0.1', port: 0 });
   port = server.port;
-  // No silent skip: the editor test needs Debian's chromium (.ci/run installs it).
-  if (!haveChromium) throw new Error(`${CHROMIUM} is missing: apt-get install -y chromium`);
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     headless: true,

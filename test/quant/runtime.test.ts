@@ -12,6 +12,7 @@ import { linear } from '../../models/layers.ts';
 import { memorySource } from '../../models/weights/source.ts';
 import { type Tensor, f32 } from '../../models/tensor.ts';
 import type { QuantSpec } from '../../models/quant/quantize.ts';
+import { SWIFTSHADER_ICD } from '../../scripts/system-deps.mjs';
 
 const dir = mkdtempSync(join(tmpdir(), 'charflow-quant-rt-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -51,9 +52,8 @@ describe('quantized graphs in the session pool', () => {
     }
   });
 
-  const SWIFTSHADER_ICD = '/usr/lib/chromium/vk_swiftshader_icd.json';
   it('on WebGPU: runs MatMulNBits as the CPU does, or refuses the model before loading it', async () => {
-    if (!existsSync(SWIFTSHADER_ICD)) throw new Error(`the WebGPU check needs ${SWIFTSHADER_ICD} (Debian package chromium); .ci/run installs it`);
+    if (!existsSync(SWIFTSHADER_ICD)) throw new Error(`the WebGPU check needs ${SWIFTSHADER_ICD} (Debian package chromium): npm run test:setup`);
     process.env.VK_ICD_FILENAMES = SWIFTSHADER_ICD;
     process.env.XDG_RUNTIME_DIR ??= dir;
     const path = model('int8_gpu', { bits: 8, block: 32, accuracyLevel: 0 });

@@ -2,7 +2,7 @@
 // WebGPU adapter on a machine without a GPU. It is slow, but it runs the same provider code a GPU
 // machine runs, which is how this test found that ORT's WebGPU device context is shared by every
 // session in the process: two model workers running at once corrupted it (errors, then segfaults).
-// Needs Debian's chromium (for libvk_swiftshader.so) and libvulkan1; .ci/run installs both.
+// Needs Debian's chromium (for libvk_swiftshader.so) and libvulkan1; `npm run test:setup` installs both.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -10,10 +10,9 @@ import { hasGpuDeviceNode } from '../../engine/runtime/device.ts';
 import { SessionPool } from '../../engine/runtime/pool.ts';
 import { Graph } from '../../models/onnx/graph.ts';
 import { f32, type Tensor } from '../../models/tensor.ts';
+import { missingPackages, SWIFTSHADER_ICD } from '../../scripts/system-deps.mjs';
 import { intMatrix, tempDir } from './models.ts';
 
-const SWIFTSHADER_ICD = '/usr/lib/chromium/vk_swiftshader_icd.json';
-const VULKAN_LOADERS = ['/usr/lib/x86_64-linux-gnu/libvulkan.so.1', '/usr/lib/aarch64-linux-gnu/libvulkan.so.1'];
 const tmp = tempDir('charflow-webgpu-');
 
 /**
@@ -53,11 +52,8 @@ function input(seed: number): Tensor {
 }
 
 beforeAll(() => {
-  const missing = [
-    existsSync(SWIFTSHADER_ICD) ? undefined : `${SWIFTSHADER_ICD} (Debian package chromium)`,
-    VULKAN_LOADERS.some(existsSync) ? undefined : 'libvulkan.so.1 (Debian package libvulkan1)',
-  ].filter(Boolean);
-  if (missing.length) throw new Error(`the WebGPU test needs ${missing.join(' and ')}; .ci/run installs them`);
+  const missing = missingPackages().filter((p) => p.debian === 'chromium' || p.debian === 'libvulkan1');
+  if (missing.length) throw new Error(`the WebGPU test needs the Debian packages ${missing.map((p) => p.debian).join(' and ')}: npm run test:setup`);
   // Read by the Vulkan loader inside ORT when the first WebGPU session starts (after this line).
   process.env.VK_ICD_FILENAMES = SWIFTSHADER_ICD;
   process.env.XDG_RUNTIME_DIR ??= tmp.dir; // SwiftShader complains without one
