@@ -34,10 +34,11 @@ export function padForOutpaint(img: RgbImage, pad: { left: number; top: number; 
       if (!inside) {
         mask[y * width + x] = 1;
       } else if (feather > 0) {
-        // Distance to the nearest padded side (sides without padding are the picture's own border).
+        // Distance to the nearest padded side, counted as ImagePadForOutpaint does (0 at the left and top
+        // edge pixels, 1 at the right and bottom ones); sides without padding are the picture's own border.
         const d = Math.min(
-          pad.left > 0 ? sx : Infinity, pad.right > 0 ? img.width - 1 - sx : Infinity,
-          pad.top > 0 ? sy : Infinity, pad.bottom > 0 ? img.height - 1 - sy : Infinity,
+          pad.left > 0 ? sx : Infinity, pad.right > 0 ? img.width - sx : Infinity,
+          pad.top > 0 ? sy : Infinity, pad.bottom > 0 ? img.height - sy : Infinity,
         );
         if (d < feather) mask[y * width + x] = ((feather - d) / feather) ** 2;
       }
