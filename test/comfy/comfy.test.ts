@@ -356,8 +356,8 @@ describe('GET /object_info', () => {
       output_name: ['latent'],
       output_node: false,
       input_order: {
-        required: ['models', 'conditioning', 'seed', 'steps', 'width', 'height', 'guidance', 'subject_scale', 'true_cfg', 'batch_size', 'denoise'],
-        optional: ['negative', 'character', 'noise', 'init', 'sigmas'],
+        required: ['models', 'conditioning', 'seed', 'steps', 'width', 'height', 'guidance', 'subject_scale', 'true_cfg', 'batch_size', 'denoise', 'mask_grow', 'mask_feather', 'mask_mode'],
+        optional: ['negative', 'character', 'noise', 'init', 'mask', 'sigmas'],
       },
     });
     const input = dit.input as { required: Record<string, unknown>; optional: Record<string, unknown> };
