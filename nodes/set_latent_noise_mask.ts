@@ -13,7 +13,7 @@ export const SetLatentNoiseMask: NodeDef<Services> = {
   version: 1,
   category: 'latent',
   displayName: 'Set Latent Noise Mask',
-  description: 'Attaches a mask to a latent (as ComfyUI\'s node of the same name): DiT Sample with this latent as init repaints only the white part.',
+  description: 'Attaches a mask to a latent (as ComfyUI\'s node of the same name): the sampler, given this latent as its init, repaints only the white part.',
   inputs: {
     samples: { type: SOCKET.LATENT },
     mask: { type: SOCKET.MASK },

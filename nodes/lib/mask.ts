@@ -103,11 +103,14 @@ function boxBlur(src: Float32Array, w: number, h: number, r: number, horizontal:
   const out = new Float32Array(src.length);
   const [n, len] = horizontal ? [h, w] : [w, h];
   const at = (line: number, k: number) => (horizontal ? line * w + k : k * w + line);
+  const clamp = (d: number) => Math.min(len - 1, Math.max(0, d));
   for (let line = 0; line < n; line++) {
+    // A running sum: add the pixel entering the window, drop the one leaving it.
+    let s = 0;
+    for (let d = -r; d <= r; d++) s += src[at(line, clamp(d))]!;
     for (let k = 0; k < len; k++) {
-      let s = 0;
-      for (let d = k - r; d <= k + r; d++) s += src[at(line, Math.min(len - 1, Math.max(0, d)))]!;
       out[at(line, k)] = s / (2 * r + 1);
+      s += src[at(line, clamp(k + r + 1))]! - src[at(line, clamp(k - r))]!;
     }
   }
   return out;
