@@ -74,17 +74,27 @@ export function resizeMask(mask: Mask, width: number, height: number): Mask {
   return { width, height, data };
 }
 
-/** One separable pass of a sliding max (grow) or min (shrink) over 2r+1 pixels along x or y. */
-function slide(src: Float32Array, w: number, h: number, r: number, horizontal: boolean, pick: (a: number, b: number) => number): Float32Array {
+/**
+ * One separable pass of a sliding max (grow) or min (shrink) over 2r+1 pixels along x or y, in O(1) per pixel
+ * whatever r (van Herk / Gil-Werman: per block of 2r+1, running extremes from the left and from the right).
+ */
+function slide(src: Float32Array, w: number, h: number, r: number, horizontal: boolean, grow: boolean): Float32Array {
   const out = new Float32Array(src.length);
   const [n, len] = horizontal ? [h, w] : [w, h];
   const at = (line: number, k: number) => (horizontal ? line * w + k : k * w + line);
+  const k = 2 * r + 1;
+  const size = Math.ceil((len + 2 * r) / k) * k;
+  const pad = grow ? -Infinity : Infinity; // outside the picture nothing wins
+  const pick = grow ? Math.max : Math.min;
+  const a = new Float32Array(size);
+  const left = new Float32Array(size);
+  const right = new Float32Array(size);
   for (let line = 0; line < n; line++) {
-    for (let k = 0; k < len; k++) {
-      let v = src[at(line, k)]!;
-      for (let d = Math.max(0, k - r); d <= Math.min(len - 1, k + r); d++) v = pick(v, src[at(line, d)]!);
-      out[at(line, k)] = v;
-    }
+    for (let i = 0; i < size; i++) a[i] = i >= r && i < r + len ? src[at(line, i - r)]! : pad;
+    for (let i = 0; i < size; i++) left[i] = i % k === 0 ? a[i]! : pick(left[i - 1]!, a[i]!);
+    for (let i = size - 1; i >= 0; i--) right[i] = i % k === k - 1 ? a[i]! : pick(right[i + 1]!, a[i]!);
+    // Pixel x's window is a[x .. x + 2r]: the end of x's block from the right, the start of the last block from the left.
+    for (let x = 0; x < len; x++) out[at(line, x)] = pick(right[x]!, left[x + 2 * r]!);
   }
   return out;
 }
@@ -93,9 +103,8 @@ function slide(src: Float32Array, w: number, h: number, r: number, horizontal: b
 export function growMask(mask: Mask, px: number): Mask {
   const r = Math.round(Math.abs(px));
   if (r === 0) return mask;
-  const pick = px > 0 ? Math.max : Math.min;
-  const once = slide(mask.data, mask.width, mask.height, r, true, pick);
-  return { width: mask.width, height: mask.height, data: slide(once, mask.width, mask.height, r, false, pick) };
+  const once = slide(mask.data, mask.width, mask.height, r, true, px > 0);
+  return { width: mask.width, height: mask.height, data: slide(once, mask.width, mask.height, r, false, px > 0) };
 }
 
 /** A box blur of 2r+1 pixels along one axis, edges clamped. */
