@@ -104,6 +104,16 @@ export function eulerStep(latents: Float32Array, velocity: Float32Array, sigma: 
   for (let i = 0; i < latents.length; i++) latents[i] = Math.fround(latents[i]! + Math.fround(dt * velocity[i]!));
 }
 
+/** Inpainting's blend in place: latents = (1 - mask) * keep + mask * latents, in float32 as torch computes it. */
+export function inpaintBlend(latents: Float32Array, mask: Float32Array, keep: Float32Array): void {
+  if (latents.length !== mask.length || keep.length !== mask.length) throw new Error(`inpaintBlend: ${latents.length} latents, ${mask.length} mask and ${keep.length} kept values`);
+  const fr = Math.fround;
+  for (let i = 0; i < latents.length; i++) {
+    const m = mask[i]!;
+    latents[i] = fr(fr(fr(1 - m) * keep[i]!) + fr(m * latents[i]!));
+  }
+}
+
 /** [1, C, h, w] -> [1, (h/2)(w/2), 4C]: each 2x2 patch becomes one token (channel-major inside). */
 export function packLatents(latent: Float32Array, channels: number, h: number, w: number): Float32Array {
   const out = new Float32Array(latent.length);

@@ -1,12 +1,13 @@
 import type { NodeContext, NodeDef } from '../engine/node.ts';
 import { NodeInputError } from '../engine/node.ts';
 import type { Services } from './services.ts';
-import { SOCKET, type Conditioning, type Latent, type ModelSet } from './types.ts';
+import { SOCKET, type Conditioning, type Latent, type Mask, type ModelSet } from './types.ts';
 import { tensorBytes } from './lib/tensors.ts';
 import { latentPreview } from './lib/preview.ts';
 import { type CharacterInput, prepareIpFeeds } from './lib/flux_feeds.ts';
+import { type MaskMode, freeAtStep, latentGridMask, packMask } from './lib/mask.ts';
 import {
-  type Schedule, eulerStep, flowMatchSchedule, packLatents, scaleNoise, seededNormal, shiftedSchedule, sigmasProblem,
+  type Schedule, eulerStep, flowMatchSchedule, inpaintBlend, packLatents, scaleNoise, seededNormal, shiftedSchedule, sigmasProblem,
   truncateSchedule, unpackLatents,
 } from '../models/sampling.ts';
 import { fluxRopeFor } from '../models/rope.ts';
@@ -20,7 +21,7 @@ export const MAX_BATCH = 16;
  * The checks that need only the constants and which inputs are linked: run by the preflight before anything
  * loads, and again by run() (a workflow may reach run() without the executor's preflight).
  */
-function staticChecks(consts: Record<string, unknown>, linked: { negative: boolean; init: boolean }): void {
+function staticChecks(consts: Record<string, unknown>, linked: { negative: boolean; init: boolean; mask: boolean }): void {
   // In a preflight, a parameter fed by a link is not known yet (undefined): its checks wait for run().
   const num = (k: string): number | undefined => (typeof consts[k] === 'number' ? consts[k] as number : undefined);
   for (const field of ['width', 'height']) {
@@ -44,6 +45,9 @@ function staticChecks(consts: Record<string, unknown>, linked: { negative: boole
   if (denoise !== undefined && !(denoise > 0 && denoise <= 1)) throw new NodeInputError('denoise', `must be in (0, 1]: a denoise of ${denoise} would keep no step`);
   if (denoise !== undefined && denoise < 1 && !linked.init) {
     throw new NodeInputError('denoise', `is ${denoise}, which needs an init latent (connect VAE Encode to "init"), or set it to 1`);
+  }
+  if (linked.mask && !linked.init) {
+    throw new NodeInputError('mask', 'needs an init latent: the mask says which part of the init picture to repaint (connect VAE Encode to "init")');
   }
   if (typeof consts.sigmas === 'string') parseSigmas(consts.sigmas);
 }
@@ -133,6 +137,7 @@ export const DiTSample: NodeDef<Services> = {
     character: { type: `${SOCKET.CHARACTER},${SOCKET.CHARACTERS}`, optional: true, description: 'One character (whole picture) or a set of regional characters (Regional Character, Combine Characters); without it, plain text-to-image' },
     noise: { type: SOCKET.LATENT, optional: true, description: 'Start from this noise instead of the seed (e.g. to reproduce another tool)' },
     init: { type: SOCKET.LATENT, optional: true, description: 'Image-to-image: the encoded picture to start from (VAE Encode)' },
+    mask: { type: SOCKET.MASK, optional: true, description: 'Inpainting: white = repaint, black = keep the init picture (needs init); resized to width x height if its size differs' },
   },
   params: {
     seed: { type: 'integer', format: 'seed', default: 0, minimum: 0, maximum: Number.MAX_SAFE_INTEGER, description: 'Image i of a batch uses seed + i' },
@@ -145,6 +150,9 @@ export const DiTSample: NodeDef<Services> = {
     batch_size: { type: 'integer', default: 1, minimum: 1, maximum: MAX_BATCH, description: 'Images per run, sampled together (image i: seed + i)' },
     denoise: { type: 'number', default: 1, minimum: 0, maximum: 1, description: 'Image-to-image strength in (0, 1]: keep the last steps of the schedule' },
     sigmas: { type: 'string', optional: true, maxLength: 4000, description: 'Custom schedule, one sigma per step, decreasing in (0, 1], e.g. "1, 0.75, 0.5, 0.25" (replaces steps; the resolution shift still applies)' },
+    mask_grow: { type: 'integer', default: 0, minimum: -256, maximum: 256, description: 'Grow (> 0) or shrink (< 0) the mask by this many pixels' },
+    mask_feather: { type: 'integer', default: 0, minimum: 0, maximum: 256, description: 'Soft edge of the mask, in pixels (kept as grey levels in soft mode; binary mode cuts it at 0.5)' },
+    mask_mode: { type: 'string', enum: ['binary', 'soft'], default: 'binary', description: 'binary: diffusers\' inpainting (grey cut at 0.5); soft: a grey g keeps its pixel until the schedule passes 1 - g (Differential Diffusion)' },
   },
   outputs: { latent: { type: SOCKET.LATENT } },
   sizeOf: tensorBytes,
@@ -156,7 +164,7 @@ export const DiTSample: NodeDef<Services> = {
   },
   // Before anything loads: a batch that cannot fit the memory budget (when the model set is a constant).
   preflight(consts, services, upstream) {
-    staticChecks(consts, { negative: upstream('negative') !== undefined, init: upstream('init') !== undefined });
+    staticChecks(consts, { negative: upstream('negative') !== undefined, init: upstream('init') !== undefined, mask: upstream('mask') !== undefined });
     const set = upstream('models')?.set;
     if (typeof set !== 'string') return;
     let models: ModelSet;
@@ -180,7 +188,7 @@ export const DiTSample: NodeDef<Services> = {
     const batch = inputs.batch_size as number;
     const trueCfg = inputs.true_cfg as number;
     const denoise = inputs.denoise as number;
-    staticChecks(inputs, { negative: inputs.negative !== undefined, init: inputs.init !== undefined });
+    staticChecks(inputs, { negative: inputs.negative !== undefined, init: inputs.init !== undefined, mask: inputs.mask !== undefined });
     checkConditioning('conditioning', cond, models);
 
     // True CFG is on with a negative and a scale above 1; a negative at scale 1 costs nothing.
@@ -233,13 +241,32 @@ export const DiTSample: NodeDef<Services> = {
     const pool = ctx.services.pool;
     checkBatchFits(models, pool, { batch, width, height, textTokens, trueCfg: Boolean(negative) });
 
+    // Inpainting: the mask on the latent grid, from the mask input or the init latent's own (Set Latent Noise Mask).
+    const mask = (inputs.mask as Mask | undefined) ?? init?.noiseMask;
+    const mode = (inputs.mask_mode as MaskMode | undefined) ?? 'binary';
+    let grid: Float32Array | undefined;
+    if (mask && init) {
+      if (!(mask.data instanceof Float32Array) || mask.data.length !== mask.width * mask.height || mask.data.length === 0) {
+        throw new NodeInputError('mask', 'is not a mask (connect Load Mask, Load Image\'s mask, Mask from Region or Pad Image)');
+      }
+      grid = latentGridMask(mask, width, height, h, w, { grow: (inputs.mask_grow as number | undefined) ?? 0, feather: (inputs.mask_feather as number | undefined) ?? 0, mode });
+      if (!grid.some((v) => v > 0)) {
+        ctx.log.warn(`DiTSample ${ctx.nodeId}: the mask has no white pixel${mode === 'binary' ? ' (none at or above 0.5)' : ''}, so nothing will change: `
+          + 'the result is the init picture (paint the part to repaint white)');
+      }
+    }
+
     // Start latents, packed [B, L, 4C]: noise, or the init noised to the first kept sigma (scale_noise).
     const latents = new Float32Array(batch * perImage);
+    // With a mask: each image's packed init and noise, to put the kept region back after every step.
+    const kept: { init: Float32Array; noise: Float32Array }[] = [];
     for (let i = 0; i < batch; i++) {
       const noise = noiseIn ? latentItem(noiseIn.samples, i) : seededNormal(seed + i, perImage);
       const start = init ? scaleNoise(latentItem(init.samples, i), noise, schedule.sigmas[0]!) : noise;
       latents.set(packLatents(start, channels, h, w), i * perImage);
+      if (grid) kept.push({ init: packLatents(latentItem(init!.samples, i), channels, h, w), noise: packLatents(noise, channels, h, w) });
     }
+    const binaryMask = grid && mode === 'binary' ? packMask(grid, channels, h, w) : undefined; // [L, 4C]
 
     const rope = fluxRopeFor(textTokens, rows, cols, flux.axesDims, flux.theta); // [T+L, 128]
     // Text side of the call: positive for every image, then negative for every image.
@@ -273,6 +300,16 @@ export const DiTSample: NodeDef<Services> = {
       const pred = toFloat32(out.noise_pred!); // [callBatch, L, 4C]
       const velocity = negative ? trueCfgCombine(pred, batch * perImage, trueCfg) : pred;
       eulerStep(latents, velocity, schedule.sigmas[i]!, schedule.sigmas[i + 1]!);
+      if (grid) {
+        // FluxInpaintPipeline: the kept region is the init noised to the next sigma with the same noise, or
+        // after the last step the init itself. Soft mode frees a cell once the next step's threshold allows.
+        const last = i === steps - 1;
+        const free = binaryMask ?? packMask(freeAtStep(grid, schedule.sigmas[last ? i : i + 1]!, schedule.sigmas[0]!, mode), channels, h, w);
+        for (let b = 0; b < batch; b++) {
+          const k = kept[b]!;
+          inpaintBlend(latents.subarray(b * perImage, (b + 1) * perImage), free, last ? k.init : scaleNoise(k.init, k.noise, schedule.sigmas[i + 1]!));
+        }
+      }
       await reportStep(ctx, i + 1, steps, latents.subarray(0, perImage), channels, h, w);
     }
 

@@ -3,14 +3,15 @@ import { readFile, stat } from 'node:fs/promises';
 import type { NodeDef } from '../engine/node.ts';
 import { NodeInputError } from '../engine/node.ts';
 import type { Services } from './services.ts';
-import { SOCKET, type RgbImage } from './types.ts';
+import sharp from 'sharp';
+import { SOCKET, type Mask, type RgbImage } from './types.ts';
 import { resolveImagePath } from './load_character.ts';
-import { cropImage, decodeImage, resizeImage } from './lib/image.ts';
+import { MAX_IMAGE_PIXELS, cropImage, decodeImage, resizeImage } from './lib/image.ts';
 
 /** Pictures above this file size are refused before decoding. */
 const MAX_FILE_BYTES = 50 * 1024 * 1024;
 
-async function readPicture(services: Services, path: string): Promise<Buffer> {
+export async function readPicture(services: Services, path: string): Promise<Buffer> {
   const file = await resolveImagePath(services, path); // names the field when missing or outside the folders
   const info = await stat(file);
   if (!info.isFile()) throw new NodeInputError('path', `"${path}" is not a file`);
@@ -35,9 +36,27 @@ export function coverResize(img: RgbImage, width: number, height: number): RgbIm
   return resizeImage(cropped, width, height);
 }
 
+/**
+ * The picture's alpha as ComfyUI's LoadImage gives it: mask = 1 - alpha (transparent = repaint), cropped and
+ * resized with the picture; all 0 (keep everything) when the file has no alpha.
+ */
+export async function alphaMask(bytes: Uint8Array, width: number, height: number): Promise<Mask> {
+  const meta = await sharp(bytes, { limitInputPixels: MAX_IMAGE_PIXELS }).metadata();
+  if (!meta.hasAlpha) return { width, height, data: new Float32Array(width * height) };
+  const { data, info } = await sharp(bytes, { limitInputPixels: MAX_IMAGE_PIXELS }).rotate().ensureAlpha().extractChannel(3).raw()
+    .toBuffer({ resolveWithObject: true });
+  // The alpha plane as a grey RGB picture goes through the same crop and bicubic resize as the picture.
+  const grey = new Uint8Array(info.width * info.height * 3);
+  for (let i = 0; i < info.width * info.height; i++) grey.fill(data[i]!, 3 * i, 3 * i + 3);
+  const fitted = coverResize({ width: info.width, height: info.height, data: grey }, width, height);
+  const out = new Float32Array(width * height);
+  for (let i = 0; i < out.length; i++) out[i] = 1 - fitted.data[3 * i]! / 255;
+  return { width, height, data: out };
+}
+
 export const LoadImage: NodeDef<Services> = {
   type: 'LoadImage',
-  version: 1,
+  version: 2,
   category: 'image',
   displayName: 'Load Image',
   description: 'Loads a picture from the inputs folder (PNG, JPEG, WebP, AVIF, TIFF, GIF) at the target size: cropped to cover, then resized with exact bicubic.',
@@ -47,11 +66,14 @@ export const LoadImage: NodeDef<Services> = {
     width: { type: 'integer', default: 1024, minimum: 16, maximum: 4096, multipleOf: 16, description: 'Target width (match the sampler)' },
     height: { type: 'integer', default: 1024, minimum: 16, maximum: 4096, multipleOf: 16, description: 'Target height (match the sampler)' },
   },
-  outputs: { image: { type: SOCKET.IMAGE } },
+  outputs: {
+    image: { type: SOCKET.IMAGE },
+    mask: { type: SOCKET.MASK, description: 'The picture\'s alpha as ComfyUI gives it: 1 - alpha (transparent = repaint); all 0 without alpha' },
+  },
   async cacheKey(inputs, services) {
     return createHash('sha256').update(await readPicture(services, inputs.path as string)).digest('hex');
   },
-  sizeOf: (v) => (v as { data: Uint8Array }).data?.byteLength ?? 0,
+  sizeOf: (v) => (v as { data: ArrayBufferView }).data?.byteLength ?? 0,
   async run(ctx, inputs) {
     const bytes = await readPicture(ctx.services, inputs.path as string);
     let image: RgbImage;
@@ -60,6 +82,8 @@ export const LoadImage: NodeDef<Services> = {
     } catch (err) {
       throw new NodeInputError('path', `"${inputs.path}": ${(err as Error).message}`);
     }
-    return { image: coverResize(image, inputs.width as number, inputs.height as number) };
+    const width = inputs.width as number;
+    const height = inputs.height as number;
+    return { image: coverResize(image, width, height), mask: await alphaMask(bytes, width, height) };
   },
 };

@@ -1,19 +1,16 @@
 import { createHash } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
-import sharp from 'sharp';
 import type { NodeDef } from '../engine/node.ts';
 import { NodeInputError } from '../engine/node.ts';
 import type { Services } from './services.ts';
 import { SOCKET, type CharacterRegion, type CharacterSet, type CharacterTokens, type RgbImage } from './types.ts';
 import { resolveImagePath } from './load_character.ts';
-import { MAX_IMAGE_PIXELS } from './lib/image.ts';
+import { decodeGreyMask, maskHasAtLeast } from './lib/mask.ts';
 import { imagesOf } from './lib/batch.ts';
 import { characterSetBytes } from './lib/characters.ts';
 
 /** Mask files above this size are refused before decoding. */
 const MAX_MASK_BYTES = 50 * 1024 * 1024;
-/** A mask pixel whose channels differ by more than this is colour, not grey. */
-const GREY_TOLERANCE = 24;
 
 async function readMaskFile(services: Services, path: string): Promise<Buffer> {
   if (!path) throw new NodeInputError('mask', 'region is "mask" but no mask image is given');
@@ -34,28 +31,9 @@ async function readMaskFile(services: Services, path: string): Promise<Buffer> {
  * Colour pictures and masks that are black everywhere are refused.
  */
 export async function decodeMask(bytes: Uint8Array, name: string): Promise<CharacterRegion & { kind: 'mask' }> {
-  let raw: { data: Buffer; info: sharp.OutputInfo };
-  try {
-    raw = await sharp(bytes, { limitInputPixels: MAX_IMAGE_PIXELS }).rotate().toColourspace('srgb').ensureAlpha().raw()
-      .toBuffer({ resolveWithObject: true });
-  } catch (err) {
-    throw new NodeInputError('mask', `"${name}" is not a readable image: ${(err as Error).message}`);
-  }
-  const { width, height, channels } = raw.info;
-  if (channels !== 4) throw new NodeInputError('mask', `"${name}": expected RGBA after conversion, got ${channels} channels`);
-  const data = new Float32Array(width * height);
-  let any = false;
-  for (let i = 0; i < width * height; i++) {
-    const r = raw.data[4 * i]!, g = raw.data[4 * i + 1]!, b = raw.data[4 * i + 2]!, a = raw.data[4 * i + 3]!;
-    if (a > 0 && Math.max(r, g, b) - Math.min(r, g, b) > GREY_TOLERANCE) {
-      throw new NodeInputError('mask', `"${name}" is a colour picture (pixel ${i % width},${Math.floor(i / width)} is rgb(${r},${g},${b})); `
-        + 'a mask is black and white: white where the character goes');
-    }
-    data[i] = ((r + g + b) / (3 * 255)) * (a / 255);
-    if (data[i]! > 0) any = true;
-  }
-  if (!any) throw new NodeInputError('mask', `"${name}" is black everywhere: the character would appear nowhere`);
-  return { kind: 'mask', width, height, data };
+  const mask = await decodeGreyMask(bytes, name, 'mask');
+  if (!maskHasAtLeast(mask, Number.MIN_VALUE)) throw new NodeInputError('mask', `"${name}" is black everywhere: the character would appear nowhere`);
+  return { kind: 'mask', ...mask };
 }
 
 /** A rectangle in relative coordinates, checked to lie inside the picture. */

@@ -17,6 +17,11 @@ import { KeepBest } from './keep_best.ts';
 import { PreviewImage } from './preview_image.ts';
 import { LoadImage } from './load_image.ts';
 import { VAEEncode } from './vae_encode.ts';
+import { LoadMask } from './load_mask.ts';
+import { MaskFromRegion } from './mask_from_region.ts';
+import { InvertMask } from './invert_mask.ts';
+import { PadImage } from './pad_image.ts';
+import { SetLatentNoiseMask } from './set_latent_noise_mask.ts';
 
 export const NODE_TYPES: readonly NodeDef<Services>[] = [
   LoadModels,
@@ -35,6 +40,7 @@ export const NODE_TYPES: readonly NodeDef<Services>[] = [
   PreviewImage,
   LoadImage,
   VAEEncode,
+  LoadMask, MaskFromRegion, InvertMask, PadImage, SetLatentNoiseMask, // inpainting and outpainting (issue 23)
 ];
 
 export function nodeRegistry(): Map<string, NodeDef<Services>> {

@@ -11,6 +11,8 @@ export const SOCKET = {
   CHARACTERS: 'CHARACTERS',
   CONDITIONING: 'CONDITIONING',
   LATENT: 'LATENT',
+  /** A grey mask (white = repaint): Load Image's alpha, Load Mask, Mask from Region, Pad Image. */
+  MASK: 'MASK',
 } as const;
 
 import type { RgbImage } from './lib/image.ts';
@@ -67,6 +69,15 @@ export interface Latent {
   samples: Tensor;
   /** Where each batch item came from: the DiTSample node and the seed that makes it alone (batch size 1). */
   origins?: ImageOrigin[];
+  /** Set Latent Noise Mask: the region DiT Sample repaints when this latent is its init (its `mask` input wins). */
+  noiseMask?: Mask;
+}
+
+/** What travels on a MASK link: width x height values in [0, 1], row-major; 1 (white) = repaint, 0 = keep. */
+export interface Mask {
+  width: number;
+  height: number;
+  data: Float32Array;
 }
 
 /** The sampler node and seed that reproduce one image of a batch on their own. */

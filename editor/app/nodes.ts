@@ -6,6 +6,7 @@ import { type ParamBinding, type WidgetEnv, addParamWidget, wrapText } from './w
 import { paramInfo } from './schema.ts';
 import { inputViewUrl } from './api.ts';
 import { socketsMatch } from '../../engine/workflow/types.ts';
+import { addMaskEditorButton } from './maskeditor.ts';
 
 const SOCKET_COLORS: Record<string, string> = {
   MODELS: '#b39ddb',
@@ -16,6 +17,7 @@ const SOCKET_COLORS: Record<string, string> = {
   'CHARACTER,CHARACTERS': '#f48fb1',
   CONDITIONING: '#ffb74d',
   LATENT: '#ef9a9a',
+  MASK: '#e0e0e0',
   INT: '#81c784',
   FLOAT: '#aed581',
   STRING: '#e0e0e0',
@@ -37,6 +39,7 @@ const CATEGORY_COLORS: Record<string, [string, string]> = {
   sampling: ['#2f4a5e', '#262d33'],
   latent: ['#5a3131', '#302727'],
   image: ['#2d4d3a', '#262f2a'],
+  mask: ['#4a4a4a', '#2c2c2c'],
 };
 
 export interface RunView {
@@ -92,6 +95,7 @@ export class CharflowNode extends LGraphNode {
       const c = socketColor(raw.socket);
       this.addInput(name, raw.socket, { widget: { name }, color_on: c, color_off: c });
     }
+    for (const b of this.params.values()) if (b.info.format === 'image') addMaskEditorButton(this, b, env); // Load Image, Load Mask
     for (const [name, decl] of Object.entries(def.outputs)) {
       const c = socketColor(decl.type);
       this.addOutput(name, decl.type, { color_on: c, color_off: c });

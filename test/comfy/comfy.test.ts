@@ -343,6 +343,7 @@ describe('GET /object_info', () => {
     expect(Object.keys(all)).toEqual([
       'LoadModels', 'LoadCharacter', 'SigLIPEncode', 'DINOv2Encode', 'AdapterFuse', 'RegionalCharacter', 'CombineCharacters', 'TextEncode',
       'DiTSample', 'Decode', 'IdentityScore', 'KeepBest', 'SaveImage', 'PreviewImage', 'LoadImage', 'VAEEncode',
+      'LoadMask', 'MaskFromRegion', 'InvertMask', 'PadImage', 'SetLatentNoiseMask',
     ]);
     const dit = all.DiTSample!;
     expect(dit).toMatchObject({
@@ -355,8 +356,8 @@ describe('GET /object_info', () => {
       output_name: ['latent'],
       output_node: false,
       input_order: {
-        required: ['models', 'conditioning', 'seed', 'steps', 'width', 'height', 'guidance', 'subject_scale', 'true_cfg', 'batch_size', 'denoise'],
-        optional: ['negative', 'character', 'noise', 'init', 'sigmas'],
+        required: ['models', 'conditioning', 'seed', 'steps', 'width', 'height', 'guidance', 'subject_scale', 'true_cfg', 'batch_size', 'denoise', 'mask_grow', 'mask_feather', 'mask_mode'],
+        optional: ['negative', 'character', 'noise', 'init', 'mask', 'sigmas'],
       },
     });
     const input = dit.input as { required: Record<string, unknown>; optional: Record<string, unknown> };

@@ -44,7 +44,7 @@ describe('the new nodes over the ComfyUI API', () => {
   it('describes Load Image, VAE Encode and the sampler options in /object_info', async () => {
     const info = await (await fetch(`${base}/object_info`)).json() as Record<string, NodeInfo>;
     expect(info.LoadImage!.input.required.path![1]).toMatchObject({ image_upload: true });
-    expect(info.LoadImage!.output).toEqual(['IMAGE']);
+    expect(info.LoadImage!.output).toEqual(['IMAGE', 'MASK']);
     expect(info.VAEEncode!.input.required.sample![0]).toBe('BOOLEAN');
     expect(info.VAEEncode!.output).toEqual(['LATENT']);
     const sampler = info.DiTSample!.input;

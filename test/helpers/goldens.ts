@@ -88,6 +88,20 @@ export function scalarOf(t: Tensor): number {
   return typeof v === 'bigint' ? Number(v) : t.dtype === 'float16' ? toFloat32(t)[0]! : v;
 }
 
+/**
+ * A float the pipeline was called with, as Python had it: cases store it as float32 (0.6 -> 0.6000000238...),
+ * and the shortest decimal that rounds to the stored float32 recovers the Python float (e.g. for
+ * int(N - N * strength)).
+ */
+export function pythonFloat(t: Tensor): number {
+  const v = scalarOf(t);
+  for (let digits = 1; digits <= 9; digits++) {
+    const d = Number(v.toPrecision(digits));
+    if (Math.fround(d) === v) return d;
+  }
+  return v;
+}
+
 /** The tensors named `<base>.scale_<s>`, s parsed as a number, in ascending scale. */
 export function scaledVariants(map: Map<string, Tensor>, base: string): { key: string; scale: number; tensor: Tensor }[] {
   const prefix = `${base}.scale_`;

@@ -11,7 +11,7 @@ import { Decode } from '../../nodes/decode.ts';
 import { LoadImage } from '../../nodes/load_image.ts';
 import { VAEEncode, vaeInput } from '../../nodes/vae_encode.ts';
 import type { Conditioning, Latent, ModelSet, RgbImage } from '../../nodes/types.ts';
-import { expectClose, goldenFind, goldenStepCount, goldenTensors, need, scalarOf } from '../helpers/goldens.ts';
+import { expectClose, goldenFind, goldenStepCount, goldenTensors, need, pythonFloat, scalarOf } from '../helpers/goldens.ts';
 import { writeGoldenModelSet } from '../helpers/goldenset.ts';
 import { type Tensor, f32, toFloat32 } from '../../models/tensor.ts';
 import { flowMatchSchedule, packLatents, truncateSchedule } from '../../models/sampling.ts';
@@ -27,20 +27,6 @@ const IMAGE_TOL = 1e-3;
 let harness: NodeHarness;
 
 let models: ModelSet;
-
-/**
- * The strength the pipeline was called with. The case stores it as float32 (0.6 -> 0.6000000238...), but the
- * pipeline computed int(N - N * strength) with the Python float: the shortest decimal that rounds to the stored
- * float32 recovers it.
- */
-function pythonFloat(t: Tensor): number {
-  const v = scalarOf(t);
-  for (let digits = 1; digits <= 9; digits++) {
-    const d = Number(v.toPrecision(digits));
-    if (Math.fround(d) === v) return d;
-  }
-  return v;
-}
 
 /** Batch item i of [B, ...], as [1, ...]. */
 function item(t: Tensor, i: number): Tensor {
