@@ -68,7 +68,8 @@ class Cursor {
   i16(): number { const at = this.need(2, 'an i16'); return this.buf.readInt16LE(at); }
   u32(): number { const at = this.need(4, 'a u32'); return this.buf.readUInt32LE(at); }
   i32(): number { const at = this.need(4, 'an i32'); return this.buf.readInt32LE(at); }
-  f32(): number { const at = this.need(4, 'an f32'); return this.buf.readFloatLE(at); }
+  /** A float32 as the shortest decimal that is that float32 (1e-6, not 9.99999997e-7). */
+  f32(): number { const at = this.need(4, 'an f32'); return shortestFloat32(this.buf.readFloatLE(at)); }
   f64(): number { const at = this.need(8, 'an f64'); return this.buf.readDoubleLE(at); }
   i64(): bigint { const at = this.need(8, 'an i64'); return this.buf.readBigInt64LE(at); }
   u64(): bigint { const at = this.need(8, 'a u64'); return this.buf.readBigUInt64LE(at); }
@@ -83,6 +84,15 @@ class Cursor {
     const at = this.need(n, what);
     return this.buf.toString('utf8', at, at + n);
   }
+}
+
+function shortestFloat32(v: number): number {
+  if (!Number.isFinite(v)) return v;
+  for (let p = 1; p < 9; p++) {
+    const x = Number(v.toPrecision(p));
+    if (Math.fround(x) === v) return x;
+  }
+  return v;
 }
 
 const VALUE_TYPES = ['u8', 'i8', 'u16', 'i16', 'u32', 'i32', 'f32', 'bool', 'string', 'array', 'u64', 'i64', 'f64'] as const;

@@ -1,0 +1,113 @@
+// A small GGUF writer for tests (version 2 or 3, little-endian), with test-side encoders for F32, F16 and Q8_0.
+// It writes what llama.cpp's gguf-py writes: header, metadata, tensor infos, padding to the alignment, data.
+import { writeFileSync } from 'node:fs';
+import { type GgmlTypeName, ggmlType } from '../../models/weights/ggml.ts';
+import { floatToHalf, halfToFloat } from '../../models/tensor.ts';
+
+export type GgufMetaValue = string | number | boolean | number[];
+
+export interface GgufTensorOut {
+  name: string;
+  /** The type written in the table (any id, so unsupported types can be tested). */
+  type: GgmlTypeName;
+  /** Innermost first: a torch [out, in] weight is [in, out]. */
+  ne: number[];
+  data: Uint8Array;
+  /** Replaces the data offset the writer would give (to make corrupt files). */
+  offset?: number;
+}
+
+export interface GgufOut {
+  version?: number;
+  alignment?: number;
+  metadata?: Record<string, GgufMetaValue>;
+  tensors: GgufTensorOut[];
+}
+
+const str = (s: string): Buffer => {
+  const b = Buffer.from(s, 'utf8');
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(b.length));
+  return Buffer.concat([len, b]);
+};
+const u32 = (v: number): Buffer => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(v);
+  return b;
+};
+const u64 = (v: number): Buffer => {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(BigInt(v));
+  return b;
+};
+
+function metaValue(v: GgufMetaValue): Buffer {
+  if (typeof v === 'string') return Buffer.concat([u32(8), str(v)]);
+  if (typeof v === 'boolean') return Buffer.concat([u32(7), Buffer.from([v ? 1 : 0])]);
+  if (Array.isArray(v)) {
+    const items = v.map((x) => {
+      const b = Buffer.alloc(4);
+      b.writeInt32LE(x);
+      return b;
+    });
+    return Buffer.concat([u32(9), u32(5), u64(v.length), ...items]); // array of int32
+  }
+  if (Number.isInteger(v) && v >= 0) return Buffer.concat([u32(4), u32(v)]);
+  const b = Buffer.alloc(4);
+  b.writeFloatLE(v);
+  return Buffer.concat([u32(6), b]);
+}
+
+/** The bytes of a GGUF file. */
+export function ggufBytes(out: GgufOut): Buffer {
+  const alignment = out.alignment ?? 32;
+  const meta = Object.entries(out.metadata ?? {});
+  if (out.alignment !== undefined) meta.push(['general.alignment', alignment]);
+  const head = [Buffer.from('GGUF', 'latin1'), u32(out.version ?? 3), u64(out.tensors.length), u64(meta.length)];
+  for (const [k, v] of meta) head.push(str(k), metaValue(v));
+  let offset = 0;
+  const data: Buffer[] = [];
+  for (const t of out.tensors) {
+    head.push(str(t.name), u32(t.ne.length), ...t.ne.map(u64), u32(ggmlType(t.type).id), u64(t.offset ?? offset));
+    const pad = (alignment - (t.data.length % alignment)) % alignment;
+    data.push(Buffer.from(t.data.buffer, t.data.byteOffset, t.data.length), Buffer.alloc(pad));
+    offset += t.data.length + pad;
+  }
+  const header = Buffer.concat(head);
+  const headPad = Buffer.alloc((alignment - (header.length % alignment)) % alignment);
+  return Buffer.concat([header, headPad, ...data]);
+}
+
+export function writeGguf(path: string, out: GgufOut): void {
+  writeFileSync(path, ggufBytes(out));
+}
+
+/**
+ * Encodes float32 values (torch row-major) as `type`, returning the bytes and the values they decode to
+ * (what a reader must give back). Q8_0: d = max|x| / 127 stored as half, q = round(x / d), as llama.cpp quantizes.
+ */
+export function encodeGgml(type: 'F32' | 'F16' | 'Q8_0', values: Float32Array): { data: Uint8Array; decoded: Float32Array } {
+  if (type === 'F32') return { data: new Uint8Array(values.slice().buffer), decoded: values.slice() };
+  if (type === 'F16') {
+    const h = Uint16Array.from(values, (v) => floatToHalf(v));
+    return { data: new Uint8Array(h.buffer), decoded: Float32Array.from(h, (b) => halfToFloat(b)) };
+  }
+  if (values.length % 32 !== 0) throw new Error(`Q8_0 needs whole blocks of 32, got ${values.length} values`);
+  const blocks = values.length / 32;
+  const data = new Uint8Array(34 * blocks);
+  const decoded = new Float32Array(values.length);
+  for (let b = 0; b < blocks; b++) {
+    let amax = 0;
+    for (let i = 0; i < 32; i++) amax = Math.max(amax, Math.abs(values[32 * b + i]!));
+    const dBits = floatToHalf(amax / 127);
+    const d = halfToFloat(dBits);
+    data[34 * b] = dBits & 0xff;
+    data[34 * b + 1] = dBits >> 8;
+    for (let i = 0; i < 32; i++) {
+      const q = d === 0 ? 0 : Math.max(-127, Math.min(127, Math.round(values[32 * b + i]! / d)));
+      data[34 * b + 2 + i] = q & 0xff;
+      decoded[32 * b + i] = Math.fround(d * q);
+    }
+  }
+  return { data, decoded };
+}
