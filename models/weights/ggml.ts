@@ -82,20 +82,20 @@ const half = (src: Uint8Array, at: number): number => HALF![src[at]! | (src[at +
 const u32 = (src: Uint8Array, at: number): number => (src[at]! | (src[at + 1]! << 8) | (src[at + 2]! << 16) | (src[at + 3]! << 24)) >>> 0;
 
 /** Q4_K / Q5_K: the six-bit scale and minimum of sub-block j (0..7) from the 12 scale bytes at `s`. */
-function scaleMinK4(src: Uint8Array, s: number, j: number): [number, number] {
+export function scaleMinK4(src: Uint8Array, s: number, j: number): [number, number] {
   if (j < 4) return [src[s + j]! & 63, src[s + j + 4]! & 63];
   return [(src[s + j + 4]! & 0x0f) | ((src[s + j - 4]! >> 6) << 4), (src[s + j + 4]! >> 4) | ((src[s + j]! >> 6) << 4)];
 }
 
 /** Q3_K: the six-bit scale of sub-block j (0..15) from the 12 scale bytes at `s`, minus 32. */
-function scaleQ3K(src: Uint8Array, s: number, j: number): number {
+export function scaleQ3K(src: Uint8Array, s: number, j: number): number {
   const lo = j < 8 ? src[s + j]! & 0x0f : src[s + j - 8]! >> 4;
   const hi = (src[s + 8 + (j & 3)]! >> (2 * (j >> 2))) & 3;
   return (lo | (hi << 4)) - 32;
 }
 
 /** IQ4_XS: the six-bit scale of sub-block ib (0..7), minus 32. */
-function scaleIq4Xs(src: Uint8Array, o: number, ib: number): number {
+export function scaleIq4Xs(src: Uint8Array, o: number, ib: number): number {
   const scalesH = src[o + 2]! | (src[o + 3]! << 8);
   const lo = (src[o + 4 + (ib >> 1)]! >> (4 * (ib & 1))) & 0x0f;
   return (lo | (((scalesH >> (2 * ib)) & 3) << 4)) - 32;
@@ -294,4 +294,37 @@ export function decodeBlocks(type: GgmlType, bytes: Uint8Array, count: number, o
 /** Bytes of `count` values of `type`. */
 export function ggmlBytes(type: GgmlType, count: number): number {
   return (count / type.blockSize) * type.typeSize;
+}
+
+/** A 2-D weight as stored in GGML blocks: `rows` rows (torch's out) of `cols` values (in), whole blocks per row. */
+export interface GgmlBlocks {
+  type: GgmlType;
+  rows: number;
+  cols: number;
+  /** rows * cols / blockSize blocks, row after row. */
+  data: Uint8Array;
+}
+
+/** Bytes of one row of `blocks`. */
+export const ggmlRowBytes = (b: Pick<GgmlBlocks, 'type' | 'cols'>): number => ggmlBytes(b.type, b.cols);
+
+/** Rows [start, end) of several block weights of one type and width, stacked (a fused or split Linear). */
+export function stackGgmlRows(parts: readonly { blocks: GgmlBlocks; rows?: readonly [number, number] }[]): GgmlBlocks {
+  const first = parts[0]!.blocks;
+  const rowBytes = ggmlRowBytes(first);
+  let rows = 0;
+  for (const p of parts) {
+    if (p.blocks.type !== first.type || p.blocks.cols !== first.cols) throw new Error('stackGgmlRows: parts differ in type or width');
+    const [s, e] = p.rows ?? [0, p.blocks.rows];
+    rows += e - s;
+  }
+  if (parts.length === 1 && !parts[0]!.rows) return first;
+  const data = new Uint8Array(rows * rowBytes);
+  let at = 0;
+  for (const p of parts) {
+    const [s, e] = p.rows ?? [0, p.blocks.rows];
+    data.set(p.blocks.data.subarray(s * rowBytes, e * rowBytes), at);
+    at += (e - s) * rowBytes;
+  }
+  return { type: first.type, rows, cols: first.cols, data };
 }

@@ -17,7 +17,7 @@
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import type { WeightSource } from './source.ts';
 import { type Tensor, numel } from '../tensor.ts';
-import { DECODABLE, type GgmlType, canDecode, decodeBlocks, ggmlBytes, ggmlTypeById } from './ggml.ts';
+import { DECODABLE, type GgmlBlocks, type GgmlType, type GgmlTypeName, canDecode, decodeBlocks, ggmlBytes, ggmlTypeById } from './ggml.ts';
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" read as a little-endian u32
 const DEFAULT_ALIGNMENT = 32;
@@ -245,6 +245,17 @@ export class GgufFile implements WeightSource {
       done += n;
     }
     return buf;
+  }
+
+  ggmlType(key: string): GgmlTypeName | undefined {
+    return this.tensors.get(key)?.type.name;
+  }
+
+  /** A quantized 2-D tensor's blocks (rows = ne[1], cols = ne[0]); undefined for float types and other ranks. */
+  blocks(key: string): GgmlBlocks | undefined {
+    const t = this.tensors.get(key);
+    if (!t || t.type.blockSize === 1 || t.ne.length !== 2 || t.shape.length !== 2 || t.shape[1] !== t.ne[0]) return undefined;
+    return { type: t.type, rows: t.ne[1]!, cols: t.ne[0]!, data: this.raw(key) };
   }
 
   get(key: string): Tensor {
