@@ -26,6 +26,16 @@ export function checkGgufArchitecture(file: GgufFile, part: keyof typeof GGUF_AR
   }
 }
 
+/** Whether a source holds GGML block weights (a quantized GGUF), which a quantized graph keeps as they are. */
+export function storesBlocks(source: WeightSource): boolean {
+  const type = source.ggmlType;
+  if (!type) return false;
+  return source.keys().some((k) => {
+    const t = type(k);
+    return t !== undefined && t !== 'F32' && t !== 'F16' && t !== 'BF16';
+  });
+}
+
 /** Whether a key list is llama.cpp's T5 encoder. */
 export const GGUF_T5_PROBE = 'enc.output_norm.weight';
 

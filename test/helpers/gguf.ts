@@ -2,7 +2,10 @@
 // It writes what llama.cpp's gguf-py writes: header, metadata, tensor infos, padding to the alignment, data.
 import { writeFileSync } from 'node:fs';
 import { type GgmlTypeName, ggmlType } from '../../models/weights/ggml.ts';
-import { floatToHalf, halfToFloat } from '../../models/tensor.ts';
+import { type Tensor, f32, floatToHalf, halfToFloat, toFloat32 } from '../../models/tensor.ts';
+import { goldenConfig, goldenWeights } from './goldens.ts';
+
+const T5_CASE = 't5_encoder';
 
 export type GgufMetaValue = string | number | boolean | number[];
 
@@ -111,3 +114,57 @@ export function encodeGgml(type: 'F32' | 'F16' | 'Q8_0', values: Float32Array): 
   }
   return { data, decoded };
 }
+
+// ---------------------------------------------------------------------------------------------
+// The t5_encoder golden as a llama.cpp-named GGUF
+
+/** Hugging Face T5 encoder names -> llama.cpp's (gguf-py tensor_mapping.py), written out independently of the reader. */
+function llamaName(key: string): string {
+  const fixed: Record<string, string> = { 'shared.weight': 'token_embd.weight', 'encoder.final_layer_norm.weight': 'enc.output_norm.weight' };
+  if (fixed[key]) return fixed[key]!;
+  const m = /^encoder\.block\.(\d+)\.layer\.(\d)\.(.+)\.weight$/.exec(key);
+  if (!m) throw new Error(`no llama.cpp name for ${key}`);
+  const part: Record<string, string> = {
+    'SelfAttention.q': 'attn_q', 'SelfAttention.k': 'attn_k', 'SelfAttention.v': 'attn_v', 'SelfAttention.o': 'attn_o',
+    'SelfAttention.relative_attention_bias': 'attn_rel_b', layer_norm: m[2] === '0' ? 'attn_norm' : 'ffn_norm',
+    'DenseReluDense.wi_0': 'ffn_gate', 'DenseReluDense.wi_1': 'ffn_up', 'DenseReluDense.wo': 'ffn_down',
+  };
+  if (!part[m[3]!]) throw new Error(`no llama.cpp name for ${key}`);
+  return `enc.blk.${m[1]}.${part[m[3]!]}.weight`;
+}
+
+export type Enc = 'F32' | 'F16' | 'Q8_0';
+
+/**
+ * The golden weights as a GGUF with 2-D weights in `enc` (rows that are not whole Q8_0 blocks fall back to
+ * F16, as converters do; norms and the position bias stay F32). Returns the values the file holds.
+ */
+export function writeT5Gguf(path: string, enc: Enc, version = 3): Map<string, Tensor> {
+  const src = goldenWeights(T5_CASE);
+  const held = new Map<string, Tensor>();
+  const tensors: GgufTensorOut[] = [];
+  try {
+    for (const key of src.keys()) {
+      const t = src.get(key);
+      const values = toFloat32(t);
+      const matrix = t.dims.length === 2 && !key.includes('relative_attention_bias');
+      const type: Enc = !matrix ? 'F32' : enc === 'Q8_0' && t.dims[1]! % 32 !== 0 ? 'F16' : enc;
+      const { data, decoded } = encodeGgml(type, values);
+      tensors.push({ name: llamaName(key), type, ne: [...t.dims].reverse(), data });
+      held.set(key, f32([...t.dims], decoded));
+    }
+  } finally {
+    src.close();
+  }
+  const json = goldenConfig(T5_CASE);
+  writeGguf(path, {
+    version,
+    metadata: {
+      'general.architecture': 't5encoder', 't5encoder.attention.layer_norm_epsilon': json['layer_norm_epsilon'] as number,
+      't5encoder.block_count': json['num_layers'] as number,
+    },
+    tensors,
+  });
+  return held;
+}
+

@@ -13,63 +13,13 @@ import { type WeightSource, memorySource } from '../../models/weights/source.ts'
 import { openT5 } from '../../models/convert/layouts.ts';
 import { openWeights } from '../../models/weights/open.ts';
 import { GgufFile } from '../../models/weights/gguf.ts';
-import { expectClose, goldenConfig, goldenTensors, goldenWeights, maxAbsDiff, need } from '../helpers/goldens.ts';
-import { type GgufTensorOut, encodeGgml, ggufBytes, writeGguf } from '../helpers/gguf.ts';
+import { expectClose, goldenConfig, goldenTensors, maxAbsDiff, need } from '../helpers/goldens.ts';
+import { ggufBytes, writeGguf, writeT5Gguf } from '../helpers/gguf.ts';
 
 const CASE = 't5_encoder';
 const TOL = 1e-4;
 const dir = mkdtempSync(join(tmpdir(), 'charflow-gguf-t5-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-/** Hugging Face T5 encoder names -> llama.cpp's (gguf-py tensor_mapping.py), written out independently of the reader. */
-function llamaName(key: string): string {
-  const fixed: Record<string, string> = { 'shared.weight': 'token_embd.weight', 'encoder.final_layer_norm.weight': 'enc.output_norm.weight' };
-  if (fixed[key]) return fixed[key]!;
-  const m = /^encoder\.block\.(\d+)\.layer\.(\d)\.(.+)\.weight$/.exec(key);
-  if (!m) throw new Error(`no llama.cpp name for ${key}`);
-  const part: Record<string, string> = {
-    'SelfAttention.q': 'attn_q', 'SelfAttention.k': 'attn_k', 'SelfAttention.v': 'attn_v', 'SelfAttention.o': 'attn_o',
-    'SelfAttention.relative_attention_bias': 'attn_rel_b', layer_norm: m[2] === '0' ? 'attn_norm' : 'ffn_norm',
-    'DenseReluDense.wi_0': 'ffn_gate', 'DenseReluDense.wi_1': 'ffn_up', 'DenseReluDense.wo': 'ffn_down',
-  };
-  if (!part[m[3]!]) throw new Error(`no llama.cpp name for ${key}`);
-  return `enc.blk.${m[1]}.${part[m[3]!]}.weight`;
-}
-
-type Enc = 'F32' | 'F16' | 'Q8_0';
-
-/**
- * The golden weights as a GGUF with 2-D weights in `enc` (rows that are not whole Q8_0 blocks fall back to
- * F16, as converters do; norms and the position bias stay F32). Returns the values the file holds.
- */
-function writeT5Gguf(path: string, enc: Enc, version = 3): Map<string, Tensor> {
-  const src = goldenWeights(CASE);
-  const held = new Map<string, Tensor>();
-  const tensors: GgufTensorOut[] = [];
-  try {
-    for (const key of src.keys()) {
-      const t = src.get(key);
-      const values = toFloat32(t);
-      const matrix = t.dims.length === 2 && !key.includes('relative_attention_bias');
-      const type: Enc = !matrix ? 'F32' : enc === 'Q8_0' && t.dims[1]! % 32 !== 0 ? 'F16' : enc;
-      const { data, decoded } = encodeGgml(type, values);
-      tensors.push({ name: llamaName(key), type, ne: [...t.dims].reverse(), data });
-      held.set(key, f32([...t.dims], decoded));
-    }
-  } finally {
-    src.close();
-  }
-  const json = goldenConfig(CASE);
-  writeGguf(path, {
-    version,
-    metadata: {
-      'general.architecture': 't5encoder', 't5encoder.attention.layer_norm_epsilon': json['layer_norm_epsilon'] as number,
-      't5encoder.block_count': json['num_layers'] as number,
-    },
-    tensors,
-  });
-  return held;
-}
 
 describe('T5 encoder from GGUF', () => {
   const json = goldenConfig(CASE);
