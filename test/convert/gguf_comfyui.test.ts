@@ -119,10 +119,11 @@ describe('models convert --comfyui with GGUF FLUX and T5', () => {
   it('converts; FLUX and T5 keep their GGUF codes (the graphs built from the GGUF files directly, byte for byte)', async () => {
     const { main } = await import('../../cli/main.ts');
     const models = join(root, 'models');
+    // README's route: the GGUF files named, the rest found, the tokenizers from --base.
     const code = await main([
-      'models', 'convert', '--comfyui', comfy, '--name', 'comfy', '--dtype', 'fp32',
-      '--siglip', paths.siglip, '--dinov2', paths.dinov2, '--adapter', paths.adapter, '--adapter-config', paths.adapterConfig!,
-      '--clip-tokenizer', join(paths.flux, 'tokenizer'), '--t5-tokenizer', join(paths.flux, 'tokenizer_2'), '--models', models,
+      'models', 'convert', '--comfyui', comfy, '--flux', 'flux1-dev-kquants.gguf', '--t5', 't5-v1_1-xxl-encoder-Q8_0.gguf',
+      '--base', paths.flux, '--name', 'comfy', '--dtype', 'fp32',
+      '--siglip', paths.siglip, '--dinov2', paths.dinov2, '--adapter', paths.adapter, '--adapter-config', paths.adapterConfig!, '--models', models,
     ]);
     expect(code).toBe(0);
     const set = openModelSet(models, 'comfy');
