@@ -29,6 +29,7 @@ export const renamed = (key: string): Mapping => ({ pieces: [{ key }] });
  */
 export function mappedSource(source: WeightSource, map: KeyMap, label: string): WeightSource {
   let cached: { key: string; tensor: Tensor } | undefined;
+  let cachedBlocks: { key: string; blocks: GgmlBlocks | undefined } | undefined;
   const read = (key: string): Tensor => {
     if (cached?.key === key) return cached.tensor;
     const tensor = source.get(key);
@@ -80,7 +81,9 @@ export function mappedSource(source: WeightSource, map: KeyMap, label: string): 
       if (!m || m.reshape) return undefined;
       const parts: { blocks: GgmlBlocks; rows?: readonly [number, number] }[] = [];
       for (const p of m.pieces) {
-        const b = source.blocks!(p.key);
+        // The same one-entry cache as for tensors: q, k, v (and the MLP) are rows of one fused tensor.
+        if (cachedBlocks?.key !== p.key) cachedBlocks = { key: p.key, blocks: source.blocks!(p.key) };
+        const b = cachedBlocks.blocks;
         if (!b || (parts.length && (b.type !== parts[0]!.blocks.type || b.cols !== parts[0]!.blocks.cols))) return undefined;
         if (p.rows) pieceRows(p, [b.rows, b.cols], key, label);
         parts.push({ blocks: b, rows: p.rows });
