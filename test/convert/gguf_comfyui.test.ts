@@ -3,13 +3,13 @@
 // that list candidates, SigLIP so400m from clip_vision/, and a conversion through the command line whose FLUX
 // and T5 graphs are exactly those built from the GGUF files directly (their codes kept as MatMulNBits).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, symlinkSync, writeSync, ftruncateSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { goldenCheckpoints, E2E_SEQ } from './fixtures.ts';
 import { goldenSpec } from '../helpers/goldenset.ts';
 import { goldenPath } from '../helpers/goldens.ts';
-import { writeT5Gguf } from '../helpers/gguf.ts';
+import { fluxGgufFile, fluxGgufTypes, writeT5Gguf } from '../helpers/gguf.ts';
 import { resolveComfyui } from '../../models/convert/comfyui.ts';
 import { openFluxTransformer, openT5 } from '../../models/convert/layouts.ts';
 import { openModelSet, writeModelSet } from '../../models/modelset.ts';
@@ -22,8 +22,8 @@ let root: string;
 let comfy: string;
 let paths: ReturnType<typeof goldenCheckpoints>;
 
-const FLUX_CASE = 'flux_gguf';
-const fluxGguf = (variant: string): string => goldenPath(FLUX_CASE, `flux-${variant}.gguf`);
+/** The case's first GGUF FLUX (any of its files would do). */
+const fluxGguf = (): string => fluxGgufFile(Object.keys(fluxGgufTypes())[0]!);
 
 function put(dir: string, name: string, target: string): string {
   mkdirSync(join(comfy, dir), { recursive: true });
@@ -59,7 +59,7 @@ beforeAll(() => {
   root = mkdtempSync(join(tmpdir(), 'charflow-comfyui-'));
   paths = goldenCheckpoints(join(root, 'checkpoints'));
   comfy = join(root, 'ComfyUI', 'models');
-  put('unet', 'flux1-dev-kquants.gguf', fluxGguf('kquants'));
+  put('unet', 'flux1-dev-kquants.gguf', fluxGguf());
   mkdirSync(join(comfy, 'text_encoders'), { recursive: true });
   writeT5Gguf(join(comfy, 'text_encoders', 't5-v1_1-xxl-encoder-Q8_0.gguf'), 'Q8_0');
   put('clip', 'clip_l.safetensors', goldenPath('clip_text', 'model.safetensors'));
@@ -85,7 +85,7 @@ describe('--comfyui resolution', () => {
   });
 
   it('lists the candidates when more than one file fits, and takes the one named', () => {
-    const extra = put('diffusion_models', 'flux1-dev-legacy.gguf', fluxGguf('legacy'));
+    const extra = put('diffusion_models', 'flux1-dev-legacy.gguf', fluxGguf());
     try {
       expect(() => resolveComfyui(comfy, {}, false)).toThrow(/2 files under unet\/ or diffusion_models\/ fit --flux; name one with --flux: flux1-dev-kquants\.gguf, flux1-dev-legacy\.gguf/);
       expect(resolveComfyui(comfy, { flux: 'flux1-dev-legacy.gguf' }, false).flux).toBe(extra);
@@ -152,6 +152,31 @@ describe('models convert --comfyui with GGUF FLUX and T5', () => {
       '--clip-tokenizer', join(paths.flux, 'tokenizer'), '--t5-tokenizer', join(paths.flux, 'tokenizer_2'), '--models', models,
     ])).toBe(0);
   }, 600_000);
+
+  it('a truncated GGUF fails naming the file and the tensor, and nothing of the set is written', async () => {
+    const { main } = await import('../../cli/main.ts');
+    const bytes = readFileSync(fluxGguf());
+    const cut = join(root, 'cut.gguf');
+    writeFileSync(cut, bytes.subarray(0, bytes.length - 1000));
+    const models = join(root, 'models-cut');
+    const errors: string[] = [];
+    const write = process.stderr.write.bind(process.stderr);
+    process.stderr.write = ((chunk: string | Uint8Array) => { errors.push(String(chunk)); return true; }) as typeof process.stderr.write;
+    const codes: number[] = [];
+    const common = ['--name', 'cut', '--siglip', paths.siglip, '--dinov2', paths.dinov2, '--adapter', paths.adapter, '--adapter-config', paths.adapterConfig!, '--models', models];
+    try {
+      // Through --comfyui the file is looked at while resolving (an argument error, exit 2); named directly,
+      // when the converter opens it (exit 1). Both before anything is written.
+      codes.push(await main(['models', 'convert', '--comfyui', comfy, '--flux', cut, '--base', paths.flux, ...common]));
+      codes.push(await main(['models', 'convert', '--flux', cut, '--base', paths.flux, ...common]));
+    } finally {
+      process.stderr.write = write;
+    }
+    expect(codes).toEqual([2, 1]);
+    const pattern = new RegExp(`${cut.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: tensor '[^']+' .*runs past the end of the file`, 'g');
+    expect(errors.join('').match(pattern)?.length).toBe(2);
+    expect(existsSync(join(models, 'cut'))).toBe(false);
+  });
 
   it('without --comfyui, --flux and --siglip stay required (exit 2)', async () => {
     const { main } = await import('../../cli/main.ts');

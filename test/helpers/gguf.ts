@@ -3,7 +3,8 @@
 import { writeFileSync } from 'node:fs';
 import { type GgmlTypeName, ggmlType } from '../../models/weights/ggml.ts';
 import { type Tensor, f32, floatToHalf, halfToFloat, toFloat32 } from '../../models/tensor.ts';
-import { goldenConfig, goldenWeights } from './goldens.ts';
+import { readFileSync, readdirSync } from 'node:fs';
+import { goldenConfig, goldenPath, goldenWeights } from './goldens.ts';
 
 const T5_CASE = 't5_encoder';
 
@@ -168,3 +169,20 @@ export function writeT5Gguf(path: string, enc: Enc, version = 3): Map<string, Te
   return held;
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// The flux_gguf case's files, found from its tensor_types.json (so another case set in the layout works too)
+
+export const FLUX_GGUF_CASE = 'flux_gguf';
+
+/** tensor_types.json: variant -> tensor -> GGML type name. */
+export function fluxGgufTypes(): Record<string, Record<string, string>> {
+  return JSON.parse(readFileSync(goldenPath(FLUX_GGUF_CASE, 'tensor_types.json'), 'utf8')) as Record<string, Record<string, string>>;
+}
+
+/** The case's GGUF file of a variant: the one .gguf whose name ends with it ('legacy' -> flux-legacy.gguf). */
+export function fluxGgufFile(variant: string): string {
+  const hits = readdirSync(goldenPath(FLUX_GGUF_CASE)).filter((f) => f.endsWith('.gguf') && f.slice(0, -5).split(/[-_]/).pop() === variant);
+  if (hits.length !== 1) throw new Error(`expected one .gguf file for '${variant}' in ${FLUX_GGUF_CASE}, found ${hits.length}`);
+  return goldenPath(FLUX_GGUF_CASE, hits[0]!);
+}

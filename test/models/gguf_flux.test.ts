@@ -3,8 +3,6 @@
 // transformer converted from each file must give that file's output (1e-4). Every file, key and value comes
 // from the case, so another case set in the same layout is checked the same way.
 import { beforeAll, describe, expect, it } from 'vitest';
-import { readFileSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
 import { GgufFile } from '../../models/weights/gguf.ts';
 import { DECODABLE } from '../../models/weights/ggml.ts';
 import { openFluxTransformer } from '../../models/convert/layouts.ts';
@@ -13,22 +11,15 @@ import { runOnce } from '../../models/onnx/ort.ts';
 import { buildFlux } from '../../models/flux.ts';
 import { fluxRope } from '../../models/rope.ts';
 import { type Tensor, toFloat32 } from '../../models/tensor.ts';
-import { expectClose, goldenPath, goldenTensors } from '../helpers/goldens.ts';
+import { expectClose, goldenTensors } from '../helpers/goldens.ts';
+import { FLUX_GGUF_CASE as CASE, fluxGgufFile, fluxGgufTypes } from '../helpers/gguf.ts';
 
-const CASE = 'flux_gguf';
 const INPUTS_CASE = 'flux_transformer_ip';
 const OUTPUT_TOL = 1e-4;
 const DEQUANT_REL = 1e-6;
 
-const types = (): Record<string, Record<string, string>> =>
-  JSON.parse(readFileSync(goldenPath(CASE, 'tensor_types.json'), 'utf8')) as Record<string, Record<string, string>>;
-
-/** The case's GGUF file for a variant named in tensor_types.json ('legacy' -> flux-legacy.gguf). */
-function fileOf(variant: string): string {
-  const hits = readdirSync(goldenPath(CASE)).filter((f) => f.endsWith('.gguf') && f.slice(0, -5).split(/[-_]/).pop() === variant);
-  if (hits.length !== 1) throw new Error(`expected one .gguf file for '${variant}' in ${CASE}, found ${hits.length}`);
-  return goldenPath(CASE, hits[0]!);
-}
+const types = fluxGgufTypes;
+const fileOf = fluxGgufFile;
 
 describe('GGUF FLUX (flux_gguf golden)', () => {
   const variants = Object.keys(types());

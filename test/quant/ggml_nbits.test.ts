@@ -2,7 +2,6 @@
 // the MatMulNBits form's values ((code - zero point) * scale + offset) are bit for bit the decoded GGUF values;
 // the quantized transformer built from each file gives that file's golden output; sizes are as predicted.
 import { describe, expect, it } from 'vitest';
-import { readFileSync, readdirSync } from 'node:fs';
 import { GgufFile } from '../../models/weights/gguf.ts';
 import { openFluxTransformer } from '../../models/convert/layouts.ts';
 import { GGML_NBITS, ggmlNBitsBytes, ggmlToNBits, nbitsValues } from '../../models/quant/ggml-nbits.ts';
@@ -11,16 +10,12 @@ import { runOnce } from '../../models/onnx/ort.ts';
 import { buildFlux } from '../../models/flux.ts';
 import { fluxRope } from '../../models/rope.ts';
 import { toFloat32 } from '../../models/tensor.ts';
-import { expectClose, goldenPath, goldenTensors, maxAbs, maxAbsDiff } from '../helpers/goldens.ts';
+import { expectClose, goldenTensors, maxAbs, maxAbsDiff } from '../helpers/goldens.ts';
+import { FLUX_GGUF_CASE as CASE, fluxGgufFile, fluxGgufTypes } from '../helpers/gguf.ts';
 
-const CASE = 'flux_gguf';
 const OUTPUT_TOL = 1e-4;
-const variants = Object.keys(JSON.parse(readFileSync(goldenPath(CASE, 'tensor_types.json'), 'utf8')) as Record<string, unknown>);
-const fileOf = (variant: string): string => {
-  const hits = readdirSync(goldenPath(CASE)).filter((f) => f.endsWith('.gguf') && f.slice(0, -5).split(/[-_]/).pop() === variant);
-  if (hits.length !== 1) throw new Error(`expected one .gguf file for '${variant}' in ${CASE}, found ${hits.length}`);
-  return goldenPath(CASE, hits[0]!);
-};
+const variants = Object.keys(fluxGgufTypes());
+const fileOf = fluxGgufFile;
 
 describe('GGUF blocks as MatMulNBits', () => {
   for (const variant of variants) {
