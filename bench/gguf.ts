@@ -159,8 +159,8 @@ export function writeGgufFlux(path: string, cfg: FluxConfig, quant: 'Q4_K' | 'Q4
 /** The same weights without their blocks: what charflow's own int4 conversion starts from. */
 export const decodedOnly = (w: WeightSource): WeightSource => ({ keys: () => w.keys(), shape: (k) => w.shape(k), get: (k) => w.get(k) });
 
-export function graphOf(w: WeightSource, cfg: FluxConfig): Uint8Array {
-  const g = new Graph({ name: 'flux', quant: { bits: 4, block: DEFAULT_BLOCK } });
+export function graphOf(w: WeightSource, cfg: FluxConfig, block = DEFAULT_BLOCK): Uint8Array {
+  const g = new Graph({ name: 'flux', quant: { bits: 4, block } });
   buildFlux({ g, w }, undefined, cfg);
   return g.toBytes();
 }
@@ -207,36 +207,45 @@ export async function benchGguf(opts: { quick?: boolean; threads?: number; log?:
   const part = openFluxTransformer(path);
   let ggufModel: Uint8Array;
   let int4Model: Uint8Array;
+  let int4b32Model: Uint8Array;
   try {
     ggufModel = graphOf(part.weights, part.cfg);
     int4Model = graphOf(decodedOnly(part.weights), part.cfg);
+    int4b32Model = graphOf(decodedOnly(part.weights), part.cfg, 32); // the Q4_K's block, for reference
   } finally {
     part.weights.close?.();
   }
   const threads = opts.threads ?? 1;
   const sessionOpts: ort.InferenceSession.SessionOptions = { executionProviders: ['cpu'], intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all', logSeverityLevel: 3 };
-  const sessions = { gguf: await ort.InferenceSession.create(ggufModel, sessionOpts), int4: await ort.InferenceSession.create(int4Model, sessionOpts) };
+  const sessions = {
+    gguf: await ort.InferenceSession.create(ggufModel, sessionOpts), int4: await ort.InferenceSession.create(int4Model, sessionOpts),
+    int4b32: await ort.InferenceSession.create(int4b32Model, sessionOpts),
+  };
   const grid = 32;
   const T = 128;
   const feeds = Object.fromEntries(Object.entries(stepFeeds(MID_FLUX, T, grid)).map(([k, v]) => [k, toOrt(v)]));
-  const times: Record<'gguf' | 'int4', number[]> = { gguf: [], int4: [] };
-  const step = async (k: 'gguf' | 'int4') => {
+  type Kind = 'gguf' | 'int4' | 'int4b32';
+  const times: Record<Kind, number[]> = { gguf: [], int4: [], int4b32: [] };
+  const step = async (k: Kind) => {
     const t0 = performance.now();
     await sessions[k].run(feeds);
     return performance.now() - t0;
   };
-  for (const k of ['gguf', 'int4'] as const) { await step(k); await step(k); }
+  for (const k of ['gguf', 'int4', 'int4b32'] as const) { await step(k); await step(k); }
   const meter = cpuMeter();
   const reps = opts.quick ? 4 : 8;
-  const orders: readonly (readonly ('gguf' | 'int4')[])[] = [['gguf', 'int4'], ['int4', 'gguf']];
+  const orders: readonly (readonly Kind[])[] = [['gguf', 'int4', 'int4b32'], ['int4b32', 'int4', 'gguf']];
   for (let i = 0; i < reps; i++) for (const k of orders[i % 2]!) times[k].push(await step(k));
   const otherCores = meter().otherCores;
-  await sessions.gguf.release();
-  await sessions.int4.release();
-  const m = { gguf: median(times.gguf), int4: median(times.int4) };
+  for (const sess of Object.values(sessions)) await sess.release();
+  const m = { gguf: median(times.gguf), int4: median(times.int4), int4b32: median(times.int4b32) };
   figures.push(judged(SECTION, 'mid-size DiT step, set from a Q4_K GGUF / charflow int4 time', m.gguf / m.int4, 'x', '<=', 1.1, {
     otherCores, samples: times.gguf,
     note: `median ${m.gguf.toFixed(0)} ms (Q4_K codes, block 32 + block-sum correction) vs ${m.int4.toFixed(0)} ms (charflow int4, block ${DEFAULT_BLOCK}), ${threads} thread(s), ${grid * grid + T} tokens, C=${MID_FLUX.numHeads * MID_FLUX.headDim}, accuracy_level 4; graphs ${(ggufModel.length / 1e6).toFixed(1)} MB vs ${(int4Model.length / 1e6).toFixed(1)} MB`,
+  }));
+  figures.push(info(SECTION, 'mid-size DiT step, charflow int4 at block 32 / block 128 time', m.int4b32 / m.int4, 'x', {
+    otherCores, samples: times.int4b32,
+    note: `median ${m.int4b32.toFixed(0)} ms: what MatMulNBits' block 32 (Q4_K's) costs by itself; the Q4_K set against it: ${(m.gguf / m.int4b32).toFixed(3)}x`,
   }));
   return figures;
 }

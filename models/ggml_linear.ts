@@ -24,5 +24,8 @@ export function ggmlMatMul(g: Graph, x: Value, name: string, blocks: GgmlBlocks)
   const ot = new Float32Array(kb * q.N);
   for (let n = 0; n < q.N; n++) for (let j = 0; j < kb; j++) ot[j * q.N + n] = offsets[n * kb + j]!;
   const o = g.weight(`${name}.block_offsets`, { dtype: 'float32', dims: [kb, q.N], data: ot });
-  return g.node('Add', [y, g.node('MatMul', [sums, o])]); // [..., N]
+  // One Gemm adds the correction into y (beta = 1): no separate pass over the [..., N] output.
+  const flat = (v: Value, cols: number) => g.node('Reshape', [v, g.ints([-1, cols])]);
+  const z = g.node('Gemm', [flat(sums, kb), o, flat(y, q.N)], { alpha: 1, beta: 1 }); // [rows, N]
+  return g.node('Reshape', [z, g.node('Concat', [lead, g.ints([q.N])], { axis: 0 })]); // [..., N]
 }
