@@ -2,7 +2,7 @@
 // reads the checkpoint tensors it needs by their official key names, checks their shapes and
 // emits the ONNX ops. Shapes in comments: B batch, T tokens, C channels, H heads, D head dim.
 import type { Graph, Value } from './onnx/graph.ts';
-import { type WeightSource, takeShape, takeWeight } from './weights/source.ts';
+import { type WeightSource, storesBlocks, takeShape, takeWeight } from './weights/source.ts';
 import { type Tensor, type TensorData, bf16ToFloat32, castFloatTensor, float16ToFloat32, numel, toFloat32 } from './tensor.ts';
 import { blockFor, quantizeRows, quantizedBytes } from './quant/quantize.ts';
 import { ggmlMatMul, hasNBitsForm } from './ggml_linear.ts';
@@ -123,12 +123,13 @@ export function quantizedMatMul(g: Graph, x: Value, name: string, rows: Float32A
 }
 
 /**
- * A weight a GGUF stores as float (F32 / F16 / BF16) stays a float MatMul in a quantized graph: the file kept
- * it unquantized on purpose (ComfyUI-GGUF's FLUX files keep the embedders so), and reading it exactly is the point.
+ * A weight that a quantized GGUF (one with block types) stores as float (F32 / F16 / BF16) stays a float MatMul
+ * in a quantized graph: the file kept it unquantized on purpose (ComfyUI-GGUF's FLUX files keep the embedders
+ * so). An all-float GGUF is quantized like any float checkpoint when a quantized format is asked for.
  */
 export function storedFloat(w: WeightSource, key: string): boolean {
   const t = w.ggmlType?.(key);
-  return t === 'F32' || t === 'F16' || t === 'BF16';
+  return (t === 'F32' || t === 'F16' || t === 'BF16') && storesBlocks(w);
 }
 
 /** torch.nn.Linear: y = x W^T + b. `prefix` is the module key, e.g. 'encoder.layers.0.fc1'. */

@@ -13,6 +13,7 @@ import { type T5Config, t5ConfigFromJson } from '../t5.ts';
 import { type KeyMap, mappedSource, renamed } from './views.ts';
 import { countBlocks } from './keymaps.ts';
 import type { WeightSource } from '../weights/source.ts';
+export { storesBlocks } from '../weights/source.ts';
 
 /** general.architecture values each part accepts (absent: accepted, as sd.cpp-style files lack it). */
 export const GGUF_ARCHITECTURES = { flux: ['flux'], t5: ['t5', 't5encoder'] } as const;
@@ -24,16 +25,6 @@ export function checkGgufArchitecture(file: GgufFile, part: keyof typeof GGUF_AR
   if (arch !== undefined && !ok.includes(arch)) {
     throw new Error(`${file.path}: a GGUF of architecture "${arch}", not ${ok.map((a) => `"${a}"`).join(' or ')} (is it the right file for --${part}?)`);
   }
-}
-
-/** Whether a source holds GGML block weights (a quantized GGUF), which a quantized graph keeps as they are. */
-export function storesBlocks(source: WeightSource): boolean {
-  const type = source.ggmlType;
-  if (!type) return false;
-  return source.keys().some((k) => {
-    const t = type(k);
-    return t !== undefined && t !== 'F32' && t !== 'F16' && t !== 'BF16';
-  });
 }
 
 /** Whether a key list is llama.cpp's T5 encoder. */

@@ -77,3 +77,20 @@ export function mergeSources(sources: WeightSource[]): WeightSource {
     close: () => sources.forEach((s) => s.close?.()),
   };
 }
+
+const BLOCKS = new WeakMap<WeightSource, boolean>();
+
+/** Whether a source holds GGML block weights (a quantized GGUF), which a quantized graph keeps as they are. */
+export function storesBlocks(source: WeightSource): boolean {
+  const type = source.ggmlType;
+  if (!type) return false;
+  let has = BLOCKS.get(source);
+  if (has === undefined) {
+    has = source.keys().some((k) => {
+      const t = type(k);
+      return t !== undefined && t !== 'F32' && t !== 'F16' && t !== 'BF16';
+    });
+    BLOCKS.set(source, has);
+  }
+  return has;
+}

@@ -59,6 +59,30 @@ describe('T5 encoder from GGUF', () => {
     });
   }
 
+  it('in a quantized graph, a quantized GGUF keeps its float tensors float; an all-float GGUF is quantized', () => {
+    const names = (enc: 'F16' | 'Q8_0'): string => {
+      const path = join(dir, `t5-q-${enc}.gguf`);
+      writeT5Gguf(path, enc);
+      const part = openT5(path);
+      try {
+        const g = new Graph({ name: 't5', quant: { bits: 8, block: 32 } });
+        buildT5({ g, w: part.weights }, cfg, { seqLen: ids.dims[1]! });
+        return Buffer.from(g.toBytes()).toString('latin1');
+      } finally {
+        part.weights.close?.();
+      }
+    };
+    const wo = 'encoder.block.0.layer.1.DenseReluDense.wo';
+    const q = 'encoder.block.0.layer.0.SelfAttention.q';
+    const mixed = names('Q8_0'); // wo's rows (d_ff) are not whole Q8_0 blocks: stored F16
+    expect(mixed).toContain(`${q}.qweight`);
+    expect(mixed).not.toContain(`${wo}.qweight`);
+    expect(mixed).toContain(`${wo}.weight`);
+    const float = names('F16');
+    expect(float).toContain(`${q}.qweight`);
+    expect(float).toContain(`${wo}.qweight`);
+  });
+
   it('refuses a GGUF of another architecture for --t5', () => {
     const path = join(dir, 'flux-as-t5.gguf');
     writeGguf(path, { metadata: { 'general.architecture': 'flux' }, tensors: [{ name: 'enc.output_norm.weight', type: 'F32', ne: [4], data: new Uint8Array(16) }] });
