@@ -3,6 +3,9 @@
 // transformer converted from each file must give that file's output (1e-4). Every file, key and value comes
 // from the case, so another case set in the same layout is checked the same way.
 import { beforeAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { GgufFile } from '../../models/weights/gguf.ts';
 import { DECODABLE } from '../../models/weights/ggml.ts';
 import { openFluxTransformer } from '../../models/convert/layouts.ts';
@@ -12,7 +15,7 @@ import { buildFlux } from '../../models/flux.ts';
 import { fluxRope } from '../../models/rope.ts';
 import { type Tensor, toFloat32 } from '../../models/tensor.ts';
 import { expectClose, goldenTensors } from '../helpers/goldens.ts';
-import { FLUX_GGUF_CASE as CASE, fluxGgufFile, fluxGgufTypes } from '../helpers/gguf.ts';
+import { FLUX_GGUF_CASE as CASE, fluxGgufFile, fluxGgufTypes, writeGguf } from '../helpers/gguf.ts';
 
 const INPUTS_CASE = 'flux_transformer_ip';
 const OUTPUT_TOL = 1e-4;
@@ -45,6 +48,32 @@ describe('GGUF FLUX (flux_gguf golden)', () => {
     expect(variants.length).toBeGreaterThan(0);
     expect(all.filter((t) => !(DECODABLE as readonly string[]).includes(t))).toEqual([]);
     console.log(`block types in the case: ${all.join(', ')}`);
+  });
+
+  it('reads a GGUF whose keys carry ComfyUI\'s model.diffusion_model. prefix as the same transformer', () => {
+    const src = new GgufFile(fileOf(variants[0]!));
+    const dir = mkdtempSync(join(tmpdir(), 'charflow-gguf-prefix-'));
+    try {
+      const path = join(dir, 'prefixed.gguf');
+      writeGguf(path, {
+        metadata: { 'general.architecture': 'flux' },
+        tensors: src.keys().map((k) => ({ name: `model.diffusion_model.${k}`, type: src.info(k)!.type.name, ne: src.info(k)!.ne, data: src.raw(k) })),
+      });
+      const graphOf = (file: string): Uint8Array => {
+        const part = openFluxTransformer(file);
+        try {
+          const g = new Graph({ name: 'flux', quant: { bits: 4, block: 32 } });
+          buildFlux({ g, w: part.weights }, undefined, part.cfg);
+          return g.toBytes();
+        } finally {
+          part.weights.close?.();
+        }
+      };
+      expect(Buffer.from(graphOf(path)).equals(Buffer.from(graphOf(fileOf(variants[0]!))))).toBe(true);
+    } finally {
+      src.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   for (const variant of variants) {
