@@ -11,6 +11,7 @@ import { ADAPTER_FILE, ADAPTER_REPO, DINOV2_REPO, FLUX_REPO, type PullEvent, SIG
 import { join } from 'node:path';
 import { type WeightFormat, DEFAULT_BLOCK, parseWeightFormat, resolveFormats } from '../models/quant/formats.ts';
 import { checkBlock } from '../models/quant/quantize.ts';
+import { resolveComfyui } from '../models/convert/comfyui.ts';
 
 export const DEFAULT_SET_NAME = 'instantcharacter';
 
@@ -31,8 +32,27 @@ interface CommonFlags {
   adapterConfig?: string;
 }
 
-/** The checkpoint options are exactly the converter's inputs. */
-type ConvertFlags = CommonFlags & CheckpointPaths;
+/** The checkpoint options are exactly the converter's inputs (with --comfyui, flux and siglip may come from there). */
+type ConvertFlags = CommonFlags & CheckpointPaths & { comfyui?: string };
+
+/**
+ * --comfyui DIR: the parts the flags leave out (and the names they give) resolved in a ComfyUI models folder.
+ * Without it, --flux and --siglip are required as before.
+ */
+export function comfyuiFlags(flags: ConvertFlags): ConvertFlags {
+  if (!flags.comfyui) {
+    for (const f of ['flux', 'siglip'] as const) if (!flags[f]) throw new CliError(`required option '--${f} <path>' not specified (or pass --comfyui <dir>)`, EXIT.invalid);
+    return flags;
+  }
+  const given = { flux: flags.flux, clip: flags.clip, t5: flags.t5, vae: flags.vae, loras: flags.lora.map((l) => l.path) };
+  let r;
+  try {
+    r = resolveComfyui(flags.comfyui, given, !flags.siglip);
+  } catch (err) {
+    throw new CliError((err as Error).message, EXIT.invalid);
+  }
+  return { ...flags, flux: r.flux, clip: r.clip, t5: r.t5, vae: r.vae, siglip: flags.siglip ?? r.siglip!, lora: flags.lora.map((l, i) => ({ ...l, path: r.loras[i]! })) };
+}
 
 interface PullFlags extends CommonFlags {
   token?: string;
@@ -242,17 +262,19 @@ export function registerModels(program: Command, ctx: CliContext): void {
 
   addCommon(models.command('convert')
     .description('convert FLUX.1-dev, SigLIP, DINOv2 and InstantCharacter checkpoints into a model set')
-    .requiredOption('--flux <path>', 'FLUX.1-dev Hugging Face folder, or a single-file transformer (flux1-dev.safetensors)')
-    .requiredOption('--siglip <dir>', 'google/siglip-so400m-patch14-384 folder')
+    .option('--flux <path>', 'FLUX.1-dev Hugging Face folder, or a single-file transformer (flux1-dev.safetensors, or a GGUF such as flux1-dev-Q4_K_S.gguf)')
+    .option('--siglip <dir>', 'google/siglip-so400m-patch14-384 folder (or, with --comfyui, clip_vision/sigclip_vision_patch14_384.safetensors)')
+    .option('--comfyui <dir>', 'ComfyUI models folder: --flux, --clip, --t5, --vae, --siglip and --lora names are found in unet/ or diffusion_models/, clip/ or text_encoders/, vae/, clip_vision/ and loras/; a part not named is taken when exactly one file fits')
     .requiredOption('--dinov2 <dir>', 'facebook/dinov2-giant folder')
     .requiredOption('--adapter <file>', 'instantcharacter_ip-adapter.bin')
     .option('--base <dir>', 'FLUX.1 Hugging Face folder for the parts a single-file --flux lacks')
     .option('--vae <path>', 'VAE folder or file (diffusers, or ae.safetensors)')
     .option('--clip <path>', 'CLIP-L text encoder folder or file')
-    .option('--t5 <path>', 'T5-XXL text encoder folder or file')
+    .option('--t5 <path>', 'T5-XXL text encoder folder or file (safetensors, or a llama.cpp GGUF such as t5-v1_1-xxl-encoder-Q8_0.gguf)')
     .option('--clip-tokenizer <path>', 'CLIP tokenizer folder (vocab.json + merges.txt, or tokenizer.json)')
     .option('--t5-tokenizer <path>', 'T5 tokenizer.json or its folder'))
-    .action(action(ctx, async (flags: ConvertFlags) => {
+    .action(action(ctx, async (raw: ConvertFlags) => {
+      const flags = comfyuiFlags(raw);
       checkPaths(flags);
       const { models: modelsDir } = pathsFor(ctx, flags);
       await runConvert({

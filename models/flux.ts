@@ -4,9 +4,11 @@
 // P ip tokens. RoPE tables come in as graph inputs (see rope.ts), so T and L stay symbolic.
 import type { Graph, Value } from './onnx/graph.ts';
 import {
-  type Module, chunk, concat, float32Into, gelu, layerNorm, linear, param, quantizedMatMul, quantizes, reshape, rmsNorm, silu, transpose,
+  type Module, chunk, concat, float32Into, gelu, layerNorm, linear, param, quantizedMatMul, quantizes, reshape, storedFloat, rmsNorm, silu, transpose,
 } from './layers.ts';
-import { type WeightSource, takeWeight } from './weights/source.ts';
+import { type WeightSource, takeShape, takeWeight } from './weights/source.ts';
+import { stackGgmlRows } from './weights/ggml.ts';
+import { ggmlMatMul, hasNBitsForm } from './ggml_linear.ts';
 import { castFloatTensor, toFloat32 } from './tensor.ts';
 
 export interface FluxConfig {
@@ -146,7 +148,7 @@ export function ipAdapterWeightShapes(cfg: FluxConfig, ipDim: number): Record<st
 /** Several torch Linears over the same input as one MatMul: W^T of each side by side, [in, sum(out)]. */
 function fusedLinear(m: Module, x: Value, prefixes: readonly string[], inF: number, outs: readonly number[], w: WeightSource = m.w): Value {
   const total = outs.reduce((a, b) => a + b, 0);
-  if (quantizes(m.g, inF, Math.min(...outs))) return fusedQuantizedLinear(m, x, prefixes, inF, outs, total, w);
+  if (quantizes(m.g, inF, Math.min(...outs)) && !prefixes.every((p) => storedFloat(w, `${p}.weight`))) return fusedQuantizedLinear(m, x, prefixes, inF, outs, total, w);
   const wt = new Float32Array(m.g.scratch(4 * inF * total), 0, inF * total); // see Graph.scratch
   const bias = new Float32Array(total);
   let off = 0;
@@ -165,6 +167,20 @@ function fusedLinear(m: Module, x: Value, prefixes: readonly string[], inF: numb
 
 /** fusedLinear as one MatMulNBits: the torch weights' rows stacked ([sum(out), in], quantized row by row). */
 function fusedQuantizedLinear(m: Module, x: Value, prefixes: readonly string[], inF: number, outs: readonly number[], total: number, w: WeightSource): Value {
+  const name = prefixes.join('+');
+  // GGUF blocks of one type keep their own codes: the parts' rows stacked as blocks (no second rounding).
+  const blocks = prefixes.map((p) => w.blocks?.(`${p}.weight`));
+  if (blocks.every(hasNBitsForm) && blocks.every((b) => b.type === blocks[0]!.type)) {
+    prefixes.forEach((p, j) => takeShape(w, `${p}.weight`, [outs[j]!, inF]));
+    const bias = new Float32Array(total);
+    let at = 0;
+    prefixes.forEach((p, j) => {
+      bias.set(toFloat32(takeWeight(w, `${p}.bias`, [outs[j]!])), at);
+      at += outs[j]!;
+    });
+    const y = ggmlMatMul(m.g, x, name, stackGgmlRows(blocks.map((b) => ({ blocks: b })))); // [..., sum(out)]
+    return m.g.node('Add', [y, m.g.weight(`${name}.bias`, { dtype: 'float32', dims: [total], data: bias })]);
+  }
   const rows = new Float32Array(m.g.scratch(4 * inF * total), 0, inF * total); // [sum(out), in]
   const bias = new Float32Array(total);
   let off = 0;
@@ -175,7 +191,6 @@ function fusedQuantizedLinear(m: Module, x: Value, prefixes: readonly string[], 
     bias.set(toFloat32(takeWeight(w, `${prefix}.bias`, [outF])), off);
     off += outF;
   });
-  const name = prefixes.join('+');
   const y = quantizedMatMul(m.g, x, name, rows, total, inF); // [..., sum(out)]
   return m.g.node('Add', [y, m.g.weight(`${name}.bias`, { dtype: 'float32', dims: [total], data: bias })]);
 }

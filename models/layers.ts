@@ -2,9 +2,10 @@
 // reads the checkpoint tensors it needs by their official key names, checks their shapes and
 // emits the ONNX ops. Shapes in comments: B batch, T tokens, C channels, H heads, D head dim.
 import type { Graph, Value } from './onnx/graph.ts';
-import { type WeightSource, takeWeight } from './weights/source.ts';
+import { type WeightSource, storesBlocks, takeShape, takeWeight } from './weights/source.ts';
 import { type Tensor, type TensorData, bf16ToFloat32, castFloatTensor, float16ToFloat32, numel, toFloat32 } from './tensor.ts';
 import { blockFor, quantizeRows, quantizedBytes } from './quant/quantize.ts';
+import { ggmlMatMul, hasNBitsForm } from './ggml_linear.ts';
 
 /** What every architecture builder works with: the graph being built and the checkpoint. */
 export interface Module {
@@ -121,10 +122,27 @@ export function quantizedMatMul(g: Graph, x: Value, name: string, rows: Float32A
   return g.matMulNBits(x, name, q); // [..., N]
 }
 
+/**
+ * A weight that a quantized GGUF (one with block types) stores as float (F32 / F16 / BF16) stays a float MatMul
+ * in a quantized graph: the file kept it unquantized on purpose (ComfyUI-GGUF's FLUX files keep the embedders
+ * so). An all-float GGUF is quantized like any float checkpoint when a quantized format is asked for.
+ */
+export function storedFloat(w: WeightSource, key: string): boolean {
+  const t = w.ggmlType?.(key);
+  return (t === 'F32' || t === 'F16' || t === 'BF16') && storesBlocks(w);
+}
+
 /** torch.nn.Linear: y = x W^T + b. `prefix` is the module key, e.g. 'encoder.layers.0.fc1'. */
 export function linear(m: Module, x: Value, prefix: string, inFeatures: number, outFeatures: number, bias = true): Value {
   const key = `${prefix}.weight`;
-  if (quantizes(m.g, inFeatures, outFeatures)) {
+  if (quantizes(m.g, inFeatures, outFeatures) && !storedFloat(m.w, key)) {
+    // A GGUF block weight keeps its own codes (no second rounding).
+    const blocks = m.w.blocks?.(key);
+    if (hasNBitsForm(blocks)) {
+      takeShape(m.w, key, [outFeatures, inFeatures]);
+      const y = ggmlMatMul(m.g, x, prefix, blocks); // [..., out]
+      return bias ? m.g.node('Add', [y, param(m, `${prefix}.bias`, [outFeatures])]) : y;
+    }
     const w = takeWeight(m.w, key, [outFeatures, inFeatures]); // [out, in]: MatMulNBits' own row order, no transpose
     const rows = float32Into(w, new Float32Array(m.g.scratch(4 * outFeatures * inFeatures), 0, outFeatures * inFeatures));
     const y = quantizedMatMul(m.g, x, prefix, rows, outFeatures, inFeatures); // [..., out]

@@ -22,6 +22,7 @@ import {
 import { type CheckpointPaths, type OpenedCheckpoints, openCheckpoints } from './layouts.ts';
 import { type LoraSpec, mergeLoras } from './lora.ts';
 import { trackedSource } from './views.ts';
+import { storesBlocks } from './gguf-layouts.ts';
 import { type ComponentFormat, type WeightFormat, resolveFormats } from '../quant/formats.ts';
 
 export const STATE_FILE = 'convert-state.json';
@@ -180,6 +181,15 @@ function parameterCounts(ck: OpenedCheckpoints, ipDim: number): Record<Component
   };
 }
 
+/** Formats for GGUF parts left to the default: int4 for the transformer, int8 for T5 (the GGUF's types decide the bits). */
+function ggufFormats(ck: OpenedCheckpoints, opts: ConvertOptions): Partial<Record<ComponentName, WeightFormat>> {
+  if (opts.weights) return {};
+  const out: Partial<Record<ComponentName, WeightFormat>> = {};
+  if (!opts.formats?.flux && storesBlocks(ck.flux.weights)) out.flux = 'int4';
+  if (!opts.formats?.t5 && storesBlocks(ck.t5.weights)) out.t5 = 'int8';
+  return out;
+}
+
 function required(id: number | undefined, what: string, where: string): number {
   if (id === undefined) throw new Error(`${where}: the tokenizer has no ${what} token`);
   return id;
@@ -205,9 +215,12 @@ export async function convertCheckpoints(opts: ConvertOptions): Promise<ConvertR
     }
     const ipDim = ck.ip.shape('0.to_k_ip.weight')?.[1] ?? ck.adapter.cfg.outputDim;
     const parameters = parameterCounts(ck, ipDim);
-    const formats = opts.weights || opts.formats
+    // A quantized GGUF transformer or T5 is written quantized unless a format is asked for: MatMulNBits keeps
+    // its codes (bits and blocks from its types), where float weights would be 3-7x the file.
+    const overrides = { ...ggufFormats(ck, opts), ...opts.formats };
+    const formats = opts.weights || Object.keys(overrides).length
       ? resolveFormats(COMPONENTS, {
-        base: opts.weights ?? (opts.dtype === 'float16' ? 'fp16' : 'fp32'), overrides: opts.formats, fp32: opts.fp32 ?? DEFAULT_FP32,
+        base: opts.weights ?? (opts.dtype === 'float16' ? 'fp16' : 'fp32'), overrides, fp32: opts.fp32 ?? DEFAULT_FP32,
         block: opts.block, symmetric: opts.symmetric,
       })
       : undefined;

@@ -7,10 +7,13 @@
 //   text_encoders.t5xxl.transformer.); the other parts then come from --vae/--clip/--t5 or a --base folder;
 // - ae.safetensors (LDM autoencoder names) for the VAE;
 // - google/siglip-so400m-patch14-384 (a full SiglipModel: only vision_model.* is read), facebook/dinov2-giant;
-// - instantcharacter_ip-adapter.bin (ip_adapter.* and image_proj.*), whose config is hard-coded upstream.
+// - instantcharacter_ip-adapter.bin (ip_adapter.* and image_proj.*), whose config is hard-coded upstream;
+// - GGUF files (ComfyUI-GGUF's FLUX in BFL names, llama.cpp's T5 encoder): see gguf-layouts.ts.
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { openWeights } from '../weights/open.ts';
+import { detectFormat, openWeights } from '../weights/open.ts';
+import { GgufFile } from '../weights/gguf.ts';
+import { checkGgufArchitecture, openT5Gguf } from './gguf-layouts.ts';
 import { type WeightSource, withPrefix } from '../weights/source.ts';
 import { type FluxConfig, fluxConfigFromJson } from '../flux.ts';
 import { type SiglipConfig, FULL_SIGLIP, siglipConfigFromJson } from '../siglip.ts';
@@ -123,6 +126,14 @@ function openAt(path: string, probe: string, what: string): WeightSource {
 /** A transformer checkpoint (folder or file) in diffusers or BFL names, as a diffusers-named source. */
 export function openFluxTransformer(path: string): Part<FluxConfig> {
   const src = openWeights(path);
+  if (src instanceof GgufFile) {
+    try {
+      checkGgufArchitecture(src, 'flux');
+    } catch (err) {
+      src.close();
+      throw err;
+    }
+  }
   const keys = src.keys();
   const dPrefix = findPrefix(keys, FLUX_PROBE.diffusers);
   const bPrefix = findPrefix(keys, FLUX_PROBE.bfl);
@@ -163,6 +174,7 @@ export function openVae(path: string): Part<VaeConfig> {
 }
 
 export function openT5(path: string): Part<T5Config> {
+  if (!isDir(path) && existsSync(path) && detectFormat(path) === 'gguf') return openT5Gguf(path);
   const weights = openAt(path, 'encoder.final_layer_norm.weight', 'T5 encoder');
   const config = folderConfig(path);
   return { cfg: config ? t5ConfigFromJson(config) : FULL_T5, weights, files: weightFiles(path), describe: `T5 text encoder (${path})` };

@@ -2,6 +2,7 @@
 // on the fly, so a checkpoint in another layout reads as the key names the architecture files expect.
 // Nothing is copied up front: each tensor is read from disk when the builder asks for it.
 import type { WeightSource } from '../weights/source.ts';
+import { type GgmlBlocks, stackGgmlRows } from '../weights/ggml.ts';
 import { type Tensor, type TensorData, numel } from '../tensor.ts';
 
 /** Part of a source tensor: all of it, or rows [start, end) of its first axis. */
@@ -28,6 +29,7 @@ export const renamed = (key: string): Mapping => ({ pieces: [{ key }] });
  */
 export function mappedSource(source: WeightSource, map: KeyMap, label: string): WeightSource {
   let cached: { key: string; tensor: Tensor } | undefined;
+  let cachedBlocks: { key: string; blocks: GgmlBlocks | undefined } | undefined;
   const read = (key: string): Tensor => {
     if (cached?.key === key) return cached.tensor;
     const tensor = source.get(key);
@@ -73,6 +75,25 @@ export function mappedSource(source: WeightSource, map: KeyMap, label: string): 
       if (parts.some((p) => p.dtype !== dtype)) throw new Error(`${label}: the parts of '${key}' have different dtypes`);
       return { dtype, dims, data: concatData(parts.map((p) => p.data)) };
     },
+    // GGML blocks pass through renames and row slices (blocks never cross rows); not reshapes.
+    blocks: source.blocks && ((key) => {
+      const m = map.get(key);
+      if (!m || m.reshape) return undefined;
+      const parts: { blocks: GgmlBlocks; rows?: readonly [number, number] }[] = [];
+      for (const p of m.pieces) {
+        // The same one-entry cache as for tensors: q, k, v (and the MLP) are rows of one fused tensor.
+        if (cachedBlocks?.key !== p.key) cachedBlocks = { key: p.key, blocks: source.blocks!(p.key) };
+        const b = cachedBlocks.blocks;
+        if (!b || (parts.length && (b.type !== parts[0]!.blocks.type || b.cols !== parts[0]!.blocks.cols))) return undefined;
+        if (p.rows) pieceRows(p, [b.rows, b.cols], key, label);
+        parts.push({ blocks: b, rows: p.rows });
+      }
+      return stackGgmlRows(parts);
+    }),
+    ggmlType: source.ggmlType && ((key) => {
+      const types = map.get(key)?.pieces.map((p) => source.ggmlType!(p.key));
+      return types?.every((t) => t === types[0]) ? types[0] : undefined;
+    }),
     close: () => source.close?.(),
   };
 }
@@ -109,6 +130,12 @@ export function trackedSource(source: WeightSource, onRead: (key: string, elemen
       onRead(key, numel(t.dims));
       return t;
     },
+    blocks: source.blocks && ((key) => {
+      const b = source.blocks!(key);
+      if (b) onRead(key, b.rows * b.cols);
+      return b;
+    }),
+    ggmlType: source.ggmlType && ((key) => source.ggmlType!(key)),
     close: () => source.close?.(),
   };
 }

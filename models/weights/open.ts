@@ -1,13 +1,15 @@
 // Opens any supported checkpoint as a WeightSource, choosing the reader by content rather than by file name:
 // a safetensors file, a torch.save zip archive (.bin/.pt/.pth), or a sharded Hugging Face checkpoint (its
-// `*.index.json`, or the folder that holds it) seen as one merged source.
+// `*.index.json`, or the folder that holds it) seen as one merged source, or a GGUF file (ComfyUI-GGUF,
+// llama.cpp), its blocks decoded to float32.
 import { closeSync, existsSync, openSync, readFileSync, readSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { type WeightSource, mergeSources } from './source.ts';
 import { SafetensorsFile } from './safetensors.ts';
 import { PytorchCheckpoint } from './pytorch.ts';
+import { GGUF_MAGIC, GgufFile } from './gguf.ts';
 
-export type WeightFormat = 'safetensors' | 'pytorch-zip' | 'index';
+export type WeightFormat = 'safetensors' | 'pytorch-zip' | 'index' | 'gguf';
 
 /** Opens a checkpoint file, a shard index, or a folder with one checkpoint (sharded or not). */
 export function openWeights(path: string): WeightSource {
@@ -17,6 +19,7 @@ export function openWeights(path: string): WeightSource {
     case 'safetensors': return openSafetensors(path);
     case 'pytorch-zip': return new PytorchCheckpoint(path);
     case 'index': return openIndex(path);
+    case 'gguf': return new GgufFile(path);
   }
 }
 
@@ -32,6 +35,7 @@ export function detectFormat(path: string): WeightFormat {
   }
   if (n === 0) throw new Error(`${path}: the file is empty`);
   if (n >= 4 && head.readUInt32LE(0) === 0x04034b50) return 'pytorch-zip';
+  if (n >= 4 && head.readUInt32LE(0) === GGUF_MAGIC) return 'gguf';
   // torch.save before 1.6 wrote a bare pickle stream: PROTO 2 then the magic number as LONG1.
   if (head[0] === 0x80 && head[1]! <= 5 && head[2] === 0x8a) {
     throw new Error(`${path}: legacy (pre-1.6, non-zip) torch.save format is not supported; re-save it with a newer torch`);
@@ -40,7 +44,7 @@ export function detectFormat(path: string): WeightFormat {
   if (n >= 9 && head[8] === 0x7b && head.readBigUInt64LE(0) < 2n ** 40n) return 'safetensors';
   if (head[0] === 0x7b) return 'index'; // '{': a JSON shard index
   if (n < 9) throw new Error(`${path}: only ${n} bytes (truncated?)`);
-  throw new Error(`${path}: unknown weight format (neither safetensors nor a torch.save zip archive)`);
+  throw new Error(`${path}: unknown weight format (neither safetensors, GGUF nor a torch.save zip archive)`);
 }
 
 function openSafetensors(path: string): WeightSource {
@@ -67,7 +71,7 @@ function openFolder(dir: string): WeightSource {
   const pick = (suffix: string): string[] => names.filter((n) => n.endsWith(suffix));
   const indexes = [...pick('.safetensors.index.json'), ...pick('.bin.index.json')];
   if (indexes.length) return openIndex(join(dir, indexes[0]!));
-  for (const suffix of ['.safetensors', '.bin', '.pt', '.pth']) {
+  for (const suffix of ['.safetensors', '.bin', '.pt', '.pth', '.gguf']) {
     const files = pick(suffix);
     if (files.length === 1) return openWeights(join(dir, files[0]!));
     if (files.length > 1) {
