@@ -17,6 +17,8 @@ import { KeepBest } from './keep_best.ts';
 import { PreviewImage } from './preview_image.ts';
 import { LoadImage } from './load_image.ts';
 import { VAEEncode } from './vae_encode.ts';
+import { SaveCharacter } from './save_character.ts';
+import { SavedCharacter } from './saved_character.ts';
 
 export const NODE_TYPES: readonly NodeDef<Services>[] = [
   LoadModels,
@@ -35,6 +37,8 @@ export const NODE_TYPES: readonly NodeDef<Services>[] = [
   PreviewImage,
   LoadImage,
   VAEEncode,
+  SaveCharacter,
+  SavedCharacter,
 ];
 
 export function nodeRegistry(): Map<string, NodeDef<Services>> {
