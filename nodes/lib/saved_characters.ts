@@ -250,11 +250,12 @@ export function readCharacter(file: string, label = file): SavedCharacter {
 
 /** Only the header of a character file: name, set, identity (the tensors are not read). */
 export function readCharacterHeader(file: string): { name: string; set: string; identity: string; created: string } {
+  if (!existsSync(file)) throw new CharacterError('not_found', `${file}: no such file`);
   let f: SafetensorsFile;
   try {
     f = new SafetensorsFile(file);
   } catch (err) {
-    throw new CharacterError('invalid', `${file} is not a character file: ${(err as Error).message}`);
+    throw new CharacterError('invalid', `${file} is not a character file (corrupt or truncated): ${(err as Error).message.replace(`${file}: `, '')}`);
   }
   try {
     if (f.metadata.format !== CHARACTER_FORMAT) throw new CharacterError('invalid', `${file} is not a charflow character`);

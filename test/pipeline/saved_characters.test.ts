@@ -244,6 +244,32 @@ describe('Saved Character', () => {
   });
 });
 
+describe('workflows/storyboard.json', () => {
+  it('draws one saved character in four scenes headless, with no vision encoder loaded', async () => {
+    const wf = JSON.parse(readFileSync(join(PACKAGE_ROOT, 'workflows/storyboard.json'), 'utf8')) as { nodes: Nodes };
+    const samplers = Object.values(wf.nodes).filter((n) => n.type === 'DiTSample');
+    const saves = Object.entries(wf.nodes).filter(([, n]) => n.type === 'SaveImage').map(([id]) => id);
+    const saved = Object.values(wf.nodes).filter((n) => n.type === 'SavedCharacter');
+    expect([samplers.length, saves.length, saved.length]).toEqual([4, 4, 1]);
+    for (const n of samplers) Object.assign(n.inputs, SIZE);
+    const s = await freshServices();
+    try {
+      const v = validateWorkflow({ ...wf, format: 'charflow.workflow', version: 1 }, registry);
+      expect(v.ok, JSON.stringify(v.errors)).toBe(true);
+      const r = await new Executor({ registry, services: s, logger: { info: () => {}, warn: () => {} } }).run(v.workflow!);
+      expect(r.status, JSON.stringify(r.nodes)).toBe('done');
+      const pictures = saves.map((id) => readFileSync(join(paths.outputs, (r.outputs[id]!.images as { filename: string }[])[0]!.filename)));
+      expect(new Set(pictures.map((p) => p.toString('base64'))).size).toBe(4);
+      const loaded = componentsLoaded(s);
+      expect(loaded).not.toContain('siglip');
+      expect(loaded).not.toContain('dinov2');
+      expect(loaded.filter((c) => c === 'adapter_time')).toHaveLength(1);
+    } finally {
+      await s.close();
+    }
+  });
+});
+
 describe('bad character files', () => {
   const dirOf = () => charactersDir(paths.root);
   const savedRun = async (name: string) => {
