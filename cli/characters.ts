@@ -107,7 +107,7 @@ export function registerCharacters(program: Command, ctx: CliContext): Command {
     .description('saved characters: name, model set, size, date')
     .option('--json', 'one JSON array: name, set, bytes, created, sha256'))
     .action(commandAction(ctx, async (opts: Common & { json?: boolean }) => {
-      const list = listCharacters(charactersDir(pathsFor(ctx, opts).root));
+      const list = listCharacters(charactersDir(pathsFor(ctx, opts).root), { hash: opts.json });
       if (opts.json) {
         ctx.stdout.write(`${toJsonLine(list.map((c) => ({ name: c.name, set: c.set, bytes: c.bytes, created: c.created, sha256: c.fileSha256 })))}\n`);
         return;

@@ -46,7 +46,7 @@ export const SavedCharacter: NodeDef<Services> = {
     + 'read from <data>/characters without loading SigLIP or DINOv2. The model set must be the one it was saved with.',
   inputs: { models: { type: SOCKET.MODELS } },
   params: {
-    name: { type: 'string', default: 'character', pattern: CHARACTER_NAME_PATTERN, maxLength: 64, description: 'Name of a saved character (charflow characters list)' },
+    name: { type: 'string', format: 'character', default: 'character', pattern: CHARACTER_NAME_PATTERN, maxLength: 64, description: 'Name of a saved character (charflow characters list)' },
   },
   outputs: { character: { type: SOCKET.CHARACTER, description: 'Character tokens, as Adapter Fuse makes them' } },
   async cacheKey(inputs, services) {

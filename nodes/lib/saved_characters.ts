@@ -57,8 +57,8 @@ export interface CharacterInfo {
   set: string;
   bytes: number;
   created: string;
-  /** Content hash of the whole file (what travels to workers). */
-  fileSha256: string;
+  /** Content hash of the whole file (what travels to workers); only when listed with `hash`. */
+  fileSha256?: string;
 }
 
 export function charactersDir(dataRoot: string): string {
@@ -277,8 +277,8 @@ export function fileSha256(file: string): string {
   return createHash('sha256').update(readFileSync(file)).digest('hex');
 }
 
-/** Every character in `dir` whose header reads, sorted by name (files that do not read are skipped). */
-export function listCharacters(dir: string): CharacterInfo[] {
+/** Every character in `dir` whose header reads, sorted by name (files that do not read are skipped); `hash`: with each file's hash. */
+export function listCharacters(dir: string, opts: { hash?: boolean } = {}): CharacterInfo[] {
   let names: string[];
   try {
     names = readdirSync(dir);
@@ -293,7 +293,7 @@ export function listCharacters(dir: string): CharacterInfo[] {
     const file = join(dir, entry);
     try {
       const h = readCharacterHeader(file);
-      out.push({ name, set: h.set, bytes: statSync(file).size, created: h.created, fileSha256: fileSha256(file) });
+      out.push({ name, set: h.set, bytes: statSync(file).size, created: h.created, ...(opts.hash ? { fileSha256: fileSha256(file) } : {}) });
     } catch {
       // Not a character (or a half-written one): not listed.
     }
