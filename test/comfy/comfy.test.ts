@@ -342,7 +342,7 @@ describe('GET /object_info', () => {
     const all = await getJson<Record<string, Record<string, unknown>>>('/object_info');
     expect(Object.keys(all)).toEqual([
       'LoadModels', 'LoadCharacter', 'SigLIPEncode', 'DINOv2Encode', 'AdapterFuse', 'RegionalCharacter', 'CombineCharacters', 'TextEncode',
-      'DiTSample', 'Decode', 'IdentityScore', 'KeepBest', 'SaveImage', 'PreviewImage', 'LoadImage', 'VAEEncode',
+      'DiTSample', 'Decode', 'IdentityScore', 'KeepBest', 'SaveImage', 'PreviewImage', 'LoadImage', 'VAEEncode', 'SaveCharacter', 'SavedCharacter',
     ]);
     const dit = all.DiTSample!;
     expect(dit).toMatchObject({
