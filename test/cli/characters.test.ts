@@ -8,9 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { writeSafetensors } from '../../models/weights/safetensors.ts';
-import type { Tensor } from '../../models/tensor.ts';
 import { readCharacter } from '../../nodes/lib/saved_characters.ts';
+import { rewriteCharacter } from '../helpers/characters.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const BIN = join(ROOT, 'bin', 'charflow.js');
@@ -38,27 +37,6 @@ function charflow(args: string[]): Promise<Result> {
 
 const files = () => (existsSync(chars) ? readdirSync(chars).sort() : []);
 const sha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');
-
-/** A copy of a character file with its tensors and header changed, its own content hash kept right. */
-function rewrite(from: string, to: string, change: (tensors: Map<string, Tensor>, meta: Record<string, string>) => void): void {
-  const c = readCharacter(from);
-  const tensors = new Map<string, Tensor>([
-    ['tokens', c.tokens],
-    ['dinov2_cls', { dtype: 'float32', dims: [c.reference.dinov2.length], data: c.reference.dinov2 }],
-    ['siglip_pooled', { dtype: 'float32', dims: [c.reference.siglip!.length], data: c.reference.siglip! }],
-    ['thumbnail', { dtype: 'uint8', dims: [c.thumbnail.height, c.thumbnail.width, 3], data: c.thumbnail.data }],
-  ]);
-  const meta: Record<string, string> = { format: 'charflow.character', version: '1', name: c.name, set: c.set, set_identity: c.identity, created: c.created, sha256: '' };
-  change(tensors, meta);
-  const h = createHash('sha256');
-  for (const k of [...tensors.keys()].sort()) {
-    const t = tensors.get(k)!;
-    h.update(`${k}:${t.dtype}:${t.dims.join('x')}\n`);
-    h.update(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
-  }
-  meta.sha256 = h.digest('hex');
-  writeSafetensors(to, tensors, meta);
-}
 
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'charflow-chars-'));
@@ -161,12 +139,12 @@ describe('charflow characters', { timeout: 300_000 }, () => {
     const edited = Buffer.from(good);
     edited[edited.length - 1] ^= 1;
     writeFileSync(join(dir, 'edited.safetensors'), edited);
-    rewrite(shared, join(dir, 'wide.safetensors'), (t, m) => {
+    rewriteCharacter(shared, join(dir, 'wide.safetensors'), (t, m) => {
       const [, n, c] = t.get('tokens')!.dims as [number, number, number];
       t.set('tokens', { dtype: 'float32', dims: [1, n, c + 2], data: new Float32Array(n * (c + 2)) });
       m.name = 'wide';
     });
-    rewrite(shared, join(dir, 'other.safetensors'), (_t, m) => {
+    rewriteCharacter(shared, join(dir, 'other.safetensors'), (_t, m) => {
       m.name = 'other';
       m.set_identity = '0'.repeat(64);
       m.set = 'tiny-elsewhere';

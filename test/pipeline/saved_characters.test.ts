@@ -11,7 +11,8 @@ import { Executor } from '../../engine/executor/index.ts';
 import { validateWorkflow } from '../../engine/workflow/index.ts';
 import type { NodeContext } from '../../engine/node.ts';
 import { writeTinyModelSet } from '../../models/tiny.ts';
-import { SafetensorsFile, writeSafetensors } from '../../models/weights/safetensors.ts';
+import { SafetensorsFile } from '../../models/weights/safetensors.ts';
+import { rewriteCharacter } from '../helpers/characters.ts';
 import type { Tensor } from '../../models/tensor.ts';
 import { createServices, PACKAGE_ROOT, type OwnedServices, type Services } from '../../nodes/services.ts';
 import { nodeRegistry } from '../../nodes/registry.ts';
@@ -300,26 +301,12 @@ describe('bad character files', () => {
 
   it('a character whose token shape does not fit the adapter is refused, naming the shapes', async () => {
     const c = loadCharacter(dirOf(), 'hero');
-    const tiny = services.modelSet('tiny');
-    const inner = tiny.manifest.adapter.innerDim;
+    const inner = services.modelSet('tiny').manifest.adapter.innerDim;
     const [, n] = c.tokens.dims as [number, number, number];
-    const wrong: Tensor = { dtype: 'float32', dims: [1, n, inner + 1], data: new Float32Array(n * (inner + 1)) };
-    // A well-formed file (own hash right) with the set's identity but tokens one channel too wide.
-    const { createHash } = await import('node:crypto');
-    const tensors = new Map<string, Tensor>([
-      ['tokens', wrong],
-      ['dinov2_cls', { dtype: 'float32', dims: [c.reference.dinov2.length], data: c.reference.dinov2 }],
-      ['siglip_pooled', { dtype: 'float32', dims: [c.reference.siglip!.length], data: c.reference.siglip! }],
-      ['thumbnail', { dtype: 'uint8', dims: [c.thumbnail.height, c.thumbnail.width, 3], data: c.thumbnail.data }],
-    ]);
-    const h = createHash('sha256');
-    for (const k of [...tensors.keys()].sort()) {
-      const t = tensors.get(k)!;
-      h.update(`${k}:${t.dtype}:${t.dims.join('x')}\n`);
-      h.update(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
-    }
-    writeSafetensors(join(dirOf(), 'wide.safetensors'), tensors, {
-      format: 'charflow.character', version: '1', name: 'wide', set: 'tiny', set_identity: modelSetIdentity(tiny), created: new Date().toISOString(), sha256: h.digest('hex'),
+    // A well-formed file (its own hash right) with the set's identity but tokens one channel too wide.
+    rewriteCharacter(join(dirOf(), 'hero.safetensors'), join(dirOf(), 'wide.safetensors'), (t, m) => {
+      t.set('tokens', { dtype: 'float32', dims: [1, n, inner + 1], data: new Float32Array(n * (inner + 1)) });
+      m.name = 'wide';
     });
     const { r, loads } = await savedRun('wide');
     expect(r.status).toBe('failed');
