@@ -3,7 +3,7 @@
 // from a Load Character node's context menu, and workflows/storyboard.json run from the editor.
 // Debian's chromium driven by playwright-core on the tiny model set, as test/editor/editor.test.ts does.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
@@ -17,6 +17,7 @@ import { main } from '../../cli/main.ts';
 import { THUMBNAIL_SIZE, readCharacter } from '../../nodes/lib/saved_characters.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
+const ARTIFACTS = join(PACKAGE_ROOT, 'test-artifacts', 'editor-characters');
 type Server = Awaited<ReturnType<typeof startServer>>;
 type Point = [number, number];
 
@@ -28,6 +29,11 @@ let page: Page;
 const problems: string[] = [];
 const app = 'window.charflow.app';
 const quiet = { write: () => true };
+
+async function shot(name: string): Promise<void> {
+  await page.waitForTimeout(150); // one more animation frame for the canvas
+  await page.screenshot({ path: join(ARTIFACTS, `${name}.png`) });
+}
 
 function js<T>(expr: string): Promise<T> {
   return page.evaluate(expr) as Promise<T>;
@@ -69,6 +75,7 @@ async function runAndWait(): Promise<void> {
 
 beforeAll(async () => {
   if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install -y chromium`);
+  mkdirSync(ARTIFACTS, { recursive: true });
   dir = mkdtempSync(join(tmpdir(), 'charflow-editor-chars-'));
   paths = resolvePaths({ data: dir, env: {} });
   await ensureDirs(paths);
@@ -140,6 +147,7 @@ describe('the Characters panel', () => {
     expect(node.inputs.models).toEqual({ node: modelsId, output: 'models' });
     // Its name widget offers the saved characters.
     expect(await js(`${app}.values(${JSON.stringify(id)}).name`)).toBe('hero');
+    await shot('01-panel-and-dropped-character');
   }, 120_000);
 
   it('runs workflows/storyboard.json: one saved character in four scenes', async () => {
@@ -151,6 +159,7 @@ describe('the Characters panel', () => {
     expect(saves).toHaveLength(4);
     for (const id of saves) await page.waitForFunction(`${app}.node('${id}').run.images.length === 1`, undefined, { timeout: 10_000 });
     expect(readdirSync(paths.outputs).filter((f) => f.startsWith('storyboard_')).length - outputsBefore).toBe(4);
+    await shot('02-storyboard');
   }, 240_000);
 
   it('"Save Character" in a Load Character node\'s context menu wires a Save Character node; running it adds the character to the panel', async () => {
@@ -160,6 +169,8 @@ describe('the Characters panel', () => {
     const title = await js<Point>(`(() => { const n = ${app}.node('2'); return ${app}.toClient(n.pos[0] + 60, n.pos[1] - 12); })()`);
     await page.mouse.click(title[0], title[1], { button: 'right' });
     const item = page.locator('.litecontextmenu .litemenu-entry', { hasText: 'Save Character' });
+    await item.first().waitFor({ timeout: 5000 });
+    await shot('03-context-menu');
     await item.first().click();
     await page.waitForFunction('window.charflow.graph._nodes.length === 10', undefined, { timeout: 5000 });
     const wf = await workflow();
@@ -171,6 +182,7 @@ describe('the Characters panel', () => {
     await js(`${app}.node('${saveId}').params.get('name').set('villain')`);
     await runAndWait();
     await page.locator('.cf-character[data-name="villain"]').waitFor({ timeout: 10_000 });
+    await shot('04-saved-villain');
     const c = readCharacter(join(dir, 'characters', 'villain.safetensors'));
     expect([c.name, c.set]).toEqual(['villain', 'tiny']);
   }, 240_000);
