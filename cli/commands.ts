@@ -10,5 +10,6 @@ import { registerDemo } from './demo.ts';
 import { registerModels as registerConvert } from './checkpoints.ts';
 import { registerServe } from './serve.ts';
 import { registerWorker } from './worker.ts';
+import { registerCharacters } from './characters.ts';
 
-export const COMMANDS: CommandRegistrar[] = [registerRun, registerValidate, registerNodes, registerModels, registerConvert, registerDemo, registerServe, registerWorker];
+export const COMMANDS: CommandRegistrar[] = [registerRun, registerValidate, registerNodes, registerModels, registerConvert, registerDemo, registerServe, registerWorker, registerCharacters];

@@ -1,7 +1,7 @@
 import type { NodeDef } from '../engine/node.ts';
 import { NodeInputError } from '../engine/node.ts';
 import type { Services } from './services.ts';
-import { SOCKET, type BatchImage, type IdentityScores, type ModelSet } from './types.ts';
+import { SOCKET, type BatchImage, type CharacterTokens, type IdentityScores, type ModelSet } from './types.ts';
 import { imageBytes, imageValue, imagesOf } from './lib/batch.ts';
 import { characterSetOf } from './lib/characters.ts';
 import { identityScores } from './lib/identity.ts';
@@ -27,6 +27,7 @@ export const IdentityScore: NodeDef<Services> = {
     images: { type: SOCKET.IMAGE, description: 'One picture or a batch' },
     reference: { type: SOCKET.IMAGE, optional: true, description: 'The character\'s reference picture (not needed with a set whose characters carry theirs)' },
     characters: { type: SOCKET.CHARACTERS, optional: true, description: 'Score each character of the set on its region' },
+    character: { type: SOCKET.CHARACTER, optional: true, description: 'A saved character: its reference embeddings stand in for the reference picture' },
   },
   params: {},
   outputs: { images: { type: SOCKET.IMAGE, description: 'The same images, each carrying its scores' } },
@@ -37,7 +38,9 @@ export const IdentityScore: NodeDef<Services> = {
     const refs = inputs.reference === undefined ? undefined : imagesOf(inputs.reference, 'reference');
     if (refs && refs.length !== 1) throw new NodeInputError('reference', `is a batch of ${refs.length} images; give one reference picture`);
     const set = inputs.characters === undefined ? undefined : characterSetOf(inputs.characters, 'characters');
-    const scores = await identityScores(ctx, inputs.models as ModelSet, images, refs?.[0], set);
+    const saved = (inputs.character as CharacterTokens | undefined)?.reference;
+    if (inputs.character !== undefined && !saved) throw new NodeInputError('character', 'carries no reference embeddings: connect a Saved Character (or the reference picture instead)');
+    const scores = await identityScores(ctx, inputs.models as ModelSet, images, refs?.[0] ?? saved, set);
     return { images: imageValue(images.map((img, i): BatchImage => ({ ...img, identity: scores[i]! }))) };
   },
 };

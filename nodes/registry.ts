@@ -22,6 +22,8 @@ import { MaskFromRegion } from './mask_from_region.ts';
 import { InvertMask } from './invert_mask.ts';
 import { PadImage } from './pad_image.ts';
 import { SetLatentNoiseMask } from './set_latent_noise_mask.ts';
+import { SaveCharacter } from './save_character.ts';
+import { SavedCharacter } from './saved_character.ts';
 
 export const NODE_TYPES: readonly NodeDef<Services>[] = [
   LoadModels,
@@ -41,6 +43,8 @@ export const NODE_TYPES: readonly NodeDef<Services>[] = [
   LoadImage,
   VAEEncode,
   LoadMask, MaskFromRegion, InvertMask, PadImage, SetLatentNoiseMask, // inpainting and outpainting (issue 23)
+  SaveCharacter,
+  SavedCharacter,
 ];
 
 export function nodeRegistry(): Map<string, NodeDef<Services>> {

@@ -33,6 +33,16 @@ export interface VisionFeatures {
 export interface CharacterTokens {
   /** [1, 2N, C] */
   resamplerInput: Tensor;
+  /** A saved character's reference embeddings (nodes/lib/saved_characters.ts): Identity Score uses them instead of encoding a picture. */
+  reference?: ReferenceEmbeddings;
+}
+
+/** Embeddings of a character's reference picture, as Identity Score computes them. */
+export interface ReferenceEmbeddings {
+  /** DINOv2 CLS [C] */
+  dinov2: Float32Array;
+  /** SigLIP pooled [C]; absent when the model set's SigLIP has no pooling head. */
+  siglip?: Float32Array;
 }
 
 /** Where a regional character goes, in relative image coordinates or as a mask image. */

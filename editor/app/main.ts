@@ -21,6 +21,7 @@ import { randomSeed } from './schema.ts';
 import { applyTheme } from './theme.ts';
 import { fitView, toClient, toGraph } from './viewport.ts';
 import { loadSession, storeSession, workflowFromAddress } from './session.ts';
+import { CharactersPanel } from './characters.ts';
 
 class App {
   readonly graph = new LGraph();
@@ -31,6 +32,7 @@ class App {
   readonly palette = createPalette((type) => this.addNode(type));
   readonly runs: RunView;
   readonly files: Files;
+  readonly characters: CharactersPanel;
   catalog: CatalogNode[] = [];
   private inputs: string[] = [];
   private meta: Workflow['meta'];
@@ -75,6 +77,12 @@ class App {
       changed: () => this.refreshDocState(true),
     });
 
+    this.characters = new CharactersPanel({
+      graph: this.graph, canvas: this.canvas, addNode: (t, p) => this.addNode(t, p), toGraph: (x, y) => this.toGraph(x, y), notify: (t, k) => this.status.message(t, k),
+    });
+    this.palette.element.append(this.characters.element);
+    this.characters.installCanvasDrop(canvasEl);
+    this.characters.installContextMenu();
     this.toolbar.setRunning(false);
     this.installCanvasDrop(canvasEl);
     installDropHandler(document.body, (file, x, y) => void this.openFile(file, x, y));
@@ -102,6 +110,7 @@ class App {
         this.refreshDocState(false);
       },
       notify: (m: string, k?: 'info' | 'error') => this.status.message(m, k),
+      savedCharacters: () => this.characters.names(),
     };
   }
 
@@ -117,6 +126,7 @@ class App {
     registerCatalog(catalog, this.widgetEnv());
     this.palette.setCatalog(catalog);
     this.inputs = await listInputImages();
+    await this.characters.refresh();
     this.conn.request({ type: 'queue' }, 'queue').then((q) => this.status.queue(q.items), () => {});
     this.status.message(`connected — ${catalog.length} node types`);
     if (!this.started) {
@@ -132,6 +142,7 @@ class App {
         this.toolbar.setRunning(true);
       }
       this.runs.handle(msg.runId, msg.event);
+      if (msg.event.type === 'run_finished') void this.characters.refresh(); // a Save Character node may have run
     } else if (msg.type === 'queue_changed') this.status.queue(msg.items);
     else if (msg.type === 'workers') this.status.workers(msg.items);
     else if (msg.type === 'error') this.status.message(msg.message, 'error');

@@ -15,6 +15,8 @@ export interface WidgetEnv {
   changed(): void;
   /** Shows a short message in the status line. */
   notify(message: string, kind?: 'info' | 'error'): void;
+  /** Names of the saved characters (editor/app/characters.ts), for 'character' parameters. */
+  savedCharacters?(): string[];
 }
 
 type Widget = IBaseWidget;
@@ -232,6 +234,16 @@ export function addParamWidget(node: LGraphNode, info: ParamInfo, env: WidgetEnv
     widget = w;
     get = () => String(w.value);
     set = (v) => (w.value = String(v));
+  } else if (info.format === 'character') {
+    // A saved character's name: the panel's list, keeping a name that is not (or no longer) in it.
+    const values = (): string[] => {
+      const list = env.savedCharacters?.() ?? [];
+      const current = String(widget.value ?? '');
+      return current && !list.includes(current) ? [current, ...list] : list.length ? list : [current];
+    };
+    widget = node.addWidget('combo', info.name, String(init), () => env.changed(), { values: values as unknown as string[] });
+    get = () => String(widget.value);
+    set = (v) => (widget.value = String(v));
   } else if (info.format === 'image') {
     const values = (): string[] => {
       const list = env.inputImages();

@@ -25,6 +25,7 @@ import { FileRequestError, listInputs, resolveView, storeUpload } from './files.
 import { Guard, isLoopbackHost, type Refusal } from './security.ts';
 import { StoreError, WorkflowStore } from './workflows.ts';
 import { inputRefs, modelSetOf, mountWorkerApi } from './workers.ts';
+import { mountCharacterApi } from './characters.ts';
 
 export type { ServerContext, ServerLimits, ServerPlugin } from './context.ts';
 
@@ -445,6 +446,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
 
   try {
     mountComfyApi(ctx); // ComfyUI's HTTP and WebSocket API over the same queue (editor/server/comfy)
+    mountCharacterApi(ctx, runner instanceof BullmqDispatcher); // saved characters (editor/server/characters.ts)
     if (runner instanceof BullmqDispatcher) mountWorkerApi(ctx, runner);
     for (const plugin of opts.plugins ?? []) await plugin(ctx);
 

@@ -16,6 +16,7 @@ import { resolveImagePath } from '../../nodes/load_character.ts';
 import type { Services } from '../../nodes/services.ts';
 import type { ServerContext } from './context.ts';
 import { FileRequestError, IMAGE_TYPES } from './files.ts';
+import { characterRef } from './characters.ts';
 
 const SHA256_RE = /^[0-9a-f]{64}$/;
 const NAME_RE = /^[A-Za-z0-9_.:-]{1,128}$/;
@@ -43,6 +44,11 @@ export async function inputRefs(workflow: ValidWorkflow, registry: ReadonlyMap<s
     if (!def) continue;
     for (const [field, schema] of Object.entries(def.params)) {
       const value = node.inputs[field];
+      if (schema.format === 'character' && typeof value === 'string') {
+        const ref = await characterRef(services, nodeId, field, value);
+        if (ref) refs.push(ref);
+        continue;
+      }
       if (schema.format !== 'image' || typeof value !== 'string' || value === '') continue;
       try {
         const file = await resolveImagePath(services, value);

@@ -308,8 +308,8 @@ export class QueueWorker<S> {
   }
 
   /**
-   * Image parameters named in the job's input list point at the worker's cached copy (fetched by
-   * content hash). Only a parameter that is an image path and still holds the listed value is
+   * Image parameters (and saved-character names) in the job's input list point at the worker's cached
+   * copy (fetched by content hash). Only a parameter that is an image path and still holds the listed value is
    * rewritten; anything else stays as validated, and the node resolves it inside its own folders.
    */
   private async withLocalInputs(wf: ValidWorkflow, refs: readonly InputRef[]): Promise<ValidWorkflow> {
@@ -319,7 +319,7 @@ export class QueueWorker<S> {
       const node = nodes[ref.nodeId];
       if (!node || typeof ref.field !== 'string' || !/^[0-9a-f]{64}$/.test(String(ref.sha256))) continue;
       const param = this.o.registry.get(node.type)?.params?.[ref.field];
-      if (!param || param.format !== 'image' || node.inputs[ref.field] !== ref.path) continue;
+      if (!param || param.format !== (ref.kind === 'character' ? 'character' : 'image') || node.inputs[ref.field] !== ref.path) continue;
       const local = await this.o.link.fetchInput(ref);
       nodes[ref.nodeId] = { ...node, inputs: { ...node.inputs, [ref.field]: local } };
     }

@@ -57,6 +57,8 @@ export interface InputRef {
   sha256: string;
   /** File extension with its dot, e.g. '.png'. */
   ext: string;
+  /** A saved character (a 'character' parameter naming <data>/characters/NAME.safetensors) instead of an input picture. */
+  kind?: 'character';
 }
 
 /** The BullMQ job's data: the whole workflow travels with the job (no shared filesystem). */

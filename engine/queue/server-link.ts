@@ -131,13 +131,14 @@ export class HttpServerLink implements ServerLink {
   }
 
   async fetchInput(ref: InputRef): Promise<string> {
-    const ext = /^\.[a-z0-9]{1,5}$/.test(ref.ext) ? ref.ext : '.bin';
+    const character = ref.kind === 'character';
+    const ext = character ? '.safetensors' : /^\.[a-z0-9]{1,5}$/.test(ref.ext) ? ref.ext : '.bin';
     const rel = path.join('by-hash', `${ref.sha256}${ext}`);
     const file = resolveInside(this.o.inputsDir, rel);
     const have = await readFile(file).catch(() => undefined);
     if (have && createHash('sha256').update(have).digest('hex') === ref.sha256) return rel;
     const res = await this.retry(`input ${ref.path}`, () =>
-      fetch(this.url(`/api/worker/inputs/${ref.sha256}?path=${encodeURIComponent(ref.path)}`), { headers: this.headers() }),
+      fetch(this.url(character ? `/api/worker/characters/${ref.sha256}?name=${encodeURIComponent(ref.path)}` : `/api/worker/inputs/${ref.sha256}?path=${encodeURIComponent(ref.path)}`), { headers: this.headers() }),
     );
     if (!res.ok) throw new Error(`the server could not send input "${ref.path}" (${res.status})`);
     const bytes = Buffer.from(await res.arrayBuffer());

@@ -87,6 +87,10 @@ export interface PoolStats {
   loaded: string[];
   /** Loads served from the optimised-model cache. */
   cacheHits: number;
+  /** The most bytes reserved at once since the pool started: the peak of residentBytes. */
+  peakResidentBytes: number;
+  /** Absolute paths of every model loaded since the pool started, in load order (a model reloaded appears again). */
+  loadHistory: string[];
 }
 
 interface QueuedRun {
@@ -132,6 +136,8 @@ export class SessionPool {
   private readonly runCounts: Record<string, number> = {};
   private waiters: (() => void)[] = [];
   private reserved = 0;
+  private peakReserved = 0;
+  private readonly loadHistory: string[] = [];
   private loads = 0;
   private unloads = 0;
   private cacheHits = 0;
@@ -248,6 +254,8 @@ export class SessionPool {
       budgetBytes: this.budgetBytes,
       loaded: [...this.entries.values()].filter((e) => e.state === 'ready').map((e) => e.path),
       cacheHits: this.cacheHits,
+      peakResidentBytes: this.peakReserved,
+      loadHistory: [...this.loadHistory],
     };
   }
 
@@ -347,6 +355,7 @@ export class SessionPool {
       if ((e.state as Entry['state']) === 'gone') throw new Error(`loading ${e.path} was cancelled`);
       e.state = 'ready';
       this.loads++;
+      this.loadHistory.push(e.path);
       if (r.cache === 'hit') this.cacheHits++;
       const cacheNote = r.cache === 'off' ? '' : `, cache ${r.cache}${r.cacheNote ? `: ${r.cacheNote}` : ''}`;
       this.log(`runtime: loaded ${e.path} (${fmtBytes(e.bytes)}, ${r.loadMs.toFixed(0)} ms${cacheNote})`);
@@ -376,6 +385,7 @@ export class SessionPool {
       if (e.state === 'gone') return;
       if (this.reserved + bytes <= this.budgetBytes) {
         this.reserved += bytes; // no await between the check and the reservation
+        this.peakReserved = Math.max(this.peakReserved, this.reserved);
         e.bytes = bytes;
         return;
       }

@@ -5,7 +5,7 @@ import type { NodeContext } from '../../engine/node.ts';
 import { NodeInputError } from '../../engine/node.ts';
 import type { Services } from '../services.ts';
 import type { ModelSet } from '../../models/modelset.ts';
-import type { CharacterSet, IdentityScores, RgbImage } from '../types.ts';
+import type { CharacterSet, IdentityScores, ReferenceEmbeddings, RgbImage } from '../types.ts';
 import { cropImage, pixelValues, resizeImage, squareImage } from './image.ts';
 import { regionBox } from './regions.ts';
 
@@ -70,20 +70,39 @@ export function regionCrops(img: RgbImage, set: CharacterSet): RgbImage[] {
   });
 }
 
+/** A reference: a picture to encode, or a saved character's embeddings of its picture. */
+export type Reference = RgbImage | ReferenceEmbeddings;
+
+const isEmbeddings = (r: Reference): r is ReferenceEmbeddings => (r as ReferenceEmbeddings).dinov2 instanceof Float32Array;
+
+/** Each reference's embedding for `enc`: saved ones as they are, pictures encoded in one batch. */
+async function referenceEmbeddings(ctx: NodeContext<Services>, models: ModelSet, refs: Reference[], enc: 'dinov2' | 'siglip'): Promise<Float32Array[]> {
+  const pictures = refs.filter((r): r is RgbImage => !isEmbeddings(r));
+  const encoded = pictures.length ? await embedImages(ctx, models, pictures, enc) : [];
+  let next = 0;
+  return refs.map((r, i) => {
+    if (!isEmbeddings(r)) return encoded[next++]!;
+    const e = r[enc];
+    if (!e) throw new NodeInputError('characters', `saved character ${i + 1} has no ${enc === 'siglip' ? 'SigLIP' : 'DINOv2'} embedding: save it again`);
+    return e;
+  });
+}
+
 /**
  * Scores every image against the reference (whole picture), or with a set, every character against its
- * region of each image (the set's references). Embeddings of the images run batched.
+ * region of each image (the set's references). Embeddings of the images run batched. A saved character's
+ * reference embeddings stand in for its picture (no encoder runs for it).
  */
 export async function identityScores(
-  ctx: NodeContext<Services>, models: ModelSet, images: RgbImage[], reference: RgbImage | undefined, set: CharacterSet | undefined,
+  ctx: NodeContext<Services>, models: ModelSet, images: RgbImage[], reference: Reference | undefined, set: CharacterSet | undefined,
 ): Promise<IdentityScores[]> {
   const pooled = await hasSiglipPooled(ctx, models);
   if (!pooled) ctx.log.warn(`model set "${models.name}" has no SigLIP pooling head: SigLIP-I is left out (rebuild the set with the head for it)`);
-  let refs: RgbImage[];
+  let refs: Reference[];
   let subjects: RgbImage[]; // per image: the whole picture, or its R crops
   if (set) {
     refs = set.characters.map((c, r) => {
-      const ref = c.reference ?? reference;
+      const ref = c.reference ?? c.character.reference ?? reference;
       if (!ref) throw new NodeInputError('characters', `character ${r + 1} has no reference picture: connect its Regional Character's reference input (or this node's reference)`);
       return ref;
     });
@@ -97,7 +116,7 @@ export async function identityScores(
   const encoders: ('dinov2' | 'siglip')[] = pooled ? ['dinov2', 'siglip'] : ['dinov2'];
   const sims: Record<string, number[][]> = {}; // encoder -> image -> character
   for (const enc of encoders) {
-    const refEmb = await embedImages(ctx, models, refs, enc);
+    const refEmb = await referenceEmbeddings(ctx, models, refs, enc);
     const subEmb = await embedImages(ctx, models, subjects, enc);
     sims[enc] = images.map((_, i) => refEmb.map((e, r) => cosine(e, subEmb[i * R + r]!)));
   }

@@ -344,6 +344,7 @@ describe('GET /object_info', () => {
       'LoadModels', 'LoadCharacter', 'SigLIPEncode', 'DINOv2Encode', 'AdapterFuse', 'RegionalCharacter', 'CombineCharacters', 'TextEncode',
       'DiTSample', 'Decode', 'IdentityScore', 'KeepBest', 'SaveImage', 'PreviewImage', 'LoadImage', 'VAEEncode',
       'LoadMask', 'MaskFromRegion', 'InvertMask', 'PadImage', 'SetLatentNoiseMask',
+      'SaveCharacter', 'SavedCharacter',
     ]);
     const dit = all.DiTSample!;
     expect(dit).toMatchObject({
