@@ -236,16 +236,24 @@ function addCommon(cmd: Command): Command {
     .option('--data <dir>', 'data folder (default ./data, or CHARFLOW_DATA)');
 }
 
+const REQUIRED_CONVERT = ['flux', 'siglip', 'dinov2', 'adapter'] as const;
+const REQUIRED_WHAT: Record<(typeof REQUIRED_CONVERT)[number], string> = {
+  flux: 'the FLUX.1-dev folder or transformer file',
+  siglip: 'the SigLIP folder',
+  dinov2: 'the DINOv2 folder',
+  adapter: 'the InstantCharacter adapter file',
+};
+
 /** Adds `models convert` and `models pull` (to an existing `models` command when there is one). */
 export function registerModels(program: Command, ctx: CliContext): void {
   const models = program.commands.find((c) => c.name() === 'models') ?? program.command('models').description('manage model sets');
 
   addCommon(models.command('convert')
     .description('convert FLUX.1-dev, SigLIP, DINOv2 and InstantCharacter checkpoints into a model set')
-    .requiredOption('--flux <path>', 'FLUX.1-dev Hugging Face folder, or a single-file transformer (flux1-dev.safetensors)')
-    .requiredOption('--siglip <dir>', 'google/siglip-so400m-patch14-384 folder')
-    .requiredOption('--dinov2 <dir>', 'facebook/dinov2-giant folder')
-    .requiredOption('--adapter <file>', 'instantcharacter_ip-adapter.bin')
+    .option('--flux <path>', 'required: FLUX.1-dev Hugging Face folder, or a single-file transformer (flux1-dev.safetensors)')
+    .option('--siglip <dir>', 'required: google/siglip-so400m-patch14-384 folder')
+    .option('--dinov2 <dir>', 'required: facebook/dinov2-giant folder')
+    .option('--adapter <file>', 'required: instantcharacter_ip-adapter.bin')
     .option('--base <dir>', 'FLUX.1 Hugging Face folder for the parts a single-file --flux lacks')
     .option('--vae <path>', 'VAE folder or file (diffusers, or ae.safetensors)')
     .option('--clip <path>', 'CLIP-L text encoder folder or file')
@@ -253,6 +261,11 @@ export function registerModels(program: Command, ctx: CliContext): void {
     .option('--clip-tokenizer <path>', 'CLIP tokenizer folder (vocab.json + merges.txt, or tokenizer.json)')
     .option('--t5-tokenizer <path>', 'T5 tokenizer.json or its folder'))
     .action(action(ctx, async (flags: ConvertFlags) => {
+      // Every missing one at once (commander's requiredOption stops at the first).
+      const missing = REQUIRED_CONVERT.filter((k) => flags[k] === undefined);
+      if (missing.length) {
+        throw new CliError(`models convert needs ${missing.map((k) => `--${k}`).join(', ')} (${missing.map((k) => REQUIRED_WHAT[k]).join('; ')}), or use \`charflow models pull\` to download them`, EXIT.invalid);
+      }
       checkPaths(flags);
       const { models: modelsDir } = pathsFor(ctx, flags);
       await runConvert({
