@@ -7,6 +7,8 @@ import { modelSetComplete } from '../models/modelset.ts';
 import { tinySetName, writeTinyModelSet } from '../models/tiny.ts';
 import { type WeightFormat, parseWeightFormat } from '../models/quant/formats.ts';
 import { checkBlock } from '../models/quant/quantize.ts';
+import { listModelSets } from '../models/modelsets.ts';
+import { formatBytes } from '../engine/fsutil.ts';
 
 /** Writes the tiny set unless it is there already (or `force`); returns its folder. */
 export async function ensureTinySet(ctx: CliContext, modelsRoot: string, force = false, weights: WeightFormat = 'fp32', block?: number): Promise<string> {
@@ -60,6 +62,31 @@ export function registerModels(program: Command, ctx: CliContext): Command {
     if (opts.block !== undefined && opts.weights !== 'int8' && opts.weights !== 'int4') throw new CliError('--block applies to --weights int8 or int4', EXIT.invalid);
     const dir = await ensureTinySet(ctx, paths.models, opts.force ?? false, opts.weights, opts.block);
     ctx.stdout.write(`${dir}\n`);
+  }));
+  withDataOption(
+    models.command('list')
+      .description('list the installed model sets: format, size on disk, complete or not')
+      .option('--models <dir>', 'models folder (default: $CHARFLOW_MODELS or <data>/models)')
+      .option('--json', 'print them as JSON'),
+  ).action(commandAction(ctx, async (opts: { data?: string; models?: string; json?: boolean }) => {
+    const { models: root } = pathsFor(ctx, opts);
+    const sets = listModelSets(root);
+    if (opts.json) {
+      ctx.stdout.write(`${JSON.stringify({ models: root, sets }, null, 2)}\n`);
+      return;
+    }
+    if (!sets.length) {
+      ctx.stdout.write(`no model sets in ${root}: \`charflow models tiny\` writes the test set, \`charflow models pull\` the real one\n`);
+      return;
+    }
+    const width = Math.max(4, ...sets.map((s) => s.name.length));
+    ctx.stdout.write(`${'name'.padEnd(width)}  format  ${'size'.padStart(9)}  state\n`);
+    for (const s of sets) {
+      const state = s.problem ?? (s.complete ? 'ok' : 'incomplete (from an older charflow)');
+      const format = s.formats.length > 1 ? `${s.format}+` : s.format;
+      ctx.stdout.write(`${s.name.padEnd(width)}  ${format.padEnd(6)}  ${formatBytes(s.bytes).padStart(9)}  ${state}\n`);
+    }
+    ctx.stdout.write(`(in ${root})\n`);
   }));
   return models;
 }

@@ -25,6 +25,7 @@ import { FileRequestError, listInputs, resolveView, storeUpload } from './files.
 import { Guard, isLoopbackHost, type Refusal } from './security.ts';
 import { StoreError, WorkflowStore } from './workflows.ts';
 import { inputRefs, modelSetOf, mountWorkerApi } from './workers.ts';
+import { mountModelsApi } from './models.ts';
 
 export type { ServerContext, ServerLimits, ServerPlugin } from './context.ts';
 
@@ -309,6 +310,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       next(err);
     }
   });
+
+  mountModelsApi(app, paths, services.pool); // /api/models (issue 25: model sets you can pick)
 
   app.get('/api/inputs', async (_req, res, next) => {
     try {

@@ -22,14 +22,21 @@ export interface ObjectInfo {
   experimental: boolean;
 }
 
-/** Image parameters offer the files of the inputs folder (plus the declared default, e.g. a bundled example). */
-export function paramSpec(p: ParamSchema, imageFiles: readonly string[]): InputSpec {
+/**
+ * Image parameters offer the files of the inputs folder, model-set parameters the installed sets (each plus
+ * the declared default, e.g. a bundled example or the tiny set before it is written).
+ */
+export function paramSpec(p: ParamSchema, imageFiles: readonly string[], modelSets: readonly string[] = []): InputSpec {
   const opts: Record<string, unknown> = {};
   if (p.default !== undefined) opts.default = p.default;
   if (p.description) opts.tooltip = p.description;
   if (p.format === 'image') {
     const files = typeof p.default === 'string' && p.default !== '' && !imageFiles.includes(p.default) ? [p.default, ...imageFiles] : [...imageFiles];
     return [files, { ...opts, image_upload: true }];
+  }
+  if (p.format === 'modelset') {
+    const sets = typeof p.default === 'string' && !modelSets.includes(p.default) ? [p.default, ...modelSets] : [...modelSets];
+    return [sets, opts];
   }
   if (p.enum) return [[...p.enum], opts];
   if (p.type === 'integer' || p.type === 'number') {
@@ -43,7 +50,7 @@ export function paramSpec(p: ParamSchema, imageFiles: readonly string[]): InputS
   return [PARAM_SOCKET[p.type], opts];
 }
 
-export function objectInfo<S>(def: NodeDef<S>, imageFiles: readonly string[]): ObjectInfo {
+export function objectInfo<S>(def: NodeDef<S>, imageFiles: readonly string[], modelSets: readonly string[] = []): ObjectInfo {
   const required: Record<string, InputSpec> = {};
   const optional: Record<string, InputSpec> = {};
   for (const [name, d] of Object.entries(def.inputs)) {
@@ -52,7 +59,7 @@ export function objectInfo<S>(def: NodeDef<S>, imageFiles: readonly string[]): O
   }
   // A parameter with a default always has a value, as ComfyUI's widgets do: it is "required".
   for (const [name, p] of Object.entries(def.params)) {
-    (p.optional && p.default === undefined ? optional : required)[name] = paramSpec(p, imageFiles);
+    (p.optional && p.default === undefined ? optional : required)[name] = paramSpec(p, imageFiles, modelSets);
   }
   const outputs = Object.entries(def.outputs);
   const info: ObjectInfo = {
@@ -78,9 +85,9 @@ export function objectInfo<S>(def: NodeDef<S>, imageFiles: readonly string[]): O
   return info;
 }
 
-export function allObjectInfo<S>(registry: ReadonlyMap<string, NodeDef<S>>, imageFiles: readonly string[]): Record<string, ObjectInfo> {
+export function allObjectInfo<S>(registry: ReadonlyMap<string, NodeDef<S>>, imageFiles: readonly string[], modelSets: readonly string[] = []): Record<string, ObjectInfo> {
   const out: Record<string, ObjectInfo> = {};
-  for (const def of registry.values()) out[def.type] = objectInfo(def, imageFiles);
+  for (const def of registry.values()) out[def.type] = objectInfo(def, imageFiles, modelSets);
   return out;
 }
 
