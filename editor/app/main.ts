@@ -19,8 +19,9 @@ import { installDropHandler, readDroppedFile } from './drop.ts';
 import { choose, el } from './dialogs.ts';
 import { randomSeed } from './schema.ts';
 import { applyTheme } from './theme.ts';
-import { fitView, toClient, toGraph } from './viewport.ts';
+import { fitView, sizeCanvas, toClient, toGraph } from './viewport.ts';
 import { loadSession, storeSession, workflowFromAddress } from './session.ts';
+import { fetchModelSets, pickTemplate, showModelsPanel, type ModelSetItem } from './daily.ts';
 
 class App {
   readonly graph = new LGraph();
@@ -33,6 +34,7 @@ class App {
   readonly files: Files;
   catalog: CatalogNode[] = [];
   private inputs: string[] = [];
+  modelSets: ModelSetItem[] = [];
   private meta: Workflow['meta'];
   private started = false;
   private lastJson = '';
@@ -49,8 +51,8 @@ class App {
     this.canvas.allow_searchbox = true;
     this.canvas.render_canvas_border = false;
     this.canvas.show_info = false;
-    new ResizeObserver(() => this.canvas.resize()).observe(wrap);
-    this.canvas.resize();
+    new ResizeObserver(() => sizeCanvas(this.canvas)).observe(wrap);
+    sizeCanvas(this.canvas);
 
     this.runs = new RunView({
       graph: this.graph,
@@ -93,6 +95,7 @@ class App {
   private widgetEnv() {
     return {
       inputImages: () => this.inputs,
+      modelSets: () => this.modelSets.map((s) => s.name),
       refreshInputImages: async () => {
         this.inputs = await listInputImages();
       },
@@ -117,6 +120,7 @@ class App {
     registerCatalog(catalog, this.widgetEnv());
     this.palette.setCatalog(catalog);
     this.inputs = await listInputImages();
+    this.modelSets = await fetchModelSets();
     this.conn.request({ type: 'queue' }, 'queue').then((q) => this.status.queue(q.items), () => {});
     this.status.message(`connected — ${catalog.length} node types`);
     if (!this.started) {
@@ -325,6 +329,13 @@ class App {
         return this.files.newWorkflow();
       case 'example':
         return this.files.newWorkflow(exampleWorkflow);
+      case 'templates': {
+        const t = await pickTemplate((m, k) => this.status.message(m, k));
+        if (t && (await this.confirmReplace())) this.open(t.workflow, null, null, `the template ${t.name}`);
+        return;
+      }
+      case 'models':
+        return showModelsPanel((m, k) => this.status.message(m, k), (sets) => void (this.modelSets = sets));
       case 'open':
         return this.files.openDialog();
       case 'save':

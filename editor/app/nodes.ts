@@ -151,6 +151,10 @@ export class CharflowNode extends LGraphNode {
 
   override onDrawForeground = (ctx: CanvasRenderingContext2D): void => {
     if (this.flags.collapsed) return;
+    // litegraph lays the widgets out after this hook: on the first frame of a freshly opened workflow they
+    // have no place yet, and the picture would go under them (drawn over in stripes). Lay them out first.
+    this._setConcreteSlots();
+    this.arrange();
     let below = this.size[1] + 8;
     const img = this.shownImage();
     if (img?.complete && img.naturalWidth) below = this.drawImage(ctx, img, below);
@@ -173,9 +177,8 @@ export class CharflowNode extends LGraphNode {
     let areaY = top;
     let areaW = w - 20;
     let areaH = h - top - reserve;
-    const isResult = this.run.images.length > 0 || this.run.preview !== undefined;
     if (areaH < 64) {
-      if (!isResult) return below;
+      // No room inside (a workflow saved a small node): results and the chosen picture alike go in a
       // Panel under the node, as wide as the node, at most 240 tall.
       areaX = 0;
       areaY = below;

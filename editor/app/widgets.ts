@@ -13,6 +13,8 @@ export interface WidgetEnv {
   upload(file: File): Promise<string>;
   /** A value changed through the UI. */
   changed(): void;
+  /** Names of the installed model sets (for model-set parameters). */
+  modelSets?(): string[];
   /** Shows a short message in the status line. */
   notify(message: string, kind?: 'info' | 'error'): void;
 }
@@ -232,6 +234,16 @@ export function addParamWidget(node: LGraphNode, info: ParamInfo, env: WidgetEnv
     widget = w;
     get = () => String(w.value);
     set = (v) => (w.value = String(v));
+  } else if (info.format === 'modelset') {
+    // The installed sets, plus the current value when it is not installed here (it stays visible).
+    const values = (): string[] => {
+      const list = env.modelSets?.() ?? [];
+      const current = String(widget.value ?? '');
+      return current && !list.includes(current) ? [current, ...list] : list.length ? list : [current];
+    };
+    widget = node.addWidget('combo', info.name, String(init), () => env.changed(), { values: values as unknown as string[] });
+    get = () => String(widget.value);
+    set = (v) => (widget.value = String(v));
   } else if (info.format === 'image') {
     const values = (): string[] => {
       const list = env.inputImages();

@@ -26,6 +26,7 @@ import { Guard, isLoopbackHost, type Refusal } from './security.ts';
 import { StoreError, WorkflowStore } from './workflows.ts';
 import { inputRefs, modelSetOf, mountWorkerApi } from './workers.ts';
 import { mountModelsApi } from './models.ts';
+import { mountTemplatesApi } from './templates.ts';
 
 export type { ServerContext, ServerLimits, ServerPlugin } from './context.ts';
 
@@ -312,6 +313,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   });
 
   mountModelsApi(app, paths, services.pool); // /api/models (issue 25: model sets you can pick)
+  mountTemplatesApi(app); // /api/templates: the bundled workflows
 
   app.get('/api/inputs', async (_req, res, next) => {
     try {
