@@ -54,6 +54,7 @@ describe('the editor for everyday use', () => {
   it('Templates offers every bundled workflow with its description, and opens one', async () => {
     const page = await newPage();
     await page.click('button[data-action="templates"]');
+    await page.waitForSelector('.cf-list li[data-name]');
     const names = await page.locator('.cf-list li[data-name]').evaluateAll((els) => els.map((e) => (e as HTMLElement).dataset.name));
     const bundled = readdirSync(join(PACKAGE_ROOT, 'workflows')).filter((f) => f.endsWith('.json')).map((f) => f.slice(0, -5)).sort();
     expect(names).toEqual(bundled);
@@ -92,12 +93,10 @@ describe('the editor for everyday use', () => {
     await page.evaluate('window.charflow.canvas.setDirty(true, true)');
     await page.waitForTimeout(200);
     // The picture is drawn below the widgets: its rectangle starts under the last widget.
-    const [x, y] = await page.evaluate(`(() => { const n = window.charflow.app.node(${id}); const last = n.widgets.at(-1); return window.charflow.app.toClient(n.pos[0] + n.size[0] / 2, n.pos[1] + n.size[1] + 8 + 6 + 20); })()`) as [number, number];
+    const [x, y] = await page.evaluate(`(() => { const n = window.charflow.app.node(${id}); return window.charflow.app.toClient(n.pos[0] + n.size[0] / 2, n.pos[1] + n.size[1] + 8 + 6 + 20); })()`) as [number, number];
     const shot = await page.screenshot({ clip: { x: x - 2, y: y - 2, width: 4, height: 4 } });
     const { data } = await sharp(shot).raw().toBuffer({ resolveWithObject: true });
     // Not the canvas background (#222 or so): a picture pixel.
-    const ref = await sharp(join(PACKAGE_ROOT, 'workflows', 'assets', 'character.png')).stats();
-    expect(ref.channels.length).toBeGreaterThanOrEqual(3);
     expect(Math.max(data[0]!, data[1]!, data[2]!)).toBeGreaterThan(0x40);
     await page.close();
     expect(problems.splice(0)).toEqual([]);
