@@ -1,6 +1,6 @@
 // charflow node types on litegraph: one class per catalogue entry, with typed sockets, schema widgets
 // (each parameter can also take a link of its socket type) and the run state drawn on the node.
-import { LGraphCanvas, LGraphNode, LiteGraph, type INodeOutputSlot } from '@comfyorg/litegraph';
+import { LGraphCanvas, LGraphNode, LiteGraph, type IContextMenuValue, type INodeOutputSlot } from '@comfyorg/litegraph';
 import type { CatalogNode, ImageRef } from '../protocol.ts';
 import { type ParamBinding, type WidgetEnv, addParamWidget, wrapText } from './widgets.ts';
 import { paramInfo } from './schema.ts';
@@ -104,6 +104,13 @@ export class CharflowNode extends LGraphNode {
     // Room for the thumbnail of the chosen picture (workflows may save another size).
     if ([...this.params.values()].some((b) => b.info.format === 'image')) this.size[1] += 160;
   }
+
+  /** Output nodes: "Open image" shows what the last run wrote, full size (editor/app/gallery.ts). */
+  override getExtraMenuOptions = (): IContextMenuValue<unknown>[] => {
+    if (!this.def.output) return [];
+    const refs = this.run.images.map((i) => i.ref);
+    return [{ content: 'Open image', disabled: refs.length === 0, callback: () => environment?.openImages?.(refs) }];
+  };
 
   override onConnectInput = (targetSlot: number, type: unknown, output: INodeOutputSlot | unknown): boolean => {
     const want = String(this.inputs[targetSlot]?.type ?? '');

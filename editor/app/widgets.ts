@@ -2,6 +2,7 @@
 // lists (enum), toggles, seeds with randomise, image pickers with upload, colours.
 import { BaseWidget, LiteGraph, type LGraphNode } from '@comfyorg/litegraph';
 import type { IBaseWidget } from '@comfyorg/litegraph/dist/types/widgets';
+import type { ImageRef } from '../protocol.ts';
 import type { DrawWidgetOptions, WidgetEventOptions } from '@comfyorg/litegraph/dist/widgets/BaseWidget';
 import { editText } from './textedit.ts';
 import { type Constant, type ParamInfo, initialValue, numberPrecision, numberStep, randomSeed, snapNumber } from './schema.ts';
@@ -13,6 +14,8 @@ export interface WidgetEnv {
   upload(file: File): Promise<string>;
   /** A value changed through the UI. */
   changed(): void;
+  /** Shows output pictures full size (the gallery). */
+  openImages?(images: ImageRef[]): void;
   /** Names of the installed model sets (for model-set parameters). */
   modelSets?(): string[];
   /** Shows a short message in the status line. */

@@ -27,6 +27,7 @@ import { StoreError, WorkflowStore } from './workflows.ts';
 import { inputRefs, modelSetOf, mountWorkerApi } from './workers.ts';
 import { mountModelsApi } from './models.ts';
 import { mountTemplatesApi } from './templates.ts';
+import { sendTokenPage, wantsTokenPage } from './token-page.ts';
 
 export type { ServerContext, ServerLimits, ServerPlugin } from './context.ts';
 
@@ -288,6 +289,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     res.setHeader('Content-Security-Policy', "frame-ancestors 'none'");
     const stateChanging = !['GET', 'HEAD', 'OPTIONS'].includes(req.method);
     const refusal = guard.checkAll(req, { origin: stateChanging });
+    if (refusal?.code === 'unauthorized' && wantsTokenPage(req)) return sendTokenPage(res, refusal.message);
     if (refusal) return sendRefusal(res, refusal);
     if (guard.token !== undefined && req.method === 'GET' && guard.queryToken(req) !== undefined) {
       res.setHeader('Set-Cookie', guard.tokenCookie()!);
