@@ -102,6 +102,36 @@ describe('the editor for everyday use', () => {
     expect(problems.splice(0)).toEqual([]);
   }, 120_000);
 
+  it('a freshly opened workflow draws the picture below the widgets from its first frame (no stripes)', async () => {
+    const page = await newPage();
+    const id = await page.evaluate(`window.charflow.graph._nodes.find((n) => n.type === 'LoadCharacter').id`) as number;
+    await page.waitForFunction(`(() => { const i = window.charflow.app.node(${id}).shownImage(); return i && i.complete && i.naturalWidth > 0; })()`);
+    // Record where each frame puts the picture, then reopen the workflow with room for it inside the node.
+    const tops = await page.evaluate(`(async () => {
+      const app = window.charflow.app;
+      const proto = Object.getPrototypeOf(app.node(${id}));
+      const tops = [];
+      const draw = proto.drawImage;
+      proto.drawImage = function (ctx, img, below) {
+        if (this.type === 'LoadCharacter') tops.push([this.contentTop(), Math.max(...this.widgets.filter((w) => !w.hidden).map((w) => (w.y ?? 0) + (w.computedHeight ?? 0)))]);
+        return draw.call(this, ctx, img, below);
+      };
+      const wf = app.workflow();
+      wf.nodes[String(${id})].ui.size = [300, 420];
+      app.open(wf, null, null, 'test');
+      for (let i = 0; i < 3; i++) { app.canvas.draw(true, true); await new Promise((r) => requestAnimationFrame(r)); }
+      proto.drawImage = draw;
+      return tops;
+    })()`) as [number, number][];
+    expect(tops.length).toBeGreaterThan(1);
+    // From the first frame on: below the last widget, and the same on every frame.
+    expect(tops[0]![0]).toBeGreaterThanOrEqual(tops[0]![1]);
+    expect(tops[0]![1]).toBeGreaterThan(0);
+    for (const t of tops) expect(t).toEqual(tops[0]);
+    await page.close();
+    expect(problems.splice(0)).toEqual([]);
+  }, 120_000);
+
   it('at device pixel ratio 2 the background grid covers the whole canvas (every corner)', async () => {
     const page = await newPage(2);
     // At 100 % zoom litegraph draws its grid pattern.
