@@ -80,6 +80,10 @@ describe('installed model sets', () => {
     const during = await get<{ sets: Item[] }>('/api/models');
     expect(during.sets.find((s) => s.name === 'tiny')!.loaded).toBeGreaterThan(0);
     expect(during.sets.find((s) => s.name === 'another')!.loaded).toBe(0);
+    // `charflow models list --server` says the same, loaded graphs included.
+    const out: string[] = [];
+    expect(await main(['models', 'list', '--server', server.url], { stdout: { write: (t: string) => void out.push(t) }, stderr: { write: () => {} }, env: {}, cwd: dir })).toBe(0);
+    expect(out.join('').split('\n').find((l) => l.startsWith('tiny '))).toMatch(new RegExp(`ok, loaded \\(${during.sets.find((s) => s.name === 'tiny')!.loaded} graphs\\)$`));
     const un = await fetch(new URL('/api/models/tiny/unload', server.url), { method: 'POST' });
     expect(un.status).toBe(200);
     expect(await un.json()).toEqual({ name: 'tiny', unloaded: during.sets.find((s) => s.name === 'tiny')!.loaded });
