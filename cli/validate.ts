@@ -5,7 +5,7 @@ import type { ValidationResult } from '../engine/workflow/types.ts';
 import { commandAction, EXIT, pathsFor, withDataOption, type CliContext } from './context.ts';
 import { toJsonLine } from './format.ts';
 import { printErrors, readAndMigrate, resolveWorkflowPath } from './load.ts';
-import { workflowChecks } from './checks.ts';
+import { fileChecks, workflowChecks } from './checks.ts';
 
 interface ValidateOptions {
   data?: string;
@@ -20,7 +20,9 @@ export async function validateCommand(ctx: CliContext, file: string, opts: Valid
   let result: ValidationResult = read.ok ? validateMigrated(read.raw, registry) : { ok: false, errors: read.errors };
   // What a run would only find later, where the workflow alone tells (sizes that cannot match, ...).
   if (result.ok && result.workflow) {
-    const later = workflowChecks(result.workflow);
+    const files = fileChecks(result.workflow, registry, paths);
+    for (const w of files.warnings) ctx.stderr.write(`warning: ${w}\n`);
+    const later = [...workflowChecks(result.workflow), ...files.errors];
     if (later.length) result = { ok: false, errors: later };
   }
   if (opts.json) {

@@ -153,6 +153,22 @@ describe('a forgiving command line, through bin/charflow.js', { timeout: 180_000
     expect(r.stdout).toContain(`node ${sampler[0]} (DiTSample) input "init": the init latent is 512x${load[1].inputs.height as number} (from node ${load[0]} (LoadImage)) but the sampler makes ${sampler[1].inputs.width as number}x${sampler[1].inputs.height as number}`);
   });
 
+  it('validate names a picture that is not there, and warns of a model set that is not installed', async () => {
+    const wf = JSON.parse(readFileSync(join(ROOT, 'workflows', 'instantcharacter.json'), 'utf8')) as { nodes: Record<string, { type: string; inputs: Record<string, unknown> }> };
+    const [charId, character] = Object.entries(wf.nodes).find(([, n]) => n.type === 'LoadCharacter')!;
+    const [modelsId] = Object.entries(wf.nodes).find(([, n]) => n.type === 'LoadModels')!;
+    wf.nodes[modelsId]!.inputs.set = 'absent-set';
+    writeFileSync(join(dir, 'absent-set.json'), JSON.stringify(wf));
+    const warned = await charflow(['validate', 'absent-set.json']);
+    expect(warned.code, warned.stderr).toBe(0);
+    expect(warned.stderr).toContain(`warning: node ${modelsId} (LoadModels) input "set": model set "absent-set" is not in ${join(data, 'models')} (installed: tiny)`);
+    character.inputs.path = 'nobody.png';
+    writeFileSync(join(dir, 'no-picture.json'), JSON.stringify(wf));
+    const r = await charflow(['validate', 'no-picture.json']);
+    expect(r.code).toBe(2);
+    expect(r.stdout).toContain(`node ${charId} (LoadCharacter) input "path": image "nobody.png" not found in ${join(data, 'inputs')}`);
+  });
+
   it('models convert names every missing required option at once', async () => {
     const r = await charflow(['models', 'convert', '--siglip', dir]);
     expect(r.code).toBe(2);
