@@ -121,8 +121,14 @@ describe('queue, history and gallery', () => {
     await page.waitForFunction('window.charflow.graph._nodes.length === 9');
     const wf = await js<{ nodes: Record<string, { inputs: Record<string, unknown> }> }>(`${app}.workflow()`);
     expect(wf.nodes['7']!.inputs).toMatchObject({ width: 64, height: 64, steps: 1, batch_size: 2 });
+    // Again: the same workflow queued once more; it runs and joins the history.
+    const before = await page.locator('.cf-queue-panel .cf-job[data-status="done"]').count();
+    await page.click(`${row(done)} button[data-action="again"]`);
+    await expect.poll(() => page.locator('.cf-queue-panel .cf-job[data-status="done"]').count(), { timeout: 60_000 }).toBe(before + 1);
+    const newest = await page.locator('.cf-queue-panel .cf-job[data-status="done"] .cf-job-name').first().textContent();
+    expect(newest).toBe('first pending');
     expect(problems.splice(0)).toEqual([]);
-  }, 60_000);
+  }, 90_000);
 });
 
 describe('editing', () => {
