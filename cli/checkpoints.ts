@@ -37,13 +37,9 @@ type ConvertFlags = CommonFlags & CheckpointPaths & { comfyui?: string };
 
 /**
  * --comfyui DIR: the parts the flags leave out (and the names they give) resolved in a ComfyUI models folder.
- * Without it, --flux and --siglip are required as before.
  */
 export function comfyuiFlags(flags: ConvertFlags): ConvertFlags {
-  if (!flags.comfyui) {
-    for (const f of ['flux', 'siglip'] as const) if (!flags[f]) throw new CliError(`required option '--${f} <path>' not specified (or pass --comfyui <dir>)`, EXIT.invalid);
-    return flags;
-  }
+  if (!flags.comfyui) return flags;
   const given = { flux: flags.flux, clip: flags.clip, t5: flags.t5, vae: flags.vae, loras: flags.lora.map((l) => l.path) };
   let r;
   try {
@@ -256,17 +252,25 @@ function addCommon(cmd: Command): Command {
     .option('--data <dir>', 'data folder (default ./data, or CHARFLOW_DATA)');
 }
 
+const REQUIRED_CONVERT = ['flux', 'siglip', 'dinov2', 'adapter'] as const;
+const REQUIRED_WHAT: Record<(typeof REQUIRED_CONVERT)[number], string> = {
+  flux: 'the FLUX.1-dev folder or transformer file',
+  siglip: 'the SigLIP folder',
+  dinov2: 'the DINOv2 folder',
+  adapter: 'the InstantCharacter adapter file',
+};
+
 /** Adds `models convert` and `models pull` (to an existing `models` command when there is one). */
 export function registerModels(program: Command, ctx: CliContext): void {
   const models = program.commands.find((c) => c.name() === 'models') ?? program.command('models').description('manage model sets');
 
   addCommon(models.command('convert')
     .description('convert FLUX.1-dev, SigLIP, DINOv2 and InstantCharacter checkpoints into a model set')
-    .option('--flux <path>', 'FLUX.1-dev Hugging Face folder, or a single-file transformer (flux1-dev.safetensors, or a GGUF such as flux1-dev-Q4_K_S.gguf)')
-    .option('--siglip <dir>', 'google/siglip-so400m-patch14-384 folder (or, with --comfyui, clip_vision/sigclip_vision_patch14_384.safetensors)')
+    .option('--flux <path>', 'required unless --comfyui finds it: FLUX.1-dev Hugging Face folder, or a single-file transformer (flux1-dev.safetensors, or a GGUF such as flux1-dev-Q4_K_S.gguf)')
+    .option('--siglip <dir>', 'required unless --comfyui finds it: google/siglip-so400m-patch14-384 folder (or, with --comfyui, clip_vision/sigclip_vision_patch14_384.safetensors)')
     .option('--comfyui <dir>', 'ComfyUI models folder: --flux, --clip, --t5, --vae, --siglip and --lora names are found in unet/ or diffusion_models/, clip/ or text_encoders/, vae/, clip_vision/ and loras/; a part not named is taken when exactly one file fits')
-    .requiredOption('--dinov2 <dir>', 'facebook/dinov2-giant folder')
-    .requiredOption('--adapter <file>', 'instantcharacter_ip-adapter.bin')
+    .option('--dinov2 <dir>', 'required: facebook/dinov2-giant folder')
+    .option('--adapter <file>', 'required: instantcharacter_ip-adapter.bin')
     .option('--base <dir>', 'FLUX.1 Hugging Face folder for the parts a single-file --flux lacks')
     .option('--vae <path>', 'VAE folder or file (diffusers, or ae.safetensors)')
     .option('--clip <path>', 'CLIP-L text encoder folder or file')
@@ -274,6 +278,11 @@ export function registerModels(program: Command, ctx: CliContext): void {
     .option('--clip-tokenizer <path>', 'CLIP tokenizer folder (vocab.json + merges.txt, or tokenizer.json)')
     .option('--t5-tokenizer <path>', 'T5 tokenizer.json or its folder'))
     .action(action(ctx, async (raw: ConvertFlags) => {
+      // Every missing one at once (commander's requiredOption stops at the first); --comfyui may find --flux and --siglip.
+      const missing = REQUIRED_CONVERT.filter((k) => raw[k] === undefined && !(raw.comfyui && (k === 'flux' || k === 'siglip')));
+      if (missing.length) {
+        throw new CliError(`models convert needs ${missing.map((k) => `--${k}`).join(', ')} (${missing.map((k) => REQUIRED_WHAT[k]).join('; ')}), or use \`charflow models pull\` to download them (or --comfyui DIR for a ComfyUI models folder)`, EXIT.invalid);
+      }
       const flags = comfyuiFlags(raw);
       checkPaths(flags);
       const { models: modelsDir } = pathsFor(ctx, flags);

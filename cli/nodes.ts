@@ -1,6 +1,6 @@
 // `charflow nodes [--json]`: the node types this charflow offers.
 import type { Command } from 'commander';
-import type { NodeDef } from '../engine/node.ts';
+import type { NodeDef, ParamSchema } from '../engine/node.ts';
 import { commandAction, EXIT, withDataOption, type CliContext } from './context.ts';
 
 /** A node declaration without its functions, as JSON (for editors and scripts). */
@@ -17,6 +17,25 @@ export function describeNodeType(def: NodeDef<unknown>): Record<string, unknown>
     params: def.params,
     outputs: def.outputs,
   };
+}
+
+/** One parameter in a few words: type, default, range or choices. */
+function describeParam(name: string, p: ParamSchema): string {
+  const parts: string[] = [p.enum ? p.enum.join('|') : p.format === 'image' ? 'image' : p.type];
+  if (p.minimum !== undefined || p.maximum !== undefined) parts.push(`${p.minimum ?? ''}..${p.maximum ?? ''}`);
+  if (p.default !== undefined) parts.push(`= ${JSON.stringify(p.default)}`);
+  else if (p.optional) parts.push('optional');
+  return `${name} (${parts.join(' ')})`;
+}
+
+/** The three lines under a node type in `charflow nodes`: its sockets in, its constants, its sockets out. */
+export function nodeSignature(def: NodeDef<unknown>): string[] {
+  const list = (items: string[]): string => (items.length ? items.join(', ') : '-');
+  return [
+    `inputs:  ${list(Object.entries(def.inputs).map(([n, i]) => `${n} (${i.type}${i.optional ? ', optional' : ''})`))}`,
+    `params:  ${list(Object.entries(def.params).map(([n, p]) => describeParam(n, p)))}`,
+    `outputs: ${list(Object.entries(def.outputs).map(([n, o]) => `${n} (${o.type})`))}`,
+  ];
 }
 
 export async function nodesCommand(ctx: CliContext, opts: { json?: boolean }): Promise<number> {
@@ -37,6 +56,7 @@ export async function nodesCommand(ctx: CliContext, opts: { json?: boolean }): P
     for (const d of list) {
       const flags = d.output ? ' [output]' : '';
       ctx.stdout.write(`  ${d.type.padEnd(width)}  ${d.description}${flags}\n`);
+      for (const line of nodeSignature(d)) ctx.stdout.write(`      ${line}\n`);
     }
   }
   return EXIT.ok;

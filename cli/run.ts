@@ -8,6 +8,7 @@ import { validateMigrated } from '../engine/workflow/validate.ts';
 import { nodeLabel, WorkflowError } from '../engine/workflow/types.ts';
 import { CliError, commandAction, ensureDataDirs, EXIT, pathsFor, withDataOption, type CliContext } from './context.ts';
 import { toJsonLine } from './format.ts';
+import { importSetPictures } from './inputs.ts';
 import { printErrors, readAndMigrate, resolveWorkflowPath } from './load.ts';
 import { parseMemoryBudget } from '../nodes/services.ts';
 import { barReporter, jsonReporter, plainReporter, type Reporter } from './progress.ts';
@@ -100,8 +101,13 @@ export async function runCommand(ctx: CliContext, file: string, opts: RunCommand
     return EXIT.invalid;
   };
 
-  const read = await readAndMigrate(resolveWorkflowPath(ctx, file, paths));
+  const read = await readAndMigrate(resolveWorkflowPath(ctx, file, paths), registry, paths);
   if (!read.ok) return fail(read.errors.map((e) => e.message));
+  if (read.converted === 'comfy') ctx.stderr.write(`${file}: a ComfyUI API prompt, converted to a charflow workflow\n`);
+  if (sets.some((s) => typeof s.value === 'string')) {
+    await ensureDataDirs(paths);
+    await importSetPictures(sets, read.raw, registry, paths, ctx.cwd, ctx.stderr);
+  }
   const setProblems = applySets(read.raw, sets, registry);
   if (setProblems.length) return fail(setProblems);
   const result = validateMigrated(read.raw, registry); // readAndMigrate migrated it: once is enough
@@ -144,6 +150,9 @@ export async function runCommand(ctx: CliContext, file: string, opts: RunCommand
         if (Object.keys(outputs).length) ctx.stdout.write(`${nodeLabel(id, type)}: ${toJsonLine(outputs)}\n`);
       }
     }
+    // Last, so that it is what a user sees: where every picture went.
+    const written = picturesWritten(run.outputs, { output: outputDir ?? paths.outputs, temp: paths.temp });
+    if (written.length && !opts.json) ctx.stdout.write(`${written.length === 1 ? 'picture' : 'pictures'} written:\n${written.map((f) => `  ${f}\n`).join('')}`);
     return run.status === 'done' ? EXIT.ok : run.status === 'cancelled' ? EXIT.cancelled : EXIT.nodeFailed;
   } catch (err) {
     reporter.close();
@@ -155,6 +164,21 @@ export async function runCommand(ctx: CliContext, file: string, opts: RunCommand
   }
 }
 
+/** The absolute file of every image output nodes report ({images: [{filename, subfolder, type}]}), in node order. */
+export function picturesWritten(outputs: Record<string, Record<string, unknown>>, folders: { output: string; temp: string }): string[] {
+  const files: string[] = [];
+  for (const out of Object.values(outputs)) {
+    const images = out.images;
+    if (!Array.isArray(images)) continue;
+    for (const img of images as { filename?: unknown; subfolder?: unknown; type?: unknown }[]) {
+      if (typeof img?.filename !== 'string') continue;
+      const root = img.type === 'temp' ? folders.temp : folders.output;
+      files.push(path.resolve(root, typeof img.subfolder === 'string' ? img.subfolder : '', img.filename));
+    }
+  }
+  return files;
+}
+
 const collect = (v: string, prev: string[] | undefined): string[] => [...(prev ?? []), v];
 
 export function registerRun(program: Command, ctx: CliContext): void {
@@ -162,7 +186,7 @@ export function registerRun(program: Command, ctx: CliContext): void {
     program
       .command('run')
       .description('run a workflow')
-      .argument('<workflow>', 'workflow file (.json); also looked up in <data>/workflows')
+      .argument('<workflow>', 'workflow: a file (.json, a ComfyUI API prompt, or a PNG that carries one), or a name in <data>/workflows or the bundled workflows (.json optional)')
       .option('--set <node.input=value>', 'set a constant input (value parsed as JSON when possible); repeatable', collect)
       .option('--target <node>', 'run only what this node needs (default: every output node); repeatable', collect)
       .option('--out <dir>', 'folder for outputs (default: <data>/outputs)')

@@ -60,6 +60,20 @@ function untilSignal(stderr: OutStream): { stopped: Promise<NodeJS.Signals>; dis
   };
 }
 
+/** Fails with one line when `host:port` cannot be listened on (taken, not allowed): before anything is written. */
+async function checkPortFree(host: string, port: number): Promise<void> {
+  if (port === 0) return;
+  const { createServer } = await import('node:net');
+  await new Promise<void>((resolve, reject) => {
+    const probe = createServer();
+    probe.once('error', (err: NodeJS.ErrnoException) => {
+      const why = err.code === 'EADDRINUSE' ? 'is in use by another program (another charflow serve?)' : `cannot be used (${err.code ?? err.message})`;
+      reject(new CliError(`port ${port} on ${host} ${why}; pick another with --port`, 1));
+    });
+    probe.listen(port, host, () => probe.close(() => resolve()));
+  });
+}
+
 /** Starts the server as `charflow serve` does (tiny set written if missing); resolves once listening. */
 export async function serve(o: ServeOptions, io: ServeIo): Promise<RunningServer> {
   if (!DEVICES.includes(o.device)) throw new CliError(`--device must be one of ${DEVICES.join(', ')}, got "${o.device}"`);
@@ -74,6 +88,18 @@ export async function serve(o: ServeOptions, io: ServeIo): Promise<RunningServer
     }
   }
   const paths = resolvePaths({ data: o.data, models: o.models, env: io.env, cwd: io.cwd });
+  const token = o.token ?? io.env.CHARFLOW_TOKEN;
+  const queueUrl = o.queue ?? io.env.CHARFLOW_QUEUE;
+  // What can fail in a second is checked before a model is written (which takes a while).
+  await checkPortFree(o.host, port);
+  if (queueUrl) {
+    const { checkRedis } = await import('../engine/queue/bullmq.ts');
+    try {
+      await checkRedis(queueUrl);
+    } catch (err) {
+      throw new CliError((err as Error).message, 1);
+    }
+  }
   const { modelSetDir, modelSetComplete } = await import('../models/modelset.ts');
   const { TINY_SET_NAME, writeTinyModelSet } = await import('../models/tiny.ts');
   const { startServer } = await import('../editor/server/server.ts');
@@ -87,8 +113,6 @@ export async function serve(o: ServeOptions, io: ServeIo): Promise<RunningServer
       throw new CliError(`cannot write the tiny model set to ${dir}: ${(err as Error).message}`, 1);
     }
   }
-  const token = o.token ?? io.env.CHARFLOW_TOKEN;
-  const queueUrl = o.queue ?? io.env.CHARFLOW_QUEUE;
   try {
     return await startServer({
       ...(queueUrl ? { queueUrl } : {}),

@@ -1,10 +1,11 @@
 // `charflow validate <workflow.json>`: every problem, one per line; exit 2 if there is any.
 import type { Command } from 'commander';
-import { validateWorkflow } from '../engine/workflow/validate.ts';
+import { validateMigrated } from '../engine/workflow/validate.ts';
+import type { ValidationResult } from '../engine/workflow/types.ts';
 import { commandAction, EXIT, pathsFor, withDataOption, type CliContext } from './context.ts';
 import { toJsonLine } from './format.ts';
-import { readWorkflowFile } from '../engine/workflow/load.ts';
-import { printErrors, resolveWorkflowPath } from './load.ts';
+import { printErrors, readAndMigrate, resolveWorkflowPath } from './load.ts';
+import { fileChecks, workflowChecks } from './checks.ts';
 
 interface ValidateOptions {
   data?: string;
@@ -14,8 +15,16 @@ interface ValidateOptions {
 export async function validateCommand(ctx: CliContext, file: string, opts: ValidateOptions): Promise<number> {
   const paths = pathsFor(ctx, opts);
   const full = resolveWorkflowPath(ctx, file, paths);
-  const read = await readWorkflowFile(full);
-  const result = read.ok ? validateWorkflow(read.value, await ctx.registry()) : { ok: false, errors: [read.error] };
+  const registry = await ctx.registry();
+  const read = await readAndMigrate(full, registry, paths);
+  let result: ValidationResult = read.ok ? validateMigrated(read.raw, registry) : { ok: false, errors: read.errors };
+  // What a run would only find later, where the workflow alone tells (sizes that cannot match, ...).
+  if (result.ok && result.workflow) {
+    const files = fileChecks(result.workflow, registry, paths);
+    for (const w of files.warnings) ctx.stderr.write(`warning: ${w}\n`);
+    const later = [...workflowChecks(result.workflow), ...files.errors];
+    if (later.length) result = { ok: false, errors: later };
+  }
   if (opts.json) {
     ctx.stdout.write(`${toJsonLine({ ok: result.ok, errors: result.errors })}\n`);
   } else if (result.ok) {
@@ -34,7 +43,7 @@ export function registerValidate(program: Command, ctx: CliContext): void {
     program
       .command('validate')
       .description('check a workflow file and list every problem, one per line')
-      .argument('<workflow>', 'workflow file (.json)')
+      .argument('<workflow>', 'workflow: a file (.json, ComfyUI API prompt, or PNG carrying one) or a saved/bundled name')
       .option('--json', 'print {"ok", "errors"} as JSON'),
   ).action(commandAction(ctx, (file: string, opts: ValidateOptions) => validateCommand(ctx, file, opts)));
 }

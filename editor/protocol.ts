@@ -39,6 +39,28 @@ export interface QueueItem {
   /** Which connection queued it (each tab sees its own runs highlighted). */
   mine: boolean;
   queuedAt: string;
+  /** The job's number (as /queue lists it), its workflow's name, and who queued it. */
+  number?: number;
+  name?: string;
+  source?: 'editor' | 'api';
+}
+
+/** A finished run as the queue panel's history lists it (the same jobs as /history). */
+export interface HistoryItem {
+  runId: string;
+  number: number;
+  name: string;
+  status: 'done' | 'failed' | 'cancelled' | 'interrupted';
+  mine: boolean;
+  source: 'editor' | 'api';
+  queuedAt: string;
+  startedAt: string | null;
+  finishedAt: string;
+  /** Run time (start to finish), null when it never started. */
+  ms: number | null;
+  error: string | null;
+  /** What its output nodes wrote, in node order. */
+  images: (ImageRef & { nodeId: string })[];
 }
 
 // ---- client -> server ----
@@ -53,7 +75,13 @@ export type ClientMessage =
   /** Runs the graph as it is in the editor (saved or not). */
   | { id: string; type: 'run'; workflow: unknown; targets?: string[] }
   | { id: string; type: 'cancel'; runId: string }
-  | { id: string; type: 'queue' };
+  | { id: string; type: 'queue' }
+  /** Finished runs, newest first. */
+  | { id: string; type: 'history'; limit?: number }
+  /** The workflow a run ran (to reopen it or queue it again). */
+  | { id: string; type: 'history.load'; runId: string }
+  /** Removes pending or finished runs (a running one is cancelled instead). */
+  | { id: string; type: 'jobs.delete'; runIds: string[] };
 
 // ---- server -> client ----
 export type ReplyBody =
@@ -65,7 +93,10 @@ export type ReplyBody =
   | { type: 'deleted'; name: string }
   | { type: 'queued'; runId: string; position: number }
   | { type: 'cancelling'; runId: string }
-  | { type: 'queue'; items: QueueItem[] };
+  | { type: 'queue'; items: QueueItem[] }
+  | { type: 'history'; items: HistoryItem[] }
+  | { type: 'history_item'; runId: string; workflow: unknown }
+  | { type: 'jobs_deleted'; deleted: number };
 
 export type ServerMessage =
   | ({ id: string; ok: true } & ReplyBody)

@@ -28,7 +28,7 @@ export interface ParamSchema {
   enum?: readonly (string | number)[];
   maxLength?: number;
   pattern?: string;
-  format?: 'prompt' | 'seed' | 'image' | 'color' | 'character';
+  format?: 'prompt' | 'seed' | 'image' | 'color' | 'character' | 'modelset';
   /** Optional parameters may be left out even without a default; run() then sees undefined. */
   optional?: boolean;
 }

@@ -12,7 +12,7 @@ export const LoadModels: NodeDef<Services> = {
   description: 'Selects a model set from the models folder: "tiny" (generated test weights) or a set converted from official checkpoints.',
   inputs: {},
   params: {
-    set: { type: 'string', default: 'tiny', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$', description: 'Model set name (a folder in the models folder)' },
+    set: { type: 'string', format: 'modelset', default: 'tiny', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$', description: 'Model set name (a folder in the models folder)' },
   },
   outputs: { models: { type: SOCKET.MODELS } },
   async cacheKey(inputs, services) {

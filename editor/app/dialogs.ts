@@ -5,7 +5,7 @@ function el<K extends keyof HTMLElementTagNameMap>(tag: K, props: Partial<HTMLEl
   e.append(...children);
   return e;
 }
-export { el };
+export { el, modal };
 
 interface Modal {
   box: HTMLDivElement;

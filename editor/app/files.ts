@@ -117,9 +117,10 @@ export class Files {
         this.host.message(err.message, 'error');
         const title = err.code === 'conflict' ? 'Save conflict' : 'Workflow exists';
         const answer = await choose(title, err.message, [
-          { key: 'cancel', label: 'Cancel' },
+          // Cancel is the default: Enter must never overwrite someone else's save.
+          { key: 'cancel', label: 'Cancel', primary: true },
           { key: 'saveas', label: 'Save as…' },
-          { key: 'overwrite', label: 'Overwrite', primary: true },
+          { key: 'overwrite', label: 'Overwrite' },
         ]);
         if (answer === 'saveas') return this.saveAs();
         if (answer === 'overwrite') {

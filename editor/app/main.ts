@@ -19,9 +19,14 @@ import { installDropHandler, readDroppedFile } from './drop.ts';
 import { choose, el } from './dialogs.ts';
 import { randomSeed } from './schema.ts';
 import { applyTheme } from './theme.ts';
-import { fitView, toClient, toGraph } from './viewport.ts';
+import { fitView, sizeCanvas, toClient, toGraph } from './viewport.ts';
 import { loadSession, storeSession, workflowFromAddress } from './session.ts';
 import { CharactersPanel } from './characters.ts';
+import { fetchModelSets, pickTemplate, showModelsPanel, type ModelSetItem } from './daily.ts';
+import { UndoStack } from './undo.ts';
+import { QueuePanel } from './queuepanel.ts';
+import { openGallery, referenceOf } from './gallery.ts';
+import { showNodeSearch } from './search.ts';
 
 class App {
   readonly graph = new LGraph();
@@ -33,8 +38,11 @@ class App {
   readonly runs: RunView;
   readonly files: Files;
   readonly characters: CharactersPanel;
+  readonly undo: UndoStack;
+  readonly queuePanel: QueuePanel;
   catalog: CatalogNode[] = [];
   private inputs: string[] = [];
+  modelSets: ModelSetItem[] = [];
   private meta: Workflow['meta'];
   private started = false;
   private lastJson = '';
@@ -49,10 +57,15 @@ class App {
     this.canvas = new LGraphCanvas(canvasEl, this.graph);
     this.canvas.low_quality_zoom_threshold = 0.35;
     this.canvas.allow_searchbox = true;
+    // Double-click on the canvas: the app's own search (ComfyUI names find their charflow nodes).
+    this.canvas.showSearchBox = (event: MouseEvent) => {
+      const pos = this.toGraph(event.clientX, event.clientY);
+      return showNodeSearch(event.clientX, event.clientY, this.catalog, (type) => void this.addNode(type, pos));
+    };
     this.canvas.render_canvas_border = false;
     this.canvas.show_info = false;
-    new ResizeObserver(() => this.canvas.resize()).observe(wrap);
-    this.canvas.resize();
+    new ResizeObserver(() => sizeCanvas(this.canvas)).observe(wrap);
+    sizeCanvas(this.canvas);
 
     this.runs = new RunView({
       graph: this.graph,
@@ -83,6 +96,31 @@ class App {
     this.palette.element.append(this.characters.element);
     this.characters.installCanvasDrop(canvasEl);
     this.characters.installContextMenu();
+    this.queuePanel = new QueuePanel({
+      conn: this.conn,
+      reopen: async (wf, label) => {
+        if (await this.confirmReplace()) this.open(wf, null, null, label);
+      },
+      queueAgain: async (wf) => {
+        const reply = await this.conn.request({ type: 'run', workflow: wf }, 'queued');
+        this.status.message(`queued again (${reply.position} ahead)`, 'ok');
+      },
+      message: (t, k) => this.status.message(t, k),
+    });
+    wrap.append(this.queuePanel.element);
+
+    this.undo = new UndoStack({
+      snapshot: () => JSON.stringify(this.workflow()),
+      restore: (json) => {
+        const wf = JSON.parse(json) as Workflow;
+        this.runs.generation++;
+        workflowToGraph(wf, this.graph);
+        this.meta = wf.meta;
+        this.canvas.setDirty(true, true);
+        this.refreshDocState(true);
+      },
+    });
+
     this.toolbar.setRunning(false);
     this.installCanvasDrop(canvasEl);
     installDropHandler(document.body, (file, x, y) => void this.openFile(file, x, y));
@@ -101,6 +139,8 @@ class App {
   private widgetEnv() {
     return {
       inputImages: () => this.inputs,
+      modelSets: () => this.modelSets.map((s) => s.name),
+      openImages: (refs: { url: string; filename: string }[]) => void openGallery(refs, { reference: referenceOf(this.workflow()) }),
       refreshInputImages: async () => {
         this.inputs = await listInputImages();
       },
@@ -127,7 +167,11 @@ class App {
     this.palette.setCatalog(catalog);
     this.inputs = await listInputImages();
     await this.characters.refresh();
-    this.conn.request({ type: 'queue' }, 'queue').then((q) => this.status.queue(q.items), () => {});
+    this.modelSets = await fetchModelSets();
+    this.conn.request({ type: 'queue' }, 'queue').then((q) => {
+      this.status.queue(q.items);
+      this.queuePanel.queueChanged(q.items);
+    }, () => {});
     this.status.message(`connected — ${catalog.length} node types`);
     if (!this.started) {
       this.started = true;
@@ -143,7 +187,11 @@ class App {
       }
       this.runs.handle(msg.runId, msg.event);
       if (msg.event.type === 'run_finished') void this.characters.refresh(); // a Save Character node may have run
-    } else if (msg.type === 'queue_changed') this.status.queue(msg.items);
+      this.queuePanel.event(msg.runId, msg.event);
+    } else if (msg.type === 'queue_changed') {
+      this.status.queue(msg.items);
+      this.queuePanel.queueChanged(msg.items);
+    }
     else if (msg.type === 'workers') this.status.workers(msg.items);
     else if (msg.type === 'error') this.status.message(msg.message, 'error');
   }
@@ -161,6 +209,7 @@ class App {
     this.runs.generation++;
     const { warnings } = workflowToGraph(wf, this.graph);
     this.meta = wf.meta;
+    this.undo.reset();
     this.fit();
     this.files.markSaved(name, etag);
     if (warnings.length) this.status.message(`opened ${label} with ${warnings.length} problem(s): ${warnings.join('; ')}`, 'error');
@@ -172,6 +221,7 @@ class App {
     const json = JSON.stringify(this.workflow());
     if (!force && json === this.lastJson) return;
     this.lastJson = json;
+    this.undo.check();
     this.status.document(this.files.doc.name, json !== this.files.doc.savedJson);
     this.saveSession();
   }
@@ -235,7 +285,10 @@ class App {
     this.randomizeSeeds();
     this.runs.reset();
     try {
-      const reply = await this.conn.request({ type: 'run', workflow: this.workflow() }, 'queued');
+      // The document's name travels in meta.name: the queue panel lists runs by it.
+      const wf = this.workflow();
+      const name = this.files.doc.name;
+      const reply = await this.conn.request({ type: 'run', workflow: name ? { ...wf, meta: { ...wf.meta, name } } : wf }, 'queued');
       this.runs.started(reply.runId);
       this.toolbar.setRunning(true);
       this.status.message(reply.position > 0 ? `queued (${reply.position} ahead)` : 'started');
@@ -336,6 +389,15 @@ class App {
         return this.files.newWorkflow();
       case 'example':
         return this.files.newWorkflow(exampleWorkflow);
+      case 'templates': {
+        const t = await pickTemplate((m, k) => this.status.message(m, k));
+        if (t && (await this.confirmReplace())) this.open(t.workflow, null, null, `the template ${t.name}`);
+        return;
+      }
+      case 'queue':
+        return this.queuePanel.toggle();
+      case 'models':
+        return showModelsPanel((m, k) => this.status.message(m, k), (sets) => void (this.modelSets = sets));
       case 'open':
         return this.files.openDialog();
       case 'save':
@@ -361,6 +423,13 @@ class App {
     if (!(e.ctrlKey || e.metaKey)) return;
     const target = e.target as HTMLElement | null;
     if (target && (target.tagName === 'INPUT' || target.tagName === 'TEXTAREA')) return;
+    if (e.key.toLowerCase() === 'z' || e.key.toLowerCase() === 'y') {
+      e.preventDefault();
+      const redo = e.key.toLowerCase() === 'y' || e.shiftKey;
+      const done = redo ? this.undo.redo() : this.undo.undo();
+      this.status.message(done ? (redo ? 'redone' : 'undone') : redo ? 'nothing to redo' : 'nothing to undo');
+      return;
+    }
     const map: Record<string, Action> = { s: e.shiftKey ? 'saveas' : 'save', o: 'open', Enter: 'run' };
     const action = map[e.key];
     if (!action) return;

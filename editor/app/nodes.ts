@@ -1,6 +1,6 @@
 // charflow node types on litegraph: one class per catalogue entry, with typed sockets, schema widgets
 // (each parameter can also take a link of its socket type) and the run state drawn on the node.
-import { LGraphCanvas, LGraphNode, LiteGraph, type INodeOutputSlot } from '@comfyorg/litegraph';
+import { LGraphCanvas, LGraphNode, LiteGraph, type IContextMenuValue, type INodeOutputSlot } from '@comfyorg/litegraph';
 import type { CatalogNode, ImageRef } from '../protocol.ts';
 import { type ParamBinding, type WidgetEnv, addParamWidget, wrapText } from './widgets.ts';
 import { paramInfo } from './schema.ts';
@@ -109,6 +109,13 @@ export class CharflowNode extends LGraphNode {
     if ([...this.params.values()].some((b) => b.info.format === 'image')) this.size[1] += 160;
   }
 
+  /** Output nodes: "Open image" shows what the last run wrote, full size (editor/app/gallery.ts). */
+  override getExtraMenuOptions = (): IContextMenuValue<unknown>[] => {
+    if (!this.def.output) return [];
+    const refs = this.run.images.map((i) => i.ref);
+    return [{ content: 'Open image', disabled: refs.length === 0, callback: () => environment?.openImages?.(refs) }];
+  };
+
   override onConnectInput = (targetSlot: number, type: unknown, output: INodeOutputSlot | unknown): boolean => {
     const want = String(this.inputs[targetSlot]?.type ?? '');
     const have = String((output as INodeOutputSlot | undefined)?.type ?? type);
@@ -155,6 +162,10 @@ export class CharflowNode extends LGraphNode {
 
   override onDrawForeground = (ctx: CanvasRenderingContext2D): void => {
     if (this.flags.collapsed) return;
+    // litegraph lays the widgets out after this hook: on the first frame of a freshly opened workflow they
+    // have no place yet, and the picture would go under them (drawn over in stripes). Lay them out first.
+    this._setConcreteSlots();
+    this.arrange();
     let below = this.size[1] + 8;
     const img = this.shownImage();
     if (img?.complete && img.naturalWidth) below = this.drawImage(ctx, img, below);
@@ -177,9 +188,8 @@ export class CharflowNode extends LGraphNode {
     let areaY = top;
     let areaW = w - 20;
     let areaH = h - top - reserve;
-    const isResult = this.run.images.length > 0 || this.run.preview !== undefined;
     if (areaH < 64) {
-      if (!isResult) return below;
+      // No room inside (a workflow saved a small node): results and the chosen picture alike go in a
       // Panel under the node, as wide as the node, at most 240 tall.
       areaX = 0;
       areaY = below;

@@ -1,7 +1,7 @@
 // The toolbar: file actions on the left, run and cancel on the right.
 import { el } from './dialogs.ts';
 
-export type Action = 'new' | 'example' | 'open' | 'save' | 'saveas' | 'import' | 'export' | 'run' | 'cancel' | 'fit';
+export type Action = 'new' | 'example' | 'templates' | 'models' | 'queue' | 'open' | 'save' | 'saveas' | 'import' | 'export' | 'run' | 'cancel' | 'fit';
 
 export interface Toolbar {
   element: HTMLElement;
@@ -12,12 +12,15 @@ export interface Toolbar {
 const BUTTONS: { action: Action; label: string; title: string; group: 'file' | 'view' | 'run' }[] = [
   { action: 'new', label: 'New', title: 'Start an empty workflow', group: 'file' },
   { action: 'example', label: 'Example', title: 'Open the InstantCharacter example workflow', group: 'file' },
+  { action: 'templates', label: 'Templates…', title: 'Start from one of the bundled workflows', group: 'file' },
   { action: 'open', label: 'Open…', title: 'Open a workflow saved on the server (Ctrl+O)', group: 'file' },
   { action: 'save', label: 'Save', title: 'Save to the server (Ctrl+S)', group: 'file' },
   { action: 'saveas', label: 'Save as…', title: 'Save under another name', group: 'file' },
   { action: 'import', label: 'Import…', title: 'Open a workflow .json, or a PNG that charflow saved (or drop it on the page)', group: 'file' },
   { action: 'export', label: 'Export', title: 'Download the workflow as .json', group: 'file' },
   { action: 'fit', label: 'Fit', title: 'Show the whole graph', group: 'view' },
+  { action: 'queue', label: 'Queue', title: 'Queued and running runs, and the history of finished ones', group: 'view' },
+  { action: 'models', label: 'Models', title: 'Installed model sets: format, size, loaded; unload one', group: 'view' },
   { action: 'run', label: '▶ Run', title: 'Run the workflow as it is now (Ctrl+Enter)', group: 'run' },
   { action: 'cancel', label: '■ Cancel', title: 'Cancel the running workflow', group: 'run' },
 ];

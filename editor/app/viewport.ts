@@ -2,12 +2,35 @@
 // and graph coordinates (litegraph draws in CSS pixels, offset then scaled by its DragAndScale).
 import { LiteGraph, type LGraph, type LGraphCanvas } from '@comfyorg/litegraph';
 
+/**
+ * Sizes the canvas to its container in device pixels (CSS size unchanged). litegraph draws with the
+ * devicePixelRatio as its base transform, so a canvas only as wide as its CSS size showed the graph and the
+ * background grid in the top-left part alone on a HiDPI screen.
+ */
+export function sizeCanvas(canvas: LGraphCanvas): void {
+  const el = canvas.canvas;
+  const parent = el.parentElement;
+  if (!parent) return;
+  const dpr = window.devicePixelRatio || 1;
+  const w = parent.clientWidth;
+  const h = parent.clientHeight;
+  el.style.width = `${w}px`;
+  el.style.height = `${h}px`;
+  const [dw, dh] = [Math.round(w * dpr), Math.round(h * dpr)];
+  if (el.width === dw && el.height === dh) return; // unchanged: the context keeps its scale
+  canvas.resize(dw, dh);
+  // A new size resets the context: the foreground draws in CSS pixels again (as ComfyUI's frontend does it).
+  el.getContext('2d')?.scale(dpr, dpr);
+}
+
 /** Zooms (never above 100 %) and pans so every node is visible. */
 export function fitView(canvas: LGraphCanvas, graph: LGraph): void {
   const nodes = graph._nodes;
-  canvas.resize();
-  const cw = canvas.canvas.width;
-  const ch = canvas.canvas.height;
+  sizeCanvas(canvas);
+  // Graph units are CSS pixels: the canvas holds devicePixelRatio device pixels per CSS pixel.
+  const dpr = window.devicePixelRatio || 1;
+  const cw = canvas.canvas.width / dpr;
+  const ch = canvas.canvas.height / dpr;
   const ds = canvas.ds;
   if (!nodes.length || !cw || !ch) {
     ds.offset[0] = 0;

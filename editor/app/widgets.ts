@@ -2,6 +2,7 @@
 // lists (enum), toggles, seeds with randomise, image pickers with upload, colours.
 import { BaseWidget, LiteGraph, type LGraphNode } from '@comfyorg/litegraph';
 import type { IBaseWidget } from '@comfyorg/litegraph/dist/types/widgets';
+import type { ImageRef } from '../protocol.ts';
 import type { DrawWidgetOptions, WidgetEventOptions } from '@comfyorg/litegraph/dist/widgets/BaseWidget';
 import { editText } from './textedit.ts';
 import { type Constant, type ParamInfo, initialValue, numberPrecision, numberStep, randomSeed, snapNumber } from './schema.ts';
@@ -13,6 +14,10 @@ export interface WidgetEnv {
   upload(file: File): Promise<string>;
   /** A value changed through the UI. */
   changed(): void;
+  /** Shows output pictures full size (the gallery). */
+  openImages?(images: ImageRef[]): void;
+  /** Names of the installed model sets (for model-set parameters). */
+  modelSets?(): string[];
   /** Shows a short message in the status line. */
   notify(message: string, kind?: 'info' | 'error'): void;
   /** Names of the saved characters (editor/app/characters.ts), for 'character' parameters. */
@@ -234,10 +239,11 @@ export function addParamWidget(node: LGraphNode, info: ParamInfo, env: WidgetEnv
     widget = w;
     get = () => String(w.value);
     set = (v) => (w.value = String(v));
-  } else if (info.format === 'character') {
-    // A saved character's name: the panel's list, keeping a name that is not (or no longer) in it.
+  } else if (info.format === 'character' || info.format === 'modelset') {
+    // A saved character's name or an installed model set: the server's list, keeping a value that is
+    // not (or no longer) in it visible.
     const values = (): string[] => {
-      const list = env.savedCharacters?.() ?? [];
+      const list = (info.format === 'character' ? env.savedCharacters?.() : env.modelSets?.()) ?? [];
       const current = String(widget.value ?? '');
       return current && !list.includes(current) ? [current, ...list] : list.length ? list : [current];
     };

@@ -11,6 +11,7 @@ import { validateWorkflow } from '../../engine/workflow/index.ts';
 import type { ValidationError } from '../../engine/workflow/types.ts';
 import { QueueLimitError, type Job, type JobDispatcher, type JobQueue, type JobSummary } from '../../engine/queue/index.ts';
 import type { CatalogNode, ClientMessage, QueueItem, ReplyBody, RunEventMessage, ServerMessage } from '../protocol.ts';
+import { historyItems, queueItems } from './history-ws.ts';
 import { parseClientMessage, toEventMessage } from './messages.ts';
 import { StoreError, type WorkflowStore } from './workflows.ts';
 
@@ -195,12 +196,7 @@ export class EditorHub<S> {
   }
 
   private queueItems(active: JobSummary[], c: Client): QueueItem[] {
-    return active.map((j) => ({
-      runId: j.id,
-      status: j.status === 'running' ? 'running' : 'pending',
-      mine: this.mine(c, j),
-      queuedAt: new Date(j.createdAt).toISOString(),
-    }));
+    return queueItems(this.o.queue, active, (j) => this.mine(c, j));
   }
 
   // ---- requests ---------------------------------------------------------------------------------
@@ -270,6 +266,18 @@ export class EditorHub<S> {
       }
       case 'queue':
         return { type: 'queue', items: this.queueItems(queue.active(), c) };
+      case 'history':
+        return { type: 'history', items: historyItems(queue, msg.limit ?? 50, (j) => this.mine(c, j)) };
+      case 'history.load': {
+        const job = queue.get(msg.runId);
+        if (!job) throw new Refused('not_found', `run ${msg.runId} not found`);
+        return { type: 'history_item', runId: job.id, workflow: job.workflow };
+      }
+      case 'jobs.delete': {
+        // A running job cannot be deleted: it is cancelled (it then lands in the history as cancelled).
+        for (const id of msg.runIds) if (queue.get(id)?.status === 'running') queue.cancel(id);
+        return { type: 'jobs_deleted', deleted: queue.delete(msg.runIds) };
+      }
     }
   }
 

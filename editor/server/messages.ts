@@ -30,6 +30,9 @@ const SCHEMAS: Record<ClientMessage['type'], Record<string, unknown>> = {
   run: message('run', { workflow, targets: { type: 'array', items: { type: 'string', maxLength: 256 }, maxItems: 100_000 } }, ['workflow']),
   cancel: message('cancel', { runId: id }, ['runId']),
   queue: message('queue'),
+  history: message('history', { limit: { type: 'integer', minimum: 1, maximum: 1000 } }),
+  'history.load': message('history.load', { runId: id }, ['runId']),
+  'jobs.delete': message('jobs.delete', { runIds: { type: 'array', items: id, minItems: 1, maxItems: 1000 } }, ['runIds']),
 };
 
 let validators: Map<string, ValidateFunction> | undefined;

@@ -26,6 +26,9 @@ import { Guard, isLoopbackHost, type Refusal } from './security.ts';
 import { StoreError, WorkflowStore } from './workflows.ts';
 import { inputRefs, modelSetOf, mountWorkerApi } from './workers.ts';
 import { mountCharacterApi } from './characters.ts';
+import { mountModelsApi } from './models.ts';
+import { mountTemplatesApi } from './templates.ts';
+import { sendTokenPage, wantsTokenPage } from './token-page.ts';
 
 export type { ServerContext, ServerLimits, ServerPlugin } from './context.ts';
 
@@ -287,6 +290,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     res.setHeader('Content-Security-Policy', "frame-ancestors 'none'");
     const stateChanging = !['GET', 'HEAD', 'OPTIONS'].includes(req.method);
     const refusal = guard.checkAll(req, { origin: stateChanging });
+    if (refusal?.code === 'unauthorized' && wantsTokenPage(req)) return sendTokenPage(res, refusal.message);
     if (refusal) return sendRefusal(res, refusal);
     if (guard.token !== undefined && req.method === 'GET' && guard.queryToken(req) !== undefined) {
       res.setHeader('Set-Cookie', guard.tokenCookie()!);
@@ -310,6 +314,9 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       next(err);
     }
   });
+
+  mountModelsApi(app, paths, services.pool); // /api/models (issue 25: model sets you can pick)
+  mountTemplatesApi(app); // /api/templates: the bundled workflows
 
   app.get('/api/inputs', async (_req, res, next) => {
     try {

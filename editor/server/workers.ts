@@ -10,18 +10,16 @@ import type { WebSocket } from 'ws';
 import type { BullmqDispatcher, WorkerLink } from '../../engine/queue/bullmq-dispatcher.ts';
 import type { InputRef, WorkerMessage } from '../../engine/queue/bullmq.ts';
 import type { NodeDef } from '../../engine/node.ts';
-import { writeFileAtomic } from '../../engine/fsutil.ts';
 import type { ValidWorkflow } from '../../engine/workflow/types.ts';
 import { resolveImagePath } from '../../nodes/load_character.ts';
 import type { Services } from '../../nodes/services.ts';
 import type { ServerContext } from './context.ts';
 import { FileRequestError, IMAGE_TYPES } from './files.ts';
 import { characterRef } from './characters.ts';
+import { outputParts, storeWorkerOutput } from './worker-outputs.ts';
 
 const SHA256_RE = /^[0-9a-f]{64}$/;
 const NAME_RE = /^[A-Za-z0-9_.:-]{1,128}$/;
-/** Extensions an uploaded output may have. */
-const OUTPUT_EXTS = new Set(['.png', '.jpg', '.jpeg', '.webp']);
 
 /** The model set a workflow's jobs go to: its first LoadModels node's set (the default when none). */
 export function modelSetOf(workflow: ValidWorkflow, registry: ReadonlyMap<string, NodeDef<Services>>): string {
@@ -94,13 +92,11 @@ export function parseWorkerMessage(text: string): WorkerMessage | undefined {
   }
 }
 
-/** The name an uploaded output gets here: fixed per job, node and index, so a retried job overwrites its own. */
+/** A name fixed per job, node and index (kept for tools that want one; uploads are numbered, see worker-outputs.ts). */
 export function outputName(workerName: string, jobId: string, nodeId: string, index: number): string {
-  const ext = path.extname(workerName).toLowerCase();
-  if (!OUTPUT_EXTS.has(ext)) throw new FileRequestError(415, 'invalid_upload', `outputs must be .png, .jpg or .webp, got "${workerName}"`);
-  const stem = path.basename(workerName, path.extname(workerName)).replace(/_\d+$/, '').replace(/[^A-Za-z0-9_-]/g, '') || 'charflow';
+  const { stem, ext } = outputParts(workerName);
   const safe = (s: string): string => s.replace(/[^A-Za-z0-9_-]/g, '-');
-  return `${stem.slice(0, 64)}_${safe(jobId)}_${safe(nodeId)}_${index}${ext}`;
+  return `${stem}_${safe(jobId)}_${safe(nodeId)}_${index}${ext}`;
 }
 
 /** Mounts the worker API (scale-out mode only). */
@@ -129,7 +125,7 @@ export function mountWorkerApi(ctx: ServerContext, dispatcher: BullmqDispatcher)
     }
   });
 
-  // An output image of a running job, into the outputs (or temp) folder under a name fixed by job, node and index.
+  // An output image of a running job, into the outputs (or temp) folder, numbered as the embedded runner does.
   app.put('/api/worker/outputs', express.raw({ type: () => true, limit: limits.uploadBytes }), async (req, res, next) => {
     try {
       const { job: jobId, node, index, type, name } = req.query as Record<string, unknown>;
@@ -142,9 +138,9 @@ export function mountWorkerApi(ctx: ServerContext, dispatcher: BullmqDispatcher)
       const job = queue.get(jobId);
       if (!job || job.finishedAt !== null) throw new FileRequestError(409, 'not_running', `job ${jobId} is not running`);
       if (!Buffer.isBuffer(req.body) || req.body.length === 0) throw new FileRequestError(400, 'invalid_upload', 'the body must be the image bytes');
-      const filename = outputName(name, jobId, node, i);
       const dir = type === 'output' ? paths.outputs : paths.temp;
-      await writeFileAtomic(path.join(dir, filename), req.body);
+      // The embedded runner's numbered names (issue 25); a retried job's upload overwrites its own file.
+      const filename = await storeWorkerOutput(dir, name, jobId, node, i, req.body);
       res.json({ filename, subfolder: '', type });
     } catch (err) {
       next(err);

@@ -120,8 +120,23 @@ async function verify(path: string, entry: ListFileEntry): Promise<string | unde
   return undefined;
 }
 
-function hubError(err: unknown, repo: string, gated: boolean, token: string | undefined): Error {
+/** The host of the hub URL (for messages). */
+function hubHost(hubUrl: string | undefined): string {
+  try {
+    return new URL(hubUrl ?? 'https://huggingface.co').host;
+  } catch {
+    return hubUrl ?? 'huggingface.co';
+  }
+}
+
+function hubError(err: unknown, repo: string, gated: boolean, token: string | undefined, hubUrl?: string): Error {
   const status = (err as { statusCode?: number }).statusCode;
+  if (status === undefined) {
+    // No HTTP answer at all: the network (DNS, refused, offline, proxy), not the hub.
+    const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+    const why = cause?.code ?? cause?.message ?? (err as Error).message;
+    return new Error(`${repo}: cannot reach ${hubHost(hubUrl)} (${why}); check the network, or point --endpoint (or HF_ENDPOINT) at a reachable hub or mirror`);
+  }
   if ((status === 401 || status === 403) && gated) {
     return new Error(`${repo} is gated: accept its licence on its hub page, then pass --token hf_... (or set HF_TOKEN)${token ? '; the token given was refused' : ''}`);
   }
@@ -236,7 +251,7 @@ export async function pullRepos(opts: PullOptions): Promise<Record<string, strin
     try {
       for await (const f of listFiles({ repo: r.repo, recursive: true, hubUrl, accessToken: token })) listing.push(f);
     } catch (err) {
-      throw hubError(err, r.repo, r.gated, token);
+      throw hubError(err, r.repo, r.gated, token, hubUrl);
     }
     listing = r.select(listing);
     if (!listing.length) throw new Error(`${r.repo}: none of the expected files are in the repository`);
@@ -248,7 +263,7 @@ export async function pullRepos(opts: PullOptions): Promise<Record<string, strin
       try {
         await pullFile(ctx, entry);
       } catch (err) {
-        if ((err as { statusCode?: number }).statusCode) throw hubError(err, r.repo, r.gated, token);
+        if ((err as { statusCode?: number }).statusCode) throw hubError(err, r.repo, r.gated, token, hubUrl);
         throw err;
       }
     }

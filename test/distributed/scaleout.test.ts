@@ -141,6 +141,8 @@ describe('scale-out: one server, two worker processes, BullMQ on Redis', () => {
     const listed = jobs.flatMap((j) => Object.values(j.outputs).flatMap((o) => o.images ?? []).map((i) => i.filename));
     expect(listed).toHaveLength(6);
     expect(files.sort()).toEqual([...listed].sort());
+    // Named as the embedded runner names them (Save Image's prefix, numbered).
+    for (const f of listed) expect(f).toMatch(/^[A-Za-z0-9_-]+_\d{5}\.png$/);
     // Both clients saw progress from both workers.
     const byWorker = (w: string): string[] => jobs.filter((j) => j.worker === w).map((j) => j.id).concat(w === 'w1' ? [victim.id] : []);
     for (const w of ['w1', 'w2']) {

@@ -23,18 +23,30 @@ export interface ObjectInfo {
 }
 
 /**
- * Image parameters offer the files of the inputs folder (plus the declared default, e.g. a bundled example);
+ * Choices the server knows: image parameters offer the files of the inputs folder, model-set parameters the
+ * installed sets (each plus the declared default, e.g. a bundled example or the tiny set before it is written),
  * saved-character parameters the saved characters' names.
  */
-export function paramSpec(p: ParamSchema, imageFiles: readonly string[], characters: readonly string[] = []): InputSpec {
+export interface ParamChoices {
+  images: readonly string[];
+  modelSets?: readonly string[];
+  characters?: readonly string[];
+}
+
+export function paramSpec(p: ParamSchema, choices: ParamChoices): InputSpec {
   const opts: Record<string, unknown> = {};
   if (p.default !== undefined) opts.default = p.default;
   if (p.description) opts.tooltip = p.description;
   if (p.format === 'image') {
-    const files = typeof p.default === 'string' && p.default !== '' && !imageFiles.includes(p.default) ? [p.default, ...imageFiles] : [...imageFiles];
+    const files = typeof p.default === 'string' && p.default !== '' && !choices.images.includes(p.default) ? [p.default, ...choices.images] : [...choices.images];
     return [files, { ...opts, image_upload: true }];
   }
-  if (p.format === 'character') return [[...characters], opts];
+  if (p.format === 'character') return [[...(choices.characters ?? [])], opts];
+  if (p.format === 'modelset') {
+    const modelSets = choices.modelSets ?? [];
+    const sets = typeof p.default === 'string' && !modelSets.includes(p.default) ? [p.default, ...modelSets] : [...modelSets];
+    return [sets, opts];
+  }
   if (p.enum) return [[...p.enum], opts];
   if (p.type === 'integer' || p.type === 'number') {
     if (p.minimum !== undefined) opts.min = p.minimum;
@@ -47,7 +59,7 @@ export function paramSpec(p: ParamSchema, imageFiles: readonly string[], charact
   return [PARAM_SOCKET[p.type], opts];
 }
 
-export function objectInfo<S>(def: NodeDef<S>, imageFiles: readonly string[], characters: readonly string[] = []): ObjectInfo {
+export function objectInfo<S>(def: NodeDef<S>, choices: ParamChoices): ObjectInfo {
   const required: Record<string, InputSpec> = {};
   const optional: Record<string, InputSpec> = {};
   for (const [name, d] of Object.entries(def.inputs)) {
@@ -56,7 +68,7 @@ export function objectInfo<S>(def: NodeDef<S>, imageFiles: readonly string[], ch
   }
   // A parameter with a default always has a value, as ComfyUI's widgets do: it is "required".
   for (const [name, p] of Object.entries(def.params)) {
-    (p.optional && p.default === undefined ? optional : required)[name] = paramSpec(p, imageFiles, characters);
+    (p.optional && p.default === undefined ? optional : required)[name] = paramSpec(p, choices);
   }
   const outputs = Object.entries(def.outputs);
   const info: ObjectInfo = {
@@ -82,9 +94,9 @@ export function objectInfo<S>(def: NodeDef<S>, imageFiles: readonly string[], ch
   return info;
 }
 
-export function allObjectInfo<S>(registry: ReadonlyMap<string, NodeDef<S>>, imageFiles: readonly string[], characters: readonly string[] = []): Record<string, ObjectInfo> {
+export function allObjectInfo<S>(registry: ReadonlyMap<string, NodeDef<S>>, choices: ParamChoices): Record<string, ObjectInfo> {
   const out: Record<string, ObjectInfo> = {};
-  for (const def of registry.values()) out[def.type] = objectInfo(def, imageFiles, characters);
+  for (const def of registry.values()) out[def.type] = objectInfo(def, choices);
   return out;
 }
 

@@ -11,8 +11,9 @@ import type { ServerContext } from '../context.ts';
 import { apiToWorkflow, isCharflowWorkflow, workflowToApi, type ApiPrompt, type Converted } from './convert.ts';
 import { errorBody, issuesFromValidation, promptError, type Issue } from './errors.ts';
 import { historyEntry, queueItem, type ComfyExtra } from './history.ts';
-import { allObjectInfo, inputConfig, objectInfo } from './object-info.ts';
+import { allObjectInfo, inputConfig, objectInfo, type ParamChoices } from './object-info.ts';
 import { savedCharacterNames } from '../characters.ts';
+import { listModelSets } from '../../../models/modelsets.ts';
 import type { ComfyHub } from './ws.ts';
 
 /** Client-chosen prompt ids: what a UUID, a number or a simple name needs. */
@@ -36,6 +37,11 @@ function queryInt(v: unknown): number | undefined {
 }
 
 type Refusal = { status: number; body: unknown };
+
+/** What /object_info offers for image, model-set and saved-character parameters, read afresh per request. */
+async function paramChoices(paths: ServerContext['paths']): Promise<ParamChoices> {
+  return { images: await listInputs(paths), modelSets: listModelSets(paths.models).map((m) => m.name), characters: savedCharacterNames(paths) };
+}
 
 export function comfyRouter(ctx: ServerContext, hub: ComfyHub<Services>): Router {
   const { queue, runner, registry, paths, limits } = ctx;
@@ -213,7 +219,7 @@ export function comfyRouter(ctx: ServerContext, hub: ComfyHub<Services>): Router
 
   router.get('/object_info', async (_req, res, next) => {
     try {
-      res.json(allObjectInfo(registry, await listInputs(paths), savedCharacterNames(paths)));
+      res.json(allObjectInfo(registry, await paramChoices(paths)));
     } catch (err) {
       next(err);
     }
@@ -221,7 +227,7 @@ export function comfyRouter(ctx: ServerContext, hub: ComfyHub<Services>): Router
   router.get('/object_info/:type', async (req, res, next) => {
     try {
       const def = registry.get(req.params.type!);
-      res.json(def ? { [def.type]: objectInfo(def, await listInputs(paths), savedCharacterNames(paths)) } : {});
+      res.json(def ? { [def.type]: objectInfo(def, await paramChoices(paths)) } : {});
     } catch (err) {
       next(err);
     }
