@@ -108,5 +108,5 @@ export function inputConfig<S>(registry: ReadonlyMap<string, NodeDef<S>>, type: 
     const d = def.inputs[field]!;
     return d.description ? [d.type, { tooltip: d.description }] : [d.type];
   }
-  return Object.hasOwn(def.params, field) ? paramSpec(def.params[field]!, []) : undefined;
+  return Object.hasOwn(def.params, field) ? paramSpec(def.params[field]!, { images: [] }) : undefined;
 }
