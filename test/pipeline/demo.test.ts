@@ -19,12 +19,12 @@ describe('charflow demo', () => {
     try {
       const stdout = sink();
       const stderr = sink();
-      // No --out: the PNG goes where `run` puts outputs, the data folder's outputs, and the demo says so.
+      // No --out: the PNG goes where `run` puts outputs, the data folder's outputs, and the demo ends with its absolute path.
       const code = await main(['demo', '--data', join(dir, 'data'), '--width', '80', '--height', '64', '--steps', '2', '--device', 'cpu'], { stdout, stderr, cwd: dir });
       expect(code, stderr.text).toBe(0);
       expect(stderr.text).toMatch(/random weights/);
       const outputs = join(dir, 'data', 'outputs');
-      expect(stderr.text).toContain(`the image is in ${outputs}\n`);
+      expect(stdout.text).toContain(`picture written:\n  ${join(outputs, 'instantcharacter_00001.png')}\n`);
       expect(existsSync(join(dir, 'out'))).toBe(false);
       const files = readdirSync(outputs);
       expect(files).toEqual(['instantcharacter_00001.png']);
