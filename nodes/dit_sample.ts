@@ -5,6 +5,7 @@ import { SOCKET, type Conditioning, type Latent, type ModelSet } from './types.t
 import { tensorBytes } from './lib/tensors.ts';
 import { latentPreview } from './lib/preview.ts';
 import { type CharacterInput, prepareIpFeeds } from './lib/flux_feeds.ts';
+import { loraRunOptions, loraState } from './lib/lora.ts';
 import {
   type Schedule, eulerStep, flowMatchSchedule, packLatents, scaleNoise, seededNormal, shiftedSchedule, sigmasProblem,
   truncateSchedule, unpackLatents,
@@ -77,7 +78,7 @@ export function fluxBytesPerImage(models: ModelSet, textTokens: number, imageTok
 function fluxResidentBytes(models: ModelSet, device: string): number {
   const entry = models.manifest.files.flux;
   const files = entry.bytes + (entry.data ?? []).reduce((n, d) => n + d.bytes, 0);
-  return device === 'cpu' && models.dtype('flux') === 'float16' ? 3 * files : files;
+  return (device === 'cpu' && models.dtype('flux') === 'float16' ? 3 * files : files) + (loraState(models)?.bytes ?? 0);
 }
 
 /** Repeats a [1, ...] tensor n times along the first axis. */
@@ -269,7 +270,7 @@ export const DiTSample: NodeDef<Services> = {
         rope_cos: rope.cos,
         rope_sin: rope.sin,
         ...ip,
-      }, { signal: ctx.signal });
+      }, { signal: ctx.signal, ...loraRunOptions(models, 'flux') });
       const pred = toFloat32(out.noise_pred!); // [callBatch, L, 4C]
       const velocity = negative ? trueCfgCombine(pred, batch * perImage, trueCfg) : pred;
       eulerStep(latents, velocity, schedule.sigmas[i]!, schedule.sigmas[i + 1]!);

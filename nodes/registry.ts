@@ -17,6 +17,7 @@ import { KeepBest } from './keep_best.ts';
 import { PreviewImage } from './preview_image.ts';
 import { LoadImage } from './load_image.ts';
 import { VAEEncode } from './vae_encode.ts';
+import { LoraLoader, LoraLoaderModelOnly } from './lora_loader.ts';
 
 export const NODE_TYPES: readonly NodeDef<Services>[] = [
   LoadModels,
@@ -35,6 +36,7 @@ export const NODE_TYPES: readonly NodeDef<Services>[] = [
   PreviewImage,
   LoadImage,
   VAEEncode,
+  LoraLoader, LoraLoaderModelOnly,
 ];
 
 export function nodeRegistry(): Map<string, NodeDef<Services>> {

@@ -1,0 +1,174 @@
+// Run-time LoRAs: the LoRA-capable variant of a set's graph (made once per graph file, cached on disk)
+// and the factor feeds of a LoRA stack for it. A strength change or a swap is a new set of feeds; the
+// variant graph and its base weights stay loaded.
+import { createHash } from 'node:crypto';
+import { existsSync, linkSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync, closeSync, openSync, writeSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import { type LinearSite, addLoraBranches, externalLocations, linearSites, loraDownName, loraUpName } from './graph.ts';
+import { type LoraComponent, type LoraTable, type LoraUpdate, clipLoraTable, fluxLoraTable } from './keys.ts';
+import type { FluxConfig } from '../flux.ts';
+import type { Tensor } from '../tensor.ts';
+
+/** Bumped when the variant's layout changes (old cached variants are then rebuilt). */
+const VARIANT_VERSION = 1;
+
+const blockCount = (sites: readonly LinearSite[], prefix: string): number =>
+  sites.reduce((n, s) => Math.max(n, ...s.modules.map((m) => (m.startsWith(prefix) ? Number(m.slice(prefix.length).split('.')[0]) + 1 : 0))), 0);
+
+function siteDims(sites: readonly LinearSite[], module: string): [number, number] {
+  const s = sites.find((x) => x.modules.length === 1 && x.modules[0] === module);
+  if (!s) throw new Error(`the graph has no Linear '${module}'`);
+  return [s.out, s.in];
+}
+
+/**
+ * The key table of a built graph, from its own Linears: the architecture's sizes are read off the sites
+ * (a FLUX table only depends on the width C, the block counts and the embedders' sizes).
+ */
+export function tableForSites(component: LoraComponent, sites: readonly LinearSite[]): LoraTable {
+  if (component === 'clip') {
+    const p = 'text_model.encoder.layers.0';
+    return clipLoraTable(blockCount(sites, 'text_model.encoder.layers.'), siteDims(sites, `${p}.self_attn.q_proj`)[0], siteDims(sites, `${p}.mlp.fc1`)[0]);
+  }
+  const [C, inChannels] = siteDims(sites, 'x_embedder');
+  const cfg: FluxConfig = {
+    patchSize: 1,
+    inChannels,
+    outChannels: siteDims(sites, 'proj_out')[0],
+    numLayers: blockCount(sites, 'transformer_blocks.'),
+    numSingleLayers: blockCount(sites, 'single_transformer_blocks.'),
+    // Only the width C = heads * headDim shapes a Linear.
+    numHeads: 1,
+    headDim: C,
+    jointAttentionDim: siteDims(sites, 'context_embedder')[1],
+    pooledProjectionDim: siteDims(sites, 'time_text_embed.text_embedder.linear_1')[1],
+    guidanceEmbeds: sites.some((s) => s.name === 'time_text_embed.guidance_embedder.linear_1'),
+    axesDimsRope: [C],
+    ropeTheta: 10000,
+  };
+  return fluxLoraTable(cfg);
+}
+
+/** Module -> [out, in] of every module a table targets. */
+export function tableModules(table: LoraTable): Map<string, { out: number; in: number }> {
+  const out = new Map<string, { out: number; in: number }>();
+  for (const ts of table.values()) for (const t of ts) out.set(t.module, { out: t.out, in: t.in });
+  return out;
+}
+
+export interface LoraVariant {
+  component: LoraComponent;
+  /** The variant graph (beside links to the base's external data). */
+  path: string;
+  /** Its LoRA sites, in graph order. */
+  sites: LinearSite[];
+  table: LoraTable;
+}
+
+function linkOrCopyName(from: string, to: string): void {
+  try {
+    linkSync(from, to); // same file system: no copy, and ORT sees a plain file beside the model
+  } catch {
+    symlinkSync(from, to);
+  }
+}
+
+/**
+ * The LoRA-capable variant of `modelPath`, from `cacheRoot` when made before for the same file (size and
+ * mtime), else made now (reads the graph file once; weights held in external data are linked, not copied).
+ */
+export function loraVariant(modelPath: string, component: LoraComponent, cacheRoot: string): LoraVariant {
+  const path = resolve(modelPath);
+  const st = statSync(path);
+  const key = createHash('sha256').update(`${VARIANT_VERSION}\n${path}\n${st.size}\n${st.mtimeMs}`).digest('hex').slice(0, 16);
+  const dir = join(cacheRoot, `${basename(path).replace(/\.onnx$/i, '')}-${key}`);
+  const file = join(dir, basename(path));
+  const meta = join(dir, 'sites.json');
+  if (existsSync(file) && existsSync(meta)) {
+    const sites = JSON.parse(readFileSync(meta, 'utf8')) as LinearSite[];
+    return { component, path: file, sites, table: tableForSites(component, sites) };
+  }
+  const bytes = readFileSync(path);
+  const table = tableForSites(component, linearSites(bytes));
+  const modules = tableModules(table);
+  const { chunks, sites } = addLoraBranches(bytes, (s) => s.modules.every((m) => modules.has(m)));
+  if (!sites.length) throw new Error(`${path}: no Linear of this ${component} graph can take a LoRA`);
+  const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp, { recursive: true });
+  try {
+    const fd = openSync(join(tmp, basename(path)), 'w');
+    try {
+      for (const c of chunks) {
+        let written = 0;
+        while (written < c.length) written += writeSync(fd, c, written, c.length - written);
+      }
+    } finally {
+      closeSync(fd);
+    }
+    for (const loc of externalLocations(bytes)) linkOrCopyName(join(dirname(path), loc), join(tmp, loc));
+    writeFileSync(join(tmp, 'sites.json'), JSON.stringify(sites));
+    rmSync(dir, { recursive: true, force: true });
+    renameSync(tmp, dir);
+  } catch (err) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw err;
+  }
+  return { component, path: file, sites, table };
+}
+
+/** The factor feeds of a LoRA stack for a variant's sites, and their bytes (float32). */
+export interface LoraFeeds {
+  feeds: Record<string, Tensor>;
+  bytes: number;
+  /** Sites that got a branch of rank > 0. */
+  applied: number;
+}
+
+/**
+ * lora_down.<site> = A^T [in, R] and lora_up.<site> = B^T [R, out] for every site: the updates on the
+ * site's modules, one block of rows per group (the pieces of a fused LoRA module share their A), with the
+ * scale folded into B and each module's B in its own output columns. Sites without updates get R = 0.
+ */
+export function loraFeeds(variant: LoraVariant, updates: readonly LoraUpdate[]): LoraFeeds {
+  const modules = tableModules(variant.table);
+  const feeds: Record<string, Tensor> = {};
+  let bytes = 0;
+  let applied = 0;
+  const byModule = new Map<string, LoraUpdate[]>();
+  for (const u of updates) {
+    if (u.target.component !== variant.component) continue;
+    byModule.set(u.target.module, [...(byModule.get(u.target.module) ?? []), u]);
+  }
+  for (const site of variant.sites) {
+    const cols = new Map<string, number>();
+    let off = 0;
+    for (const m of site.modules) {
+      cols.set(m, off);
+      off += modules.get(m)!.out;
+    }
+    if (off !== site.out) throw new Error(`LoRA site '${site.name}': its modules are ${off} wide, the graph's Linear ${site.out}`);
+    const groups = new Map<string, LoraUpdate[]>();
+    for (const m of site.modules) for (const u of byModule.get(m) ?? []) groups.set(u.group, [...(groups.get(u.group) ?? []), u]);
+    const R = [...groups.values()].reduce((n, us) => n + us[0]!.rank, 0);
+    const down = new Float32Array(site.in * R); // [in, R]
+    const up = new Float32Array(R * site.out); // [R, out]
+    let r0 = 0;
+    for (const us of groups.values()) {
+      const { rank, down: A } = us[0]!;
+      for (let j = 0; j < rank; j++) for (let i = 0; i < site.in; i++) down[i * R + r0 + j] = A[j * site.in + i]!;
+      for (const u of us) {
+        const c0 = cols.get(u.target.module)!;
+        for (let o = 0; o < u.target.out; o++) {
+          for (let j = 0; j < rank; j++) up[(r0 + j) * site.out + c0 + o]! += u.scale * u.up[o * rank + j]!;
+        }
+      }
+      r0 += rank;
+    }
+    if (R > 0) applied++;
+    feeds[loraDownName(site.name)] = { dtype: 'float32', dims: [site.in, R], data: down };
+    feeds[loraUpName(site.name)] = { dtype: 'float32', dims: [R, site.out], data: up };
+    bytes += 4 * (down.length + up.length);
+  }
+  return { feeds, bytes, applied };
+}
