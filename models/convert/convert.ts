@@ -160,7 +160,10 @@ function fingerprints(
     vae: fingerprint({ ...base('vae'), c: 'vae', files: stamps(ck.vae.files), cfg: ck.vae.cfg }),
     vae_encoder: fingerprint({ ...base('vae_encoder'), c: 'vae_encoder', files: stamps(ck.vae.files), cfg: ck.vae.cfg }),
     t5: fingerprint({ ...base('t5'), c: 't5', files: stamps(ck.t5.files), cfg: ck.t5.cfg, seqLen: t5SeqLen }),
-    clip: fingerprint({ ...base('clip'), c: 'clip', files: stamps(ck.clip.files), cfg: ck.clip.cfg, seqLen: clipSeqLen }),
+    clip: fingerprint({
+      ...base('clip'), c: 'clip', files: stamps(ck.clip.files), cfg: ck.clip.cfg, seqLen: clipSeqLen,
+      ...(opts.loras?.length ? { loras: opts.loras.map((l) => [...fileStamp(l.path), l.weight]) } : {}),
+    }),
   };
 }
 
@@ -198,10 +201,13 @@ export async function convertCheckpoints(opts: ConvertOptions): Promise<ConvertR
   const closers: (() => void)[] = [() => ck.close()];
   try {
     let fluxWeights: WeightSource = ck.flux.weights;
+    let clipWeights: WeightSource = ck.clip.weights;
     if (opts.loras?.length) {
-      const merged = mergeLoras(ck.flux.weights, opts.loras, ck.flux.cfg, warn);
+      // The LoRAs' CLIP-L part too, as the official flux_load_lora and the run-time LoraLoader apply it.
+      const merged = mergeLoras(ck.flux.weights, opts.loras, ck.flux.cfg, warn, ck.clip.cfg);
       closers.push(() => merged.close());
       fluxWeights = merged.source;
+      clipWeights = merged.mergeClip(ck.clip.weights).source;
     }
     const ipDim = ck.ip.shape('0.to_k_ip.weight')?.[1] ?? ck.adapter.cfg.outputDim;
     const parameters = parameterCounts(ck, ipDim);
@@ -263,7 +269,7 @@ export async function convertCheckpoints(opts: ConvertOptions): Promise<ConvertR
         padId: required(ck.t5Tokenizer.pad, 'pad', 'T5'), eosId: required(ck.t5Tokenizer.eos, 'EOS', 'T5'),
       },
       clip: {
-        cfg: ck.clip.cfg, weights: track(ck.clip.weights), seqLen: clipSeqLen, tokenizer: ck.clipTokenizer.json,
+        cfg: ck.clip.cfg, weights: track(clipWeights), seqLen: clipSeqLen, tokenizer: ck.clipTokenizer.json,
         bosId: required(ck.clipTokenizer.bos, 'BOS', 'CLIP'), eosId: required(ck.clipTokenizer.eos, 'EOS', 'CLIP'),
         padId: required(ck.clipTokenizer.pad ?? ck.clipTokenizer.eos, 'pad', 'CLIP'),
       },
