@@ -22,11 +22,15 @@ export interface ObjectInfo {
   experimental: boolean;
 }
 
-/** Image parameters offer the files of the inputs folder (plus the declared default, e.g. a bundled example). */
-export function paramSpec(p: ParamSchema, imageFiles: readonly string[]): InputSpec {
+/**
+ * Image parameters offer the files of the inputs folder (plus the declared default, e.g. a bundled example);
+ * LoRA parameters the files of the loras folder, as ComfyUI's lora_name COMBO does.
+ */
+export function paramSpec(p: ParamSchema, imageFiles: readonly string[], loraFiles: readonly string[] = []): InputSpec {
   const opts: Record<string, unknown> = {};
   if (p.default !== undefined) opts.default = p.default;
   if (p.description) opts.tooltip = p.description;
+  if (p.format === 'lora') return [[...loraFiles], { ...opts, ...(loraFiles.length ? { default: loraFiles[0] } : {}) }];
   if (p.format === 'image') {
     const files = typeof p.default === 'string' && p.default !== '' && !imageFiles.includes(p.default) ? [p.default, ...imageFiles] : [...imageFiles];
     return [files, { ...opts, image_upload: true }];
@@ -43,7 +47,7 @@ export function paramSpec(p: ParamSchema, imageFiles: readonly string[]): InputS
   return [PARAM_SOCKET[p.type], opts];
 }
 
-export function objectInfo<S>(def: NodeDef<S>, imageFiles: readonly string[]): ObjectInfo {
+export function objectInfo<S>(def: NodeDef<S>, imageFiles: readonly string[], loraFiles: readonly string[] = []): ObjectInfo {
   const required: Record<string, InputSpec> = {};
   const optional: Record<string, InputSpec> = {};
   for (const [name, d] of Object.entries(def.inputs)) {
@@ -52,7 +56,7 @@ export function objectInfo<S>(def: NodeDef<S>, imageFiles: readonly string[]): O
   }
   // A parameter with a default always has a value, as ComfyUI's widgets do: it is "required".
   for (const [name, p] of Object.entries(def.params)) {
-    (p.optional && p.default === undefined ? optional : required)[name] = paramSpec(p, imageFiles);
+    (p.optional && p.default === undefined ? optional : required)[name] = paramSpec(p, imageFiles, loraFiles);
   }
   const outputs = Object.entries(def.outputs);
   const info: ObjectInfo = {
@@ -78,9 +82,9 @@ export function objectInfo<S>(def: NodeDef<S>, imageFiles: readonly string[]): O
   return info;
 }
 
-export function allObjectInfo<S>(registry: ReadonlyMap<string, NodeDef<S>>, imageFiles: readonly string[]): Record<string, ObjectInfo> {
+export function allObjectInfo<S>(registry: ReadonlyMap<string, NodeDef<S>>, imageFiles: readonly string[], loraFiles: readonly string[] = []): Record<string, ObjectInfo> {
   const out: Record<string, ObjectInfo> = {};
-  for (const def of registry.values()) out[def.type] = objectInfo(def, imageFiles);
+  for (const def of registry.values()) out[def.type] = objectInfo(def, imageFiles, loraFiles);
   return out;
 }
 

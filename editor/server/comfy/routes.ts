@@ -12,6 +12,7 @@ import { apiToWorkflow, isCharflowWorkflow, workflowToApi, type ApiPrompt, type 
 import { errorBody, issuesFromValidation, promptError, type Issue } from './errors.ts';
 import { historyEntry, queueItem, type ComfyExtra } from './history.ts';
 import { allObjectInfo, inputConfig, objectInfo } from './object-info.ts';
+import { listLoras } from '../../../nodes/lib/lora.ts';
 import type { ComfyHub } from './ws.ts';
 
 /** Client-chosen prompt ids: what a UUID, a number or a simple name needs. */
@@ -212,7 +213,7 @@ export function comfyRouter(ctx: ServerContext, hub: ComfyHub<Services>): Router
 
   router.get('/object_info', async (_req, res, next) => {
     try {
-      res.json(allObjectInfo(registry, await listInputs(paths)));
+      res.json(allObjectInfo(registry, await listInputs(paths), listLoras(paths)));
     } catch (err) {
       next(err);
     }
@@ -220,7 +221,7 @@ export function comfyRouter(ctx: ServerContext, hub: ComfyHub<Services>): Router
   router.get('/object_info/:type', async (req, res, next) => {
     try {
       const def = registry.get(req.params.type!);
-      res.json(def ? { [def.type]: objectInfo(def, await listInputs(paths)) } : {});
+      res.json(def ? { [def.type]: objectInfo(def, await listInputs(paths), listLoras(paths)) } : {});
     } catch (err) {
       next(err);
     }
