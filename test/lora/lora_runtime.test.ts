@@ -21,7 +21,6 @@ import { clipConfigFromJson } from '../../models/clip.ts';
 import { clipLoraTable, fluxLoraTable, joinTables, moduleDelta, planLoras, type LoraInput } from '../../models/lora/keys.ts';
 import { loraDownName, loraUpName } from '../../models/lora/graph.ts';
 import { type LoraModelSet, loraRunOptions, loraState } from '../../nodes/lib/lora.ts';
-import { relMaxError } from '../helpers/metrics.ts';
 
 const cfg = fluxConfigFromJson(goldenConfig('flux_transformer_ip'));
 const clipCfg = clipConfigFromJson(goldenConfig('clip_text'));
@@ -176,7 +175,7 @@ beforeAll(async () => {
     await writeGoldenModelSet(paths.models, E2E_SEQ);
     const ck = goldenCheckpoints(join(paths.root, 'ck'));
     const common = { ...ck, ...E2E_SEQ, modelsDir: paths.models, dtype: 'float32' as const, warn: () => {} };
-    await convertCheckpoints({ ...common, name: 'int4', weights: 'int4', block: 32 });
+    for (const weights of ['int4', 'int8', 'fp16'] as const) await convertCheckpoints({ ...common, name: weights, weights, ...(weights === 'fp16' ? {} : { block: 32 }) });
     await convertCheckpoints({ ...common, name: 'merged', loras: [{ path: join(loras, 'style.safetensors'), weight: styleWeight }] });
     await convertCheckpoints({ ...common, name: 'merged2', loras: [{ path: join(loras, 'style.safetensors'), weight: styleWeight }, { path: secondLora, weight: -0.7 }] });
   });
@@ -266,32 +265,32 @@ describe('LoRAs at run time on a loaded model', () => {
     expect(err).toBeLessThan(1e-4);
   });
 
-  it('keeps the full LoRA effect on an int4 base (applied in float, never requantized)', async () => {
-    const int4 = harness.services.modelSet('int4');
-    expect(int4.manifest.files.flux.weights).toBe('int4');
-    const f = await sample(golden);
-    const fl = await sample(await withLora(golden, 'style.safetensors', styleWeight));
-    const q = await sample(int4);
-    const ql = await sample(await withLora(int4, 'style.safetensors', styleWeight));
-    const effectF = fl.noisePred.map((v, i) => v - f.noisePred[i]!);
-    const effectQ = ql.noisePred.map((v, i) => v - q.noisePred[i]!);
-    // int4's own error on this call is the tolerance: the LoRA's effect through the int4 graph differs from
-    // its float effect by no more than the quantization moves the output at all.
-    const int4Error = maxDiff(q.noisePred, f.noisePred);
-    const effectError = maxDiff(effectQ, effectF);
-    const rel = relMaxError({ dtype: 'float32', dims: [effectQ.length], data: effectQ }, { dtype: 'float32', dims: [effectF.length], data: effectF });
-    console.log(`int4: own error ${int4Error.toExponential(2)}, LoRA effect ${maxAbs(effectF).toExponential(2)}, effect error ${effectError.toExponential(2)} (relative ${rel.toFixed(3)})`);
-    expect(int4Error).toBeGreaterThan(0);
-    expect(effectError).toBeLessThanOrEqual(int4Error);
-    expect(maxAbs(effectF)).toBeGreaterThan(2 * effectError);
-    // Full strength: the int4 effect projected on the float one is neither damped nor amplified.
-    let dot = 0;
-    let norm = 0;
-    for (let i = 0; i < effectF.length; i++) {
-      dot += effectQ[i]! * effectF[i]!;
-      norm += effectF[i]! * effectF[i]!;
-    }
-    console.log(`int4: effect gain ${(dot / norm).toFixed(3)}`);
-    expect(Math.abs(dot / norm - 1)).toBeLessThan(0.1);
-  });
+  for (const format of ['int4', 'int8', 'fp16'] as const) {
+    it(`keeps the full LoRA effect on a ${format} base (applied in float, never requantized)`, async () => {
+      const base = harness.services.modelSet(format);
+      expect(base.manifest.files.flux.weights).toBe(format);
+      const f = await sample(golden);
+      const fl = await sample(await withLora(golden, 'style.safetensors', styleWeight));
+      const q = await sample(base);
+      const ql = await sample(await withLora(base, 'style.safetensors', styleWeight));
+      const effectF = fl.noisePred.map((v, i) => v - f.noisePred[i]!);
+      const effectQ = ql.noisePred.map((v, i) => v - q.noisePred[i]!);
+      // The format's own error on this call is the tolerance: the effect is a difference of two runs, each within
+      // about that error of its float counterpart, so it may differ from the float effect by twice that, no more.
+      const ownError = maxDiff(q.noisePred, f.noisePred);
+      const effectError = maxDiff(effectQ, effectF);
+      let dot = 0;
+      let norm = 0;
+      for (let i = 0; i < effectF.length; i++) {
+        dot += effectQ[i]! * effectF[i]!;
+        norm += effectF[i]! * effectF[i]!;
+      }
+      console.log(`${format}: own error ${ownError.toExponential(2)}, LoRA effect ${maxAbs(effectF).toExponential(2)}, effect error ${effectError.toExponential(2)}, gain ${(dot / norm).toFixed(4)}`);
+      expect(ownError).toBeGreaterThan(0);
+      expect(effectError).toBeLessThanOrEqual(2 * ownError);
+      expect(maxAbs(effectF)).toBeGreaterThan(2 * effectError);
+      // Full strength: the effect through the base, projected on the float one, is neither damped nor amplified.
+      expect(Math.abs(dot / norm - 1)).toBeLessThan(0.1);
+    });
+  }
 });
