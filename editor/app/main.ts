@@ -7,7 +7,7 @@ import exampleWorkflow from '../../workflows/instantcharacter.json';
 import type { CatalogNode, ServerMessage } from '../protocol.ts';
 import type { Workflow } from '../../engine/workflow/types.ts';
 import { Connection, RequestError, defaultSocketUrl } from './connection.ts';
-import { fetchCatalog, listInputImages, uploadImage } from './api.ts';
+import { fetchCatalog, listInputImages, listLoraFiles, uploadImage, uploadLora } from './api.ts';
 import { registerCatalog, isCharflowNode, CharflowNode } from './nodes.ts';
 import { asWorkflow, graphToWorkflow, workflowToGraph } from './convert.ts';
 import { createPalette, PALETTE_MIME } from './palette.ts';
@@ -33,6 +33,7 @@ class App {
   readonly files: Files;
   catalog: CatalogNode[] = [];
   private inputs: string[] = [];
+  private loras: string[] = [];
   private meta: Workflow['meta'];
   private started = false;
   private lastJson = '';
@@ -97,6 +98,11 @@ class App {
         this.inputs = await listInputImages();
       },
       upload: (file: File) => uploadImage(file, file.name),
+      loraFiles: () => this.loras,
+      refreshLoraFiles: async () => {
+        this.loras = await listLoraFiles();
+      },
+      uploadLora: (file: File) => uploadLora(file, file.name),
       changed: () => {
         this.canvas.setDirty(true, true);
         this.refreshDocState(false);
@@ -117,6 +123,7 @@ class App {
     registerCatalog(catalog, this.widgetEnv());
     this.palette.setCatalog(catalog);
     this.inputs = await listInputImages();
+    this.loras = await listLoraFiles();
     this.conn.request({ type: 'queue' }, 'queue').then((q) => this.status.queue(q.items), () => {});
     this.status.message(`connected — ${catalog.length} node types`);
     if (!this.started) {

@@ -11,6 +11,10 @@ export interface WidgetEnv {
   inputImages(): string[];
   refreshInputImages(): Promise<void>;
   upload(file: File): Promise<string>;
+  /** LoRA files in the server's loras folder (cached; refreshed on demand). */
+  loraFiles(): string[];
+  refreshLoraFiles(): Promise<void>;
+  uploadLora(file: File): Promise<string>;
   /** A value changed through the UI. */
   changed(): void;
   /** Shows a short message in the status line. */
@@ -232,6 +236,31 @@ export function addParamWidget(node: LGraphNode, info: ParamInfo, env: WidgetEnv
     widget = w;
     get = () => String(w.value);
     set = (v) => (w.value = String(v));
+  } else if (info.format === 'lora') {
+    const values = (): string[] => {
+      const list = env.loraFiles();
+      const current = String(widget.value ?? '');
+      return current && !list.includes(current) ? [current, ...list] : list.length ? list : [current];
+    };
+    widget = node.addWidget('combo', info.name, String(init) || env.loraFiles()[0] || '', () => env.changed(), { values: values as unknown as string[] });
+    const upload = node.addWidget('button', `${info.name}_upload`, undefined, () => {
+      void pickFile('.safetensors').then(async (file) => {
+        if (!file) return;
+        try {
+          env.notify(`uploading ${file.name}…`);
+          widget.value = await env.uploadLora(file);
+          await env.refreshLoraFiles();
+          env.notify(`uploaded ${file.name}`);
+          env.changed();
+        } catch (err) {
+          env.notify((err as Error).message, 'error');
+        }
+      });
+    }, {});
+    upload.label = '⬆ upload LoRA…';
+    extras.push(upload);
+    get = () => String(widget.value);
+    set = (v) => (widget.value = String(v));
   } else if (info.format === 'image') {
     const values = (): string[] => {
       const list = env.inputImages();

@@ -101,6 +101,21 @@ describe('workflows/style_lora.json', () => {
       await server?.close();
     });
 
+    it('lists and stores LoRA files for the editor (/api/loras), refusing what is not a safetensors file', async () => {
+      const base = `http://127.0.0.1:${server.port}`;
+      expect(await (await fetch(`${base}/api/loras`)).json()).toEqual({ files: [LORA_FILE] });
+      const bytes = readFileSync(join(dir, 'loras', LORA_FILE));
+      const put = await fetch(`${base}/api/loras/${encodeURIComponent('../My Style!.safetensors')}`, { method: 'PUT', body: bytes });
+      expect(put.status).toBe(200);
+      const stored = await put.json() as { name: string; bytes: number };
+      expect(stored).toMatchObject({ name: 'My Style_.safetensors', bytes: bytes.length });
+      expect(readFileSync(join(dir, 'loras', stored.name)).equals(bytes)).toBe(true);
+      const bad = await fetch(`${base}/api/loras/bad.safetensors`, { method: 'PUT', body: 'not a safetensors file' });
+      expect(bad.status).toBe(415);
+      expect(((await (await fetch(`${base}/api/loras`)).json()) as { files: string[] }).files).toEqual(['My Style_.safetensors', LORA_FILE].sort());
+      rmSync(join(dir, 'loras', stored.name));
+    });
+
     it('lists the loras folder in /object_info and queues LoraLoader / LoraLoaderModelOnly by name', async () => {
       const defs = await client.getNodeDefs();
       for (const type of ['LoraLoader', 'LoraLoaderModelOnly']) {
