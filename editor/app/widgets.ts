@@ -236,20 +236,25 @@ export function addParamWidget(node: LGraphNode, info: ParamInfo, env: WidgetEnv
     widget = w;
     get = () => String(w.value);
     set = (v) => (w.value = String(v));
-  } else if (info.format === 'lora') {
+  } else if (info.format === 'lora' || info.format === 'image') {
+    const lora = info.format === 'lora';
+    const files = lora
+      ? { list: env.loraFiles, refresh: env.refreshLoraFiles, upload: env.uploadLora, accept: '.safetensors', what: 'LoRA' }
+      : { list: env.inputImages, refresh: env.refreshInputImages, upload: env.upload, accept: 'image/*', what: 'image' };
     const values = (): string[] => {
-      const list = env.loraFiles();
+      const list = files.list();
       const current = String(widget.value ?? '');
       return current && !list.includes(current) ? [current, ...list] : list.length ? list : [current];
     };
-    widget = node.addWidget('combo', info.name, String(init) || env.loraFiles()[0] || '', () => env.changed(), { values: values as unknown as string[] });
+    const first = String(init) || (lora ? files.list()[0] ?? '' : '');
+    widget = node.addWidget('combo', info.name, first, () => env.changed(), { values: values as unknown as string[] });
     const upload = node.addWidget('button', `${info.name}_upload`, undefined, () => {
-      void pickFile('.safetensors').then(async (file) => {
+      void pickFile(files.accept).then(async (file) => {
         if (!file) return;
         try {
           env.notify(`uploading ${file.name}…`);
-          widget.value = await env.uploadLora(file);
-          await env.refreshLoraFiles();
+          widget.value = await files.upload(file);
+          await files.refresh();
           env.notify(`uploaded ${file.name}`);
           env.changed();
         } catch (err) {
@@ -257,32 +262,7 @@ export function addParamWidget(node: LGraphNode, info: ParamInfo, env: WidgetEnv
         }
       });
     }, {});
-    upload.label = '⬆ upload LoRA…';
-    extras.push(upload);
-    get = () => String(widget.value);
-    set = (v) => (widget.value = String(v));
-  } else if (info.format === 'image') {
-    const values = (): string[] => {
-      const list = env.inputImages();
-      const current = String(widget.value ?? '');
-      return current && !list.includes(current) ? [current, ...list] : list.length ? list : [current];
-    };
-    widget = node.addWidget('combo', info.name, String(init), () => env.changed(), { values: values as unknown as string[] });
-    const upload = node.addWidget('button', `${info.name}_upload`, undefined, () => {
-      void pickFile('image/*').then(async (file) => {
-        if (!file) return;
-        try {
-          env.notify(`uploading ${file.name}…`);
-          widget.value = await env.upload(file);
-          await env.refreshInputImages();
-          env.notify(`uploaded ${file.name}`);
-          env.changed();
-        } catch (err) {
-          env.notify((err as Error).message, 'error');
-        }
-      });
-    }, {});
-    upload.label = '⬆ upload image…';
+    upload.label = `⬆ upload ${files.what}…`;
     extras.push(upload);
     get = () => String(widget.value);
     set = (v) => (widget.value = String(v));
