@@ -24,7 +24,7 @@ function entryOf(inputs: NodeInputs, services: Services, clip: boolean): LoraEnt
     throw new NodeInputError('lora_name', (err as Error).message);
   }
   const model = inputs.strength_model as number;
-  return { name, path, stamp: fileStamp(path), strength: { flux: model, clip: clip ? inputs.strength_clip as number : 0 } };
+  return { name, path, stamp: fileStamp(path), strength: { flux: model, clip: clip ? inputs.strength_clip as number : 0, t5: clip ? inputs.strength_clip as number : 0 } };
 }
 
 function makeNode(type: string, displayName: string, clip: boolean): NodeDef<Services> {
@@ -34,10 +34,10 @@ function makeNode(type: string, displayName: string, clip: boolean): NodeDef<Ser
     category: 'loaders',
     displayName,
     description: clip
-      ? 'Applies a style LoRA to the models downstream: the FLUX transformer (strength_model) and CLIP-L (strength_clip). Chain several to stack them; strengths and files change per run without reloading the models.'
+      ? 'Applies a style LoRA to the models downstream: the FLUX transformer (strength_model) and the text encoders, CLIP-L and T5 where the file has T5 keys (strength_clip). Chain several to stack them; strengths and files change per run without reloading the models.'
       : 'Applies a style LoRA to the FLUX transformer only. Chain several to stack them; strengths and files change per run without reloading the models.',
     inputs: { models: { type: SOCKET.MODELS } },
-    params: clip ? { lora_name: loraName, strength_model: strength('transformer'), strength_clip: strength('CLIP-L text encoder') } : { lora_name: loraName, strength_model: strength('transformer') },
+    params: clip ? { lora_name: loraName, strength_model: strength('transformer'), strength_clip: strength('text encoders (CLIP-L, and T5 where the file has T5 keys)') } : { lora_name: loraName, strength_model: strength('transformer') },
     outputs: { models: { type: SOCKET.MODELS } },
     async cacheKey(inputs, services) {
       const e = entryOf(inputs, services, clip);

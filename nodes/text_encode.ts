@@ -31,7 +31,7 @@ export const TextEncode: NodeDef<Services> = {
     // An empty clip_prompt means "the same prompt" (whitespace only counts as empty too).
     const clipIds = encodeClip(models.tokenizer('clip'), clipPrompt.trim() ? clipPrompt : prompt, clip.seqLen, { bos: clip.bosId, eos: clip.eosId, pad: clip.padId });
     const [t5Out, clipOut] = await Promise.all([
-      ctx.services.pool.run(models.path('t5'), { input_ids: i64([1, t5Ids.length], t5Ids) }, { signal: ctx.signal }),
+      ctx.services.pool.run(models.path('t5'), { input_ids: i64([1, t5Ids.length], t5Ids) }, { signal: ctx.signal, ...loraRunOptions(models, 't5') }),
       ctx.services.pool.run(models.path('clip'), { input_ids: i64([1, clipIds.length], clipIds) }, { outputs: ['pooler_output'], signal: ctx.signal, ...loraRunOptions(models, 'clip') }),
     ]);
     return { conditioning: { promptEmbeds: t5Out.last_hidden_state!, pooled: clipOut.pooler_output! } };

@@ -159,7 +159,10 @@ function fingerprints(
     }),
     vae: fingerprint({ ...base('vae'), c: 'vae', files: stamps(ck.vae.files), cfg: ck.vae.cfg }),
     vae_encoder: fingerprint({ ...base('vae_encoder'), c: 'vae_encoder', files: stamps(ck.vae.files), cfg: ck.vae.cfg }),
-    t5: fingerprint({ ...base('t5'), c: 't5', files: stamps(ck.t5.files), cfg: ck.t5.cfg, seqLen: t5SeqLen }),
+    t5: fingerprint({
+      ...base('t5'), c: 't5', files: stamps(ck.t5.files), cfg: ck.t5.cfg, seqLen: t5SeqLen,
+      ...(opts.loras?.length ? { loras: opts.loras.map((l) => [...fileStamp(l.path), l.weight]) } : {}),
+    }),
     clip: fingerprint({
       ...base('clip'), c: 'clip', files: stamps(ck.clip.files), cfg: ck.clip.cfg, seqLen: clipSeqLen,
       ...(opts.loras?.length ? { loras: opts.loras.map((l) => [...fileStamp(l.path), l.weight]) } : {}),
@@ -202,12 +205,14 @@ export async function convertCheckpoints(opts: ConvertOptions): Promise<ConvertR
   try {
     let fluxWeights: WeightSource = ck.flux.weights;
     let clipWeights: WeightSource = ck.clip.weights;
+    let t5Weights: WeightSource = ck.t5.weights;
     if (opts.loras?.length) {
-      // The LoRAs' CLIP-L part too, as the official flux_load_lora and the run-time LoraLoader apply it.
-      const merged = mergeLoras(ck.flux.weights, opts.loras, ck.flux.cfg, warn, ck.clip.cfg);
+      // The text encoders' part too, as the official flux_load_lora (CLIP-L) and the run-time LoraLoader apply it.
+      const merged = mergeLoras(ck.flux.weights, opts.loras, ck.flux.cfg, warn, { clip: ck.clip.cfg, t5: ck.t5.cfg });
       closers.push(() => merged.close());
       fluxWeights = merged.source;
-      clipWeights = merged.mergeClip(ck.clip.weights).source;
+      clipWeights = merged.mergeText('clip', ck.clip.weights).source;
+      t5Weights = merged.mergeText('t5', ck.t5.weights).source;
     }
     const ipDim = ck.ip.shape('0.to_k_ip.weight')?.[1] ?? ck.adapter.cfg.outputDim;
     const parameters = parameterCounts(ck, ipDim);
@@ -265,7 +270,7 @@ export async function convertCheckpoints(opts: ConvertOptions): Promise<ConvertR
       flux: { cfg: ck.flux.cfg, weights: track(fluxWeights), ip: track(ck.ip) },
       vae: { cfg: ck.vae.cfg, weights: track(ck.vae.weights) },
       t5: {
-        cfg: ck.t5.cfg, weights: track(ck.t5.weights), seqLen: t5SeqLen, tokenizer: ck.t5Tokenizer.json,
+        cfg: ck.t5.cfg, weights: track(t5Weights), seqLen: t5SeqLen, tokenizer: ck.t5Tokenizer.json,
         padId: required(ck.t5Tokenizer.pad, 'pad', 'T5'), eosId: required(ck.t5Tokenizer.eos, 'EOS', 'T5'),
       },
       clip: {

@@ -7,7 +7,8 @@ import type { WeightSource } from '../weights/source.ts';
 import { toFloat32 } from '../tensor.ts';
 import type { FluxConfig } from '../flux.ts';
 import type { ClipTextConfig } from '../clip.ts';
-import { type LoraComponent, type LoraInput, type LoraTable, type LoraUpdate, addLowRank, clipLoraTable, fluxLoraTable, joinTables, planLoras } from '../lora/keys.ts';
+import type { T5Config } from '../t5.ts';
+import { type LoraComponent, type LoraInput, type LoraTable, type LoraUpdate, addLowRank, clipLoraTable, fluxLoraTable, joinTables, planLoras, t5LoraTable } from '../lora/keys.ts';
 
 export interface LoraSpec {
   path: string;
@@ -21,7 +22,7 @@ export function parseLoraArg(arg: string): LoraSpec {
   return { path: m[1]!, weight: Number(m[2]) };
 }
 
-const TEXT_ENCODER = /^(lora_te\d?_|text_encoder\.|te\d?\.)/;
+const TEXT_ENCODER = /^(lora_te\d?_|text_encoder(_2)?\.|te\d?\.)/;
 
 /** A view of `base` with the updates of `component` added to the weights they target (others untouched). */
 function mergedView(base: WeightSource, updates: readonly LoraUpdate[], component: LoraComponent): { source: WeightSource; targets: string[] } {
@@ -55,32 +56,39 @@ export interface LoraMerge {
   source: WeightSource;
   /** Diffusers weight keys that change. */
   targets: string[];
-  /** The CLIP-L checkpoint with the LoRAs' text-encoder part merged (identity when `clip` was not given). */
-  mergeClip(base: WeightSource): { source: WeightSource; targets: string[] };
+  /** A text encoder's checkpoint with the LoRAs' part for it merged (identity for an encoder not planned). */
+  mergeText(component: 'clip' | 't5', base: WeightSource): { source: WeightSource; targets: string[] };
   close(): void;
 }
 
 /**
- * A view of the (diffusers-named) transformer `base` with every LoRA of `loras` merged at its weight; with
- * `clip`, the text-encoder part is planned (and checked) too, for mergeClip. Without it, text-encoder tensors
- * are ignored with a warning. Untargeted keys pass through untouched (same tensor, same dtype).
+ * A view of the (diffusers-named) transformer `base` with every LoRA of `loras` merged at its weight; with the
+ * text encoders' configs, their part is planned (and checked) too, for mergeText. Without them, text-encoder
+ * tensors are ignored with a warning. Untargeted keys pass through untouched (same tensor, same dtype).
  */
-export function mergeLoras(base: WeightSource, loras: readonly LoraSpec[], cfg: FluxConfig, warn: (msg: string) => void = () => {}, clip?: ClipTextConfig): LoraMerge {
+export function mergeLoras(
+  base: WeightSource, loras: readonly LoraSpec[], cfg: FluxConfig, warn: (msg: string) => void = () => {},
+  text?: { clip: ClipTextConfig; t5: T5Config },
+): LoraMerge {
   const files = loras.map((l) => ({ spec: l, source: openWeights(l.path) }));
   try {
     const tables: LoraTable[] = [fluxLoraTable(cfg)];
-    if (clip) tables.push(clipLoraTable(clip.numLayers, clip.hiddenSize, clip.intermediateSize));
+    if (text) {
+      const { clip, t5 } = text;
+      tables.push(clipLoraTable(clip.numLayers, clip.hiddenSize, clip.intermediateSize), t5LoraTable(t5.numLayers, t5.dModel, t5.numHeads * t5.dKv, t5.dFf, t5.gated));
+    }
     const inputs: LoraInput[] = files.map((f) => {
-      if (clip) return { path: f.spec.path, source: f.source, strength: { flux: f.spec.weight, clip: f.spec.weight } };
+      const w = f.spec.weight;
+      if (text) return { path: f.spec.path, source: f.source, strength: { flux: w, clip: w, t5: w } };
       const keys = f.source.keys();
-      const text = keys.filter((k) => TEXT_ENCODER.test(k));
-      if (text.length) warn(`${f.spec.path}: ${text.length} text-encoder LoRA tensors ignored (only the FLUX transformer part is merged)`);
+      const ignored = keys.filter((k) => TEXT_ENCODER.test(k));
+      if (ignored.length) warn(`${f.spec.path}: ${ignored.length} text-encoder LoRA tensors ignored (only the FLUX transformer part is merged)`);
       const rest = keys.filter((k) => !TEXT_ENCODER.test(k));
-      return { path: f.spec.path, source: { ...f.source, keys: () => rest, shape: (k) => f.source.shape(k), get: (k) => f.source.get(k) }, strength: { flux: f.spec.weight, clip: 0 } };
+      return { path: f.spec.path, source: { ...f.source, keys: () => rest, shape: (k) => f.source.shape(k), get: (k) => f.source.get(k) }, strength: { flux: w, clip: 0, t5: 0 } };
     });
     const { updates } = planLoras(inputs, joinTables(...tables), warn);
     const flux = mergedView(base, updates, 'flux');
-    return { ...flux, mergeClip: (b) => mergedView(b, updates, 'clip'), close: () => {} };
+    return { ...flux, mergeText: (component, b) => mergedView(b, updates, component), close: () => {} };
   } finally {
     files.forEach((f) => f.source.close?.());
   }

@@ -17,9 +17,9 @@ import { type FluxConfig, fluxWeightShapes } from '../flux.ts';
 import { bflFluxKeyMap } from '../convert/keymaps.ts';
 
 /** The graphs a LoRA can change. */
-export type LoraComponent = 'flux' | 'clip';
-export const LORA_COMPONENTS: readonly LoraComponent[] = ['flux', 'clip'];
-const COMPONENT_NAME: Record<LoraComponent, string> = { flux: 'FLUX transformer', clip: 'CLIP-L text encoder' };
+export type LoraComponent = 'flux' | 'clip' | 't5';
+export const LORA_COMPONENTS: readonly LoraComponent[] = ['flux', 'clip', 't5'];
+const COMPONENT_NAME: Record<LoraComponent, string> = { flux: 'FLUX transformer', clip: 'CLIP-L text encoder', t5: 'T5-XXL text encoder' };
 
 /** One architecture module a LoRA module updates. */
 export interface LoraTarget {
@@ -112,6 +112,22 @@ export function clipLoraTable(layers: number, hidden: number, intermediate: numb
   return table;
 }
 
+/** T5-XXL's encoder Linears (FLUX kohya files call it te2): transformers names, lora_te2_ names. */
+export function t5LoraTable(layers: number, dModel: number, inner: number, dFf: number, gated: boolean): LoraTable {
+  const table: LoraTable = new Map();
+  for (let i = 0; i < layers; i++) {
+    const p = `encoder.block.${i}.layer`;
+    const mods: [string, number, number][] = [
+      ...['q', 'k', 'v'].map((n): [string, number, number] => [`${p}.0.SelfAttention.${n}`, inner, dModel]),
+      [`${p}.0.SelfAttention.o`, dModel, inner],
+      ...(gated ? ['wi_0', 'wi_1'] : ['wi']).map((n): [string, number, number] => [`${p}.1.DenseReluDense.${n}`, dFf, dModel]),
+      [`${p}.1.DenseReluDense.wo`, dModel, dFf],
+    ];
+    for (const [module, out, inF] of mods) add(table, [module, `lora_te2_${underscored(module)}`], { component: 't5', module, out, in: inF, upRows: out });
+  }
+  return table;
+}
+
 /** Several tables as one (their names do not overlap). */
 export function joinTables(...tables: LoraTable[]): LoraTable {
   const out: LoraTable = new Map();
@@ -119,7 +135,7 @@ export function joinTables(...tables: LoraTable[]): LoraTable {
   return out;
 }
 
-const PREFIXES = ['base_model.model.', 'model.diffusion_model.', 'diffusion_model.', 'transformer.', 'text_encoder.', 'te1.', 'clip_l.'];
+const PREFIXES = ['base_model.model.', 'model.diffusion_model.', 'diffusion_model.', 'transformer.', 'text_encoder.', 'text_encoder_2.', 'te1.', 'te2.', 'clip_l.', 't5xxl.'];
 const SUFFIXES: [RegExp, 'down' | 'up' | 'alpha'][] = [
   [/\.lora_A(\.default)?\.weight$/, 'down'], [/\.lora_B(\.default)?\.weight$/, 'up'],
   [/\.lora_down\.weight$/, 'down'], [/\.lora_up\.weight$/, 'up'],
@@ -239,7 +255,7 @@ export function planLoras(loras: readonly LoraInput[], table: LoraTable, warn: (
     }
     if (!found.length) {
       const what = LORA_COMPONENTS.map((c) => COMPONENT_NAME[c]).join(' or ');
-      throw new Error(`${file}: no LoRA module matches a FLUX transformer layer or a CLIP-L layer (e.g. '${unmatched[0] ?? unknown[0] ?? 'the file is empty'}'); is this a FLUX LoRA for the ${what}?`);
+      throw new Error(`${file}: no LoRA module matches a FLUX transformer layer or a CLIP-L / T5 layer (e.g. '${unmatched[0] ?? unknown[0] ?? 'the file is empty'}'); is this a FLUX LoRA for the ${what}?`);
     }
     const ignored = [...unmatched, ...unknown];
     if (ignored.length) {

@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, linkSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync, closeSync, openSync, writeSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { type LinearSite, addLoraBranches, externalLocations, linearSites, loraDownName, loraUpName } from './graph.ts';
-import { type LoraComponent, type LoraTable, type LoraUpdate, clipLoraTable, fluxLoraTable } from './keys.ts';
+import { type LoraComponent, type LoraTable, type LoraUpdate, clipLoraTable, fluxLoraTable, t5LoraTable } from './keys.ts';
 import type { FluxConfig } from '../flux.ts';
 import type { Tensor } from '../tensor.ts';
 
@@ -26,6 +26,12 @@ function siteDims(sites: readonly LinearSite[], module: string): [number, number
  * (a FLUX table only depends on the width C, the block counts and the embedders' sizes).
  */
 export function tableForSites(component: LoraComponent, sites: readonly LinearSite[]): LoraTable {
+  if (component === 't5') {
+    const p = 'encoder.block.0.layer';
+    const gated = sites.some((s) => s.name === `${p}.1.DenseReluDense.wi_0`);
+    const [inner, dModel] = siteDims(sites, `${p}.0.SelfAttention.q`);
+    return t5LoraTable(blockCount(sites, 'encoder.block.'), dModel, inner, siteDims(sites, `${p}.1.DenseReluDense.${gated ? 'wi_0' : 'wi'}`)[0], gated);
+  }
   if (component === 'clip') {
     const p = 'text_model.encoder.layers.0';
     return clipLoraTable(blockCount(sites, 'text_model.encoder.layers.'), siteDims(sites, `${p}.self_attn.q_proj`)[0], siteDims(sites, `${p}.mlp.fc1`)[0]);

@@ -343,6 +343,7 @@ describe('GET /object_info', () => {
     expect(Object.keys(all)).toEqual([
       'LoadModels', 'LoadCharacter', 'SigLIPEncode', 'DINOv2Encode', 'AdapterFuse', 'RegionalCharacter', 'CombineCharacters', 'TextEncode',
       'DiTSample', 'Decode', 'IdentityScore', 'KeepBest', 'SaveImage', 'PreviewImage', 'LoadImage', 'VAEEncode',
+      'LoraLoader', 'LoraLoaderModelOnly',
     ]);
     const dit = all.DiTSample!;
     expect(dit).toMatchObject({

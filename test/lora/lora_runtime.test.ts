@@ -18,14 +18,30 @@ import { writeSafetensors } from '../../models/weights/safetensors.ts';
 import { memorySource } from '../../models/weights/source.ts';
 import { fluxConfigFromJson } from '../../models/flux.ts';
 import { clipConfigFromJson } from '../../models/clip.ts';
-import { clipLoraTable, fluxLoraTable, joinTables, moduleDelta, planLoras, type LoraInput } from '../../models/lora/keys.ts';
+import { t5ConfigFromJson } from '../../models/t5.ts';
+import { clipLoraTable, fluxLoraTable, joinTables, moduleDelta, planLoras, t5LoraTable, type LoraInput } from '../../models/lora/keys.ts';
 import { loraDownName, loraUpName } from '../../models/lora/graph.ts';
 import { type LoraModelSet, loraRunOptions, loraState } from '../../nodes/lib/lora.ts';
 
 const cfg = fluxConfigFromJson(goldenConfig('flux_transformer_ip'));
 const clipCfg = clipConfigFromJson(goldenConfig('clip_text'));
 const C = cfg.numHeads * cfg.headDim;
-const table = joinTables(fluxLoraTable(cfg), clipLoraTable(clipCfg.numLayers, clipCfg.hiddenSize, clipCfg.intermediateSize));
+const t5Cfg = t5ConfigFromJson(goldenConfig('t5_encoder'));
+const table = joinTables(
+  fluxLoraTable(cfg), clipLoraTable(clipCfg.numLayers, clipCfg.hiddenSize, clipCfg.intermediateSize),
+  t5LoraTable(t5Cfg.numLayers, t5Cfg.dModel, t5Cfg.numHeads * t5Cfg.dKv, t5Cfg.dFf, t5Cfg.gated),
+);
+/** A kohya LoRA on T5's (te2) attention query and feed-forward output of block 0, rank 2. */
+function t5Lora(): Map<string, Tensor> {
+  const inner = t5Cfg.numHeads * t5Cfg.dKv;
+  return new Map([
+    ['lora_te2_encoder_block_0_layer_0_SelfAttention_q.lora_down.weight', matrix(2, t5Cfg.dModel, 31, 0.3)],
+    ['lora_te2_encoder_block_0_layer_0_SelfAttention_q.lora_up.weight', matrix(inner, 2, 32, 0.3)],
+    ['lora_te2_encoder_block_0_layer_1_DenseReluDense_wo.lora_down.weight', matrix(2, t5Cfg.dFf, 33, 0.3)],
+    ['lora_te2_encoder_block_0_layer_1_DenseReluDense_wo.lora_up.weight', matrix(t5Cfg.dModel, 2, 34, 0.3)],
+    ['lora_te2_encoder_block_0_layer_1_DenseReluDense_wo.alpha', scalar(1)],
+  ]);
+}
 const e2e = goldenTensors('instantcharacter_e2e', 'inputs.safetensors');
 const styleWeight = scalarOf(goldenTensors('instantcharacter_style_lora', 'inputs.safetensors').get('lora_weight')!);
 
@@ -40,7 +56,7 @@ const rowsOf = (t: Tensor, a: number, b: number): Tensor => {
   return { dtype: 'float32', dims: [b - a, cols], data: toFloat32(t).slice(a * cols, b * cols) };
 };
 const plan = (tensors: Map<string, Tensor>, warn?: (m: string) => void, path = 'test.safetensors') =>
-  planLoras([{ path, source: memorySource(tensors), strength: { flux: 1, clip: 1 } } satisfies LoraInput], table, warn);
+  planLoras([{ path, source: memorySource(tensors), strength: { flux: 1, clip: 1, t5: 1 } } satisfies LoraInput], table, warn);
 
 function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let m = 0;
@@ -122,7 +138,7 @@ describe('LoRA key formats', () => {
 
   it('refuses a file of which nothing applies, and one whose shapes do not match, naming file, module and both shapes', () => {
     const sdxl = new Map([['lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight', matrix(2, 4, 1)], ['lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight', matrix(4, 2, 1)]]);
-    expect(() => plan(sdxl, undefined, 'sdxl.safetensors')).toThrow(/^sdxl\.safetensors: no LoRA module matches a FLUX transformer layer or a CLIP-L layer/);
+    expect(() => plan(sdxl, undefined, 'sdxl.safetensors')).toThrow(/^sdxl\.safetensors: no LoRA module matches a FLUX transformer layer or a CLIP-L \/ T5 layer/);
     const wide = new Map(formats.kohya!);
     wide.set('lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight', matrix(r, C + 8, 1));
     expect(() => plan(wide, undefined, 'wide.safetensors')).toThrow(
@@ -177,6 +193,8 @@ beforeAll(async () => {
     const common = { ...ck, ...E2E_SEQ, modelsDir: paths.models, dtype: 'float32' as const, warn: () => {} };
     for (const weights of ['int4', 'int8', 'fp16'] as const) await convertCheckpoints({ ...common, name: weights, weights, ...(weights === 'fp16' ? {} : { block: 32 }) });
     await convertCheckpoints({ ...common, name: 'merged', loras: [{ path: join(loras, 'style.safetensors'), weight: styleWeight }] });
+    writeSafetensors(join(loras, 't5.safetensors'), t5Lora());
+    await convertCheckpoints({ ...common, name: 'merged_t5', loras: [{ path: join(loras, 't5.safetensors'), weight: 0.9 }] });
     await convertCheckpoints({ ...common, name: 'merged2', loras: [{ path: join(loras, 'style.safetensors'), weight: styleWeight }, { path: secondLora, weight: -0.7 }] });
   });
   golden = harness.services.modelSet('golden');
@@ -235,7 +253,7 @@ describe('LoRAs at run time on a loaded model', () => {
     const secondAlone = moduleDelta(planLoras([{ path: secondLora, source: memorySource(new Map([
       ['transformer.transformer_blocks.0.attn.to_q.lora_A.weight', matrix(3, C, 21, 0.2)],
       ['transformer.transformer_blocks.0.attn.to_q.lora_B.weight', matrix(C, 3, 22, 0.2)],
-    ])), strength: { flux: -0.7, clip: 0 } }], table).updates, 'transformer_blocks.0.attn.to_q', 'flux')!;
+    ])), strength: { flux: -0.7, clip: 0, t5: 0 } }], table).updates, 'transformer_blocks.0.attn.to_q', 'flux')!;
     expect(maxDiff(both, first.map((v, i) => v + secondAlone[i]!))).toBeLessThan(1e-6);
 
     // The pictures: run time (stack on the plain set) vs conversion (both merged into the weights).
@@ -263,6 +281,27 @@ describe('LoRAs at run time on a loaded model', () => {
     const err = maxDiff(rt.latents, conv.latents);
     console.log('run time vs --lora conversion: pooled', pd.toExponential(2), 'latents', err.toExponential(2));
     expect(err).toBeLessThan(1e-4);
+  });
+
+  it('applies T5 keys (kohya te2) to T5-XXL with the CLIP strength, as a set converted with the LoRA does', async () => {
+    const p = plan(t5Lora());
+    expect(new Set(p.updates.map((u) => `${u.target.component}:${u.target.module}`))).toEqual(new Set([
+      't5:encoder.block.0.layer.0.SelfAttention.q', 't5:encoder.block.0.layer.1.DenseReluDense.wo',
+    ]));
+    const rt = await withLora(golden, 't5.safetensors', 1, 0.9);
+    expect(Object.keys(loraState(rt)!.components)).toEqual(['t5']);
+    const ids = { input_ids: e2e.get('t5_input_ids')! };
+    const got = await harness.services.pool.run(rt.path('t5'), ids, loraRunOptions(rt, 't5'));
+    const conv = await harness.services.pool.run(harness.services.modelSet('merged_t5').path('t5'), ids);
+    const plain = await harness.services.pool.run(golden.path('t5'), ids);
+    const d = maxDiff(toFloat32(got.last_hidden_state!), toFloat32(conv.last_hidden_state!));
+    console.log('T5: run time vs --lora conversion', d.toExponential(2));
+    expect(d).toBeLessThan(1e-5);
+    expect(maxDiff(toFloat32(conv.last_hidden_state!), toFloat32(plain.last_hidden_state!))).toBeGreaterThan(100 * d);
+    // LoraLoaderModelOnly leaves the text encoders alone: nothing of this file applies then.
+    const only = await harness.run<LoraModelSet>(LoraLoaderModelOnly, { models: golden, lora_name: 't5.safetensors', strength_model: 1 }, 'models');
+    expect(loraState(only)!.components).toEqual({});
+    expect(only.path('t5')).toBe(golden.path('t5'));
   });
 
   for (const format of ['int4', 'int8', 'fp16'] as const) {

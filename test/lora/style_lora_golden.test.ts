@@ -46,7 +46,7 @@ const TOL = { latents: tolerance('step latents'), decoder: tolerance('decoder ou
 function changedCounts(): Record<LoraComponent, number> {
   const m = /changed (\d+) transformer tensors and (\d+) CLIP tensors/.exec(readme);
   if (!m) throw new Error(`${CASE}/README.md does not say how many tensors the merge changed`);
-  return { flux: Number(m[1]), clip: Number(m[2]) };
+  return { flux: Number(m[1]), clip: Number(m[2]), t5: 0 }; // "T5 is not touched"
 }
 
 /** The golden delta's component and module name. */
@@ -87,12 +87,12 @@ describe('style LoRA at run time, against the official flux_load_lora', () => {
   it('computes the merged-weight deltas of the official merge (kohya keys, fused qkv and linear1 split by rows)', () => {
     const file = new SafetensorsFile(goldenPath(CASE, 'style_lora.safetensors'));
     const warnings: string[] = [];
-    const plan = planLoras([{ path: 'style_lora.safetensors', source: file, strength: { flux: loraWeight, clip: loraWeight } }], tables(), (m) => warnings.push(m));
+    const plan = planLoras([{ path: 'style_lora.safetensors', source: file, strength: { flux: loraWeight, clip: loraWeight, t5: loraWeight } }], tables(), (m) => warnings.push(m));
     file.close();
     expect(warnings).toEqual([]);
-    const changed = { flux: new Set<string>(), clip: new Set<string>() };
+    const changed = { flux: new Set<string>(), clip: new Set<string>(), t5: new Set<string>() };
     for (const u of plan.updates) changed[u.target.component].add(u.target.module);
-    expect({ flux: changed.flux.size, clip: changed.clip.size }).toEqual(changedCounts());
+    expect({ flux: changed.flux.size, clip: changed.clip.size, t5: changed.t5.size }).toEqual(changedCounts());
     expect(deltas.size).toBeGreaterThan(0);
     for (const [key, ref] of deltas) {
       const { component, module } = deltaTarget(key);
