@@ -62,48 +62,40 @@ export function tableModules(table: LoraTable): Map<string, { out: number; in: n
   return out;
 }
 
-export interface LoraVariant {
+/** A graph's LoRA sites and key table (what planning needs), and where its LoRA-capable variant goes. */
+export interface LoraGraph {
   component: LoraComponent;
-  /** The variant graph (beside links to the base's external data). */
+  /** The set's plain graph. */
+  source: string;
+  /** The variant's path (made by loraVariant). */
   path: string;
   /** Its LoRA sites, in graph order. */
   sites: LinearSite[];
   table: LoraTable;
 }
 
-function linkOrCopyName(from: string, to: string): void {
+/** A LoraGraph whose variant file exists. */
+export type LoraVariant = LoraGraph;
+
+/** `to` names `from`'s data: a hard link (same file system: ORT sees a plain file), else a symbolic link. */
+function linkData(from: string, to: string): void {
+  const exists = (err: unknown) => (err as NodeJS.ErrnoException).code === 'EEXIST'; // another process made it
   try {
-    linkSync(from, to); // same file system: no copy, and ORT sees a plain file beside the model
-  } catch {
-    symlinkSync(from, to);
+    linkSync(from, to);
+  } catch (err) {
+    if (exists(err)) return;
+    try {
+      symlinkSync(from, to);
+    } catch (err2) {
+      if (!exists(err2)) throw err2;
+    }
   }
 }
 
-/**
- * The LoRA-capable variant of `modelPath`, from `cacheRoot` when made before for the same file (size and
- * mtime), else made now (reads the graph file once; weights held in external data are linked, not copied).
- */
-export function loraVariant(modelPath: string, component: LoraComponent, cacheRoot: string): LoraVariant {
-  const path = resolve(modelPath);
-  const st = statSync(path);
-  const key = createHash('sha256').update(`${VARIANT_VERSION}\n${path}\n${st.size}\n${st.mtimeMs}`).digest('hex').slice(0, 16);
-  const dir = join(cacheRoot, `${basename(path).replace(/\.onnx$/i, '')}-${key}`);
-  const file = join(dir, basename(path));
-  const meta = join(dir, 'sites.json');
-  if (existsSync(file) && existsSync(meta)) {
-    const sites = JSON.parse(readFileSync(meta, 'utf8')) as LinearSite[];
-    return { component, path: file, sites, table: tableForSites(component, sites) };
-  }
-  const bytes = readFileSync(path);
-  const table = tableForSites(component, linearSites(bytes));
-  const modules = tableModules(table);
-  const { chunks, sites } = addLoraBranches(bytes, (s) => s.modules.every((m) => modules.has(m)));
-  if (!sites.length) throw new Error(`${path}: no Linear of this ${component} graph can take a LoRA`);
-  const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
-  rmSync(tmp, { recursive: true, force: true });
-  mkdirSync(tmp, { recursive: true });
+function writeAtomic(file: string, chunks: readonly Uint8Array[]): void {
+  const tmp = `${file}.${process.pid}.${Date.now()}.partial`;
   try {
-    const fd = openSync(join(tmp, basename(path)), 'w');
+    const fd = openSync(tmp, 'w');
     try {
       for (const c of chunks) {
         let written = 0;
@@ -112,15 +104,56 @@ export function loraVariant(modelPath: string, component: LoraComponent, cacheRo
     } finally {
       closeSync(fd);
     }
-    for (const loc of externalLocations(bytes)) linkOrCopyName(join(dirname(path), loc), join(tmp, loc));
-    writeFileSync(join(tmp, 'sites.json'), JSON.stringify(sites));
-    rmSync(dir, { recursive: true, force: true });
-    renameSync(tmp, dir);
+    renameSync(tmp, file);
   } catch (err) {
-    rmSync(tmp, { recursive: true, force: true });
+    rmSync(tmp, { force: true });
     throw err;
   }
-  return { component, path: file, sites, table };
+}
+
+/** A file in the graph's cache folder, keyed by the graph file's path, size and mtime. */
+function cacheDir(modelPath: string, cacheRoot: string): { path: string; dir: string } {
+  const path = resolve(modelPath);
+  const st = statSync(path);
+  const key = createHash('sha256').update(`${VARIANT_VERSION}\n${path}\n${st.size}\n${st.mtimeMs}`).digest('hex').slice(0, 16);
+  return { path, dir: join(cacheRoot, `${basename(path).replace(/\.onnx$/i, '')}-${key}`) };
+}
+
+/** The LoRA sites of `modelPath` (cached beside its variant; the graph file is read once per change of it). */
+export function loraGraph(modelPath: string, component: LoraComponent, cacheRoot: string): LoraGraph {
+  const { path, dir } = cacheDir(modelPath, cacheRoot);
+  const meta = join(dir, 'sites.json');
+  const file = join(dir, basename(path));
+  if (existsSync(meta)) {
+    const sites = JSON.parse(readFileSync(meta, 'utf8')) as LinearSite[];
+    return { component, source: path, path: file, sites, table: tableForSites(component, sites) };
+  }
+  const all = linearSites(readFileSync(path));
+  const table = tableForSites(component, all);
+  const modules = tableModules(table);
+  const sites = all.filter((s) => s.modules.every((m) => modules.has(m)));
+  if (!sites.length) throw new Error(`${path}: no Linear of this ${component} graph can take a LoRA`);
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(`${meta}.${process.pid}.partial`, JSON.stringify(sites));
+  renameSync(`${meta}.${process.pid}.partial`, meta);
+  return { component, source: path, path: file, sites, table };
+}
+
+/**
+ * The LoRA-capable variant of a graph: made once per graph file (reads it once; weights held in external
+ * data are linked beside the variant, not copied), then reused.
+ */
+export function loraVariant(g: LoraGraph): LoraVariant {
+  if (existsSync(g.path)) return g;
+  const bytes = readFileSync(g.source);
+  const names = new Set(g.sites.map((s) => s.name));
+  const { chunks, sites } = addLoraBranches(bytes, (s) => names.has(s.name));
+  if (sites.length !== g.sites.length) throw new Error(`${g.source}: the graph changed while its LoRA variant was made; run again`);
+  for (const loc of externalLocations(bytes)) {
+    linkData(join(dirname(g.source), loc), join(dirname(g.path), loc));
+  }
+  writeAtomic(g.path, chunks); // last: a variant file exists only with its data beside it
+  return g;
 }
 
 /** The factor feeds of a LoRA stack for a variant's sites, and their bytes (float32). */
@@ -136,7 +169,7 @@ export interface LoraFeeds {
  * site's modules, one block of rows per group (the pieces of a fused LoRA module share their A), with the
  * scale folded into B and each module's B in its own output columns. Sites without updates get R = 0.
  */
-export function loraFeeds(variant: LoraVariant, updates: readonly LoraUpdate[]): LoraFeeds {
+export function loraFeeds(variant: LoraGraph, updates: readonly LoraUpdate[]): LoraFeeds {
   const modules = tableModules(variant.table);
   const feeds: Record<string, Tensor> = {};
   let bytes = 0;

@@ -8,7 +8,7 @@ import type { DataPaths } from '../../engine/paths.ts';
 import type { BoundFeeds, RunOptions } from '../../engine/runtime/pool.ts';
 import type { ComponentName, ModelSet } from '../../models/modelset.ts';
 import { type LoraComponent, type LoraInput, LORA_COMPONENTS, joinTables, planLoras } from '../../models/lora/keys.ts';
-import { type LoraVariant, loraFeeds, loraVariant } from '../../models/lora/runtime.ts';
+import { type LoraGraph, type LoraVariant, loraFeeds, loraGraph, loraVariant } from '../../models/lora/runtime.ts';
 import { openWeights } from '../../models/weights/open.ts';
 
 /** One LoRA of a stack, as the node names it. */
@@ -123,9 +123,9 @@ export function withLora(models: ModelSet, entry: LoraEntry, cacheRoot: string, 
   const stack = [...(prev?.stack ?? []), entry];
   const inputs: LoraInput[] = stack.map((e) => ({ path: e.path, source: openWeights(e.path), strength: e.strength }));
   try {
-    const variants: Partial<Record<LoraComponent, LoraVariant>> = {};
-    for (const c of LORA_COMPONENTS) variants[c] = loraVariant(base.path(c), c, cacheRoot);
-    const table = joinTables(...Object.values(variants).map((v) => v.table));
+    const graphs: Partial<Record<LoraComponent, LoraGraph>> = {};
+    for (const c of LORA_COMPONENTS) graphs[c] = loraGraph(base.path(c), c, cacheRoot);
+    const table = joinTables(...Object.values(graphs).map((v) => v.table));
     // Warnings only for the LoRA this node adds: the ones before it warned at their own node.
     const plan = planLoras(inputs, table, (msg) => (msg.startsWith(`${entry.path}:`) ? warn(msg) : undefined));
     const digest = stackDigest(base, stack);
@@ -133,7 +133,8 @@ export function withLora(models: ModelSet, entry: LoraEntry, cacheRoot: string, 
     let bytes = 0;
     for (const c of LORA_COMPONENTS) {
       if (!plan.updates.some((u) => u.target.component === c)) continue;
-      const variant = variants[c]!;
+      // Only the components the stack changes get (and load) their LoRA-capable graph.
+      const variant = loraVariant(graphs[c]!);
       const f = loraFeeds(variant, plan.updates);
       components[c] = { variant, bound: { key: `${digest}:${c}`, feeds: f.feeds, bytes: f.bytes }, applied: f.applied };
       bytes += f.bytes;
