@@ -3,7 +3,7 @@
 // '<module>.qweight') becomes
 //   y = x W + (x A^T) B^T          A^T = lora_down.<site> [in, r], B^T = lora_up.<site> [r, out]
 // with A and B as graph inputs, so strengths and LoRAs change per run without touching the base weights;
-// r may be 0 (a site no LoRA touches). Stacked LoRAs are concatenated along r. Fused sites
+// a site no LoRA touches is fed zero factors. Stacked LoRAs are concatenated along r. Fused sites
 // ('a+b+c.weight', FLUX's qkv and linear1) take one B over all their output columns.
 // The branch is float (the graph's dtype), whatever the base's codes: a quantized base keeps its codes.
 // Only the graph's node and input lists change; initializers are copied as they are (external-data

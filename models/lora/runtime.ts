@@ -167,7 +167,7 @@ export interface LoraFeeds {
 /**
  * lora_down.<site> = A^T [in, R] and lora_up.<site> = B^T [R, out] for every site: the updates on the
  * site's modules, one block of rows per group (the pieces of a fused LoRA module share their A), with the
- * scale folded into B and each module's B in its own output columns. Sites without updates get R = 0.
+ * scale folded into B and each module's B in its own output columns. Sites without updates get one zero rank.
  */
 export function loraFeeds(variant: LoraGraph, updates: readonly LoraUpdate[]): LoraFeeds {
   const modules = tableModules(variant.table);
@@ -189,7 +189,10 @@ export function loraFeeds(variant: LoraGraph, updates: readonly LoraUpdate[]): L
     if (off !== site.out) throw new Error(`LoRA site '${site.name}': its modules are ${off} wide, the graph's Linear ${site.out}`);
     const groups = new Map<string, LoraUpdate[]>();
     for (const m of site.modules) for (const u of byModule.get(m) ?? []) groups.set(u.group, [...(groups.get(u.group) ?? []), u]);
-    const R = [...groups.values()].reduce((n, us) => n + us[0]!.rank, 0);
+    const rank = [...groups.values()].reduce((n, us) => n + us[0]!.rank, 0);
+    // A site no LoRA touches gets one zero rank rather than none: every execution provider runs that (a
+    // zero-size MatMul works on the CPU, but not every GPU provider takes it), and x 0 + y is y bit for bit.
+    const R = Math.max(1, rank);
     const down = new Float32Array(site.in * R); // [in, R]
     const up = new Float32Array(R * site.out); // [R, out]
     let r0 = 0;
@@ -204,7 +207,7 @@ export function loraFeeds(variant: LoraGraph, updates: readonly LoraUpdate[]): L
       }
       r0 += rank;
     }
-    if (R > 0) applied++;
+    if (rank > 0) applied++;
     feeds[loraDownName(site.name)] = { dtype: 'float32', dims: [site.in, R], data: down };
     feeds[loraUpName(site.name)] = { dtype: 'float32', dims: [R, site.out], data: up };
     bytes += 4 * (down.length + up.length);
