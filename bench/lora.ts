@@ -61,13 +61,16 @@ export async function benchLora(ctx: BenchContext): Promise<Figure[]> {
   for (const m of [set, scaled, r32, none]) for (let i = 0; i < 2; i++) await step(m); // load, warm the arenas
   const t: Record<'plain' | 'scaled' | 'r32' | 'none', number[]> = { plain: [], scaled: [], r32: [], none: [] };
   const meter = cpuMeter();
-  const reps = ctx.quick ? 4 : 8;
+  const reps = ctx.quick ? 6 : 16;
   const order: [keyof typeof t, ModelSet][] = [['plain', set], ['scaled', scaled], ['r32', r32], ['none', none]];
   for (let i = 0; i < reps; i++) {
     for (const [k, m] of i % 2 ? [...order].reverse() : order) t[k].push(await step(m)); // alternate the order: no position bias
   }
   const otherCores = meter().otherCores;
-  const plain = median(t.plain);
+  // Best of the runs: on a shared machine other processes only ever add time, and the same graph file measured
+  // twice (the no-LoRA figure) shows how far medians drift there.
+  const best = (xs: number[]) => Math.min(...xs);
+  const plain = best(t.plain);
 
   // Strength change and swap on the loaded model, against a fresh load of the same (LoRA-capable) graph.
   // The cost of a change: the LoraLoader node, plus what the next step spends outside ORT (the factors go to the
@@ -98,12 +101,12 @@ export async function benchLora(ctx: BenchContext): Promise<Figure[]> {
   await pool.load(r32.path('flux'));
   const loadMs = performance.now() - l0;
   ctx.details.lora = { width, scaledRank, samples: t, strengthChange, swap, swap32, loadMs, reloaded, sameFile };
-  const note = `mid-size FLUX (width ${width}, 1 double + 2 single blocks), ORT time in the worker, medians of ${reps}`;
+  const note = `mid-size FLUX (width ${width}, 1 double + 2 single blocks), ORT time in the worker, best of ${reps} alternating runs (medians: ${(median(t.scaled) / median(t.plain)).toFixed(3)}x, ${(median(t.r32) / median(t.plain)).toFixed(3)}x, ${(median(t.none) / median(t.plain)).toFixed(3)}x)`;
   const loadNote = `a fresh load of the LoRA-capable flux graph took ${loadMs.toFixed(0)} ms; ${reloaded} reloads while changing`;
   return [
-    judged(21, `step with one rank-${scaledRank} LoRA on every Linear (FLUX.1's rank-32 share) / without`, median(t.scaled) / plain, 'x', '<=', 1.1, { otherCores, note }),
-    info(21, 'step with one rank-32 LoRA on every Linear / without (6x FLUX.1\'s share at this width)', median(t.r32) / plain, 'x', { otherCores, note }),
-    judged(21, 'step with no LoRA applied / today\'s graph', median(t.none) / plain, 'x', '<=', 1.02, {
+    judged(21, `step with one rank-${scaledRank} LoRA on every Linear (FLUX.1's rank-32 share) / without`, best(t.scaled) / plain, 'x', '<=', 1.1, { otherCores, note }),
+    info(21, 'step with one rank-32 LoRA on every Linear / without (6x FLUX.1\'s share at this width)', best(t.r32) / plain, 'x', { otherCores, note }),
+    judged(21, 'step with no LoRA applied / today\'s graph', best(t.none) / plain, 'x', '<=', 1.02, {
       otherCores, note: `${sameFile ? 'the same graph file (sha256 equal)' : 'A DIFFERENT GRAPH FILE'}; ${note}`,
     }),
     judged(21, `strength change between two runs / model load (rank ${scaledRank})`, strengthChange.ms / loadMs, 'x', '<=', 0.2, {

@@ -119,14 +119,24 @@ function cacheDir(modelPath: string, cacheRoot: string): { path: string; dir: st
   return { path, dir: join(cacheRoot, `${basename(path).replace(/\.onnx$/i, '')}-${key}`) };
 }
 
+/** Graphs whose sites and table this process has built (the FLUX table takes a while to build). */
+const opened = new Map<string, LoraGraph>();
+
 /** The LoRA sites of `modelPath` (cached beside its variant; the graph file is read once per change of it). */
 export function loraGraph(modelPath: string, component: LoraComponent, cacheRoot: string): LoraGraph {
   const { path, dir } = cacheDir(modelPath, cacheRoot);
   const meta = join(dir, 'sites.json');
   const file = join(dir, basename(path));
+  const known = opened.get(`${component}|${dir}`);
+  if (known && existsSync(meta)) return known;
+  const remember = (g: LoraGraph): LoraGraph => {
+    opened.set(`${component}|${dir}`, g);
+    if (opened.size > 32) opened.delete(opened.keys().next().value!);
+    return g;
+  };
   if (existsSync(meta)) {
     const sites = JSON.parse(readFileSync(meta, 'utf8')) as LinearSite[];
-    return { component, source: path, path: file, sites, table: tableForSites(component, sites) };
+    return remember({ component, source: path, path: file, sites, table: tableForSites(component, sites) });
   }
   const all = linearSites(readFileSync(path));
   const table = tableForSites(component, all);
@@ -136,7 +146,7 @@ export function loraGraph(modelPath: string, component: LoraComponent, cacheRoot
   mkdirSync(dir, { recursive: true });
   writeFileSync(`${meta}.${process.pid}.partial`, JSON.stringify(sites));
   renameSync(`${meta}.${process.pid}.partial`, meta);
-  return { component, source: path, path: file, sites, table };
+  return remember({ component, source: path, path: file, sites, table });
 }
 
 /**

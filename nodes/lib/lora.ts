@@ -7,7 +7,7 @@ import { join, relative, isAbsolute, sep } from 'node:path';
 import type { DataPaths } from '../../engine/paths.ts';
 import type { BoundFeeds, RunOptions } from '../../engine/runtime/pool.ts';
 import type { ComponentName, ModelSet } from '../../models/modelset.ts';
-import { type LoraComponent, type LoraInput, LORA_COMPONENTS, joinTables, planLoras } from '../../models/lora/keys.ts';
+import { type LoraComponent, type LoraTable, type LoraUpdate, LORA_COMPONENTS, joinTables, planLoras } from '../../models/lora/keys.ts';
 import { type LoraGraph, type LoraVariant, loraFeeds, loraGraph, loraVariant } from '../../models/lora/runtime.ts';
 import { openWeights } from '../../models/weights/open.ts';
 
@@ -112,43 +112,80 @@ export function stackDigest(base: ModelSet, stack: readonly LoraEntry[]): string
   return createHash('sha256').update(JSON.stringify([base.digest, stack.map((e) => [e.path, e.stamp, e.strength])])).digest('hex').slice(0, 16);
 }
 
+/** A LoRA file read against a set's tables, at strength 1 on every component, with the warnings it gave. */
+interface FilePlan {
+  updates: LoraUpdate[];
+  warnings: string[];
+}
+
 /**
- * `models` with `entry` added to its LoRA stack. Reads and checks every LoRA of the stack (nothing is
- * applied when one does not fit), makes or reuses the LoRA-capable graph of each component the stack
- * touches, and computes the factor feeds. Nothing is loaded into a session here.
+ * The last few files read: a strength change, or a stack that keeps a LoRA, reuses their factors instead of
+ * reading and checking the file again (keyed by the file's identity and the tables').
+ */
+const filePlans = new Map<string, FilePlan>();
+const FILE_PLANS_KEPT = 4;
+
+function filePlan(entry: LoraEntry, table: LoraTable, tablesKey: string): FilePlan {
+  const key = `${entry.path}|${entry.stamp}|${tablesKey}`;
+  let plan = filePlans.get(key);
+  if (plan) {
+    filePlans.delete(key); // most recent last
+  } else {
+    const source = openWeights(entry.path);
+    try {
+      const warnings: string[] = [];
+      const { updates } = planLoras([{ path: entry.path, source, strength: { flux: 1, clip: 1, t5: 1 } }], table, (m) => warnings.push(m));
+      plan = { updates, warnings };
+    } finally {
+      source.close?.();
+    }
+  }
+  filePlans.set(key, plan);
+  if (filePlans.size > FILE_PLANS_KEPT) filePlans.delete(filePlans.keys().next().value!);
+  return plan;
+}
+
+/**
+ * `models` with `entry` added to its LoRA stack. Reads and checks the new LoRA (nothing is applied when it
+ * does not fit), makes or reuses the LoRA-capable graph of each component the stack touches, and computes the
+ * factor feeds. Nothing is loaded into a session here.
  */
 export function withLora(models: ModelSet, entry: LoraEntry, cacheRoot: string, warn: (msg: string) => void): LoraModelSet {
   const prev = loraState(models);
   const base = prev?.base ?? models;
   const stack = [...(prev?.stack ?? []), entry];
-  const inputs: LoraInput[] = stack.map((e) => ({ path: e.path, source: openWeights(e.path), strength: e.strength }));
-  try {
-    const graphs: Partial<Record<LoraComponent, LoraGraph>> = {};
-    for (const c of LORA_COMPONENTS) graphs[c] = loraGraph(base.path(c), c, cacheRoot);
-    const table = joinTables(...Object.values(graphs).map((v) => v.table));
-    // Warnings only for the LoRA this node adds: the ones before it warned at their own node.
-    const plan = planLoras(inputs, table, (msg) => (msg.startsWith(`${entry.path}:`) ? warn(msg) : undefined));
-    const digest = stackDigest(base, stack);
-    const components: LoraModelSet['lora']['components'] = {};
-    let bytes = 0;
-    for (const c of LORA_COMPONENTS) {
-      if (!plan.updates.some((u) => u.target.component === c)) continue;
-      // Only the components the stack changes get (and load) their LoRA-capable graph.
-      const variant = loraVariant(graphs[c]!);
-      const f = loraFeeds(variant, plan.updates);
-      components[c] = { variant, bound: { key: `${digest}:${c}`, feeds: f.feeds, bytes: f.bytes }, applied: f.applied };
-      bytes += f.bytes;
+  const graphs: Partial<Record<LoraComponent, LoraGraph>> = {};
+  for (const c of LORA_COMPONENTS) graphs[c] = loraGraph(base.path(c), c, cacheRoot);
+  const table = joinTables(...Object.values(graphs).map((v) => v.table));
+  const tablesKey = Object.values(graphs).map((g) => g.path).join('|');
+  const updates: LoraUpdate[] = [];
+  stack.forEach((e, i) => {
+    const plan = filePlan(e, table, tablesKey);
+    // Warnings for the LoRA this node adds: the ones before it warned at their own node.
+    if (e === entry) plan.warnings.forEach(warn);
+    for (const u of plan.updates) {
+      const scale = u.scale * e.strength[u.target.component];
+      if (scale !== 0) updates.push({ ...u, scale, group: `${i}:${u.group}` });
     }
-    return {
-      ...base,
-      digest,
-      path: (c) => components[c as LoraComponent]?.variant.path ?? base.path(c),
-      dtype: (c) => base.dtype(c),
-      tokenizerPath: (k) => base.tokenizerPath(k),
-      tokenizer: (k) => base.tokenizer(k),
-      lora: { base, stack, components, bytes },
-    };
-  } finally {
-    inputs.forEach((i) => i.source.close?.());
+  });
+  const digest = stackDigest(base, stack);
+  const components: LoraModelSet['lora']['components'] = {};
+  let bytes = 0;
+  for (const c of LORA_COMPONENTS) {
+    if (!updates.some((u) => u.target.component === c)) continue;
+    // Only the components the stack changes get (and load) their LoRA-capable graph.
+    const variant = loraVariant(graphs[c]!);
+    const f = loraFeeds(variant, updates);
+    components[c] = { variant, bound: { key: `${digest}:${c}`, feeds: f.feeds, bytes: f.bytes }, applied: f.applied };
+    bytes += f.bytes;
   }
+  return {
+    ...base,
+    digest,
+    path: (c) => components[c as LoraComponent]?.variant.path ?? base.path(c),
+    dtype: (c) => base.dtype(c),
+    tokenizerPath: (k) => base.tokenizerPath(k),
+    tokenizer: (k) => base.tokenizer(k),
+    lora: { base, stack, components, bytes },
+  };
 }
