@@ -22,6 +22,7 @@ import { benchColdStart } from './cold-start.ts';
 import { benchLag } from './server-lag.ts';
 import { cpuMeter, describeShare } from './lib/cpuload.ts';
 import { benchQuant } from './quant.ts';
+import { benchLora } from './lora.ts';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 /** Past this, sections stop adding repetitions for disturbed samples. */
@@ -116,7 +117,7 @@ async function main(): Promise<void> {
 
   await section([12], 'scale-out on BullMQ: 2 workers / 1, queue latency (bench/queue.ts, child processes)', async () => (await import('./queue.ts')).benchQueue(), false, true);
   await section([13], 'GGUF FLUX as MatMulNBits: sizes, a Q4_K DiT step vs int4 (bench/gguf.ts)', async () => (await import('./gguf.ts')).benchGguf({ quick, log }), true);
-  const needsModels = [1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 14].some(wanted);
+  const needsModels = [1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 14, 21].some(wanted);
   if (!needsModels) return finish();
   log('model sets');
   const [tinyMs, made] = await timedGen(ensureTinySet);
@@ -140,6 +141,7 @@ async function main(): Promise<void> {
     await section([10], 'sampler options: batch 4 and true CFG as one call (mid-size DiT)', async () => (await import('./sampler-options.ts')).benchSamplerOptions(ctx), true);
     await section([11], 'int8 / int4 weights vs fp32 (mid-size set, bench/quant.ts)', () => benchQuant(ctx), true);
     await section([14], 'saved characters: first step and peak memory vs the picture (bench/saved-characters.ts)', async () => (await import('./saved-characters.ts')).benchSavedCharacters(ctx), true);
+    await section([21], 'run-time LoRAs: per-step cost, strength change and swap (mid-size DiT, bench/lora.ts)', () => benchLora(ctx), true);
     await retryDisturbed();
   } finally {
     await services.close();

@@ -16,7 +16,8 @@ export const PARAM_SOCKET = {
  * A constant parameter, described by a JSON Schema subset that the editor renders as a widget.
  * `format` picks a richer widget: 'prompt' (multiline text), 'seed' (integer with randomise),
  * 'image' (file picker with upload, the value is a path inside the inputs folder), 'color' (#rrggbb),
- * 'character' (the name of a saved character, <data>/characters/NAME.safetensors).
+ * 'character' (the name of a saved character, <data>/characters/NAME.safetensors), 'modelset' (an installed
+ * model set), 'lora' (a choice of the LoRA files in the data folder's loras folder).
  */
 export interface ParamSchema {
   type: keyof typeof PARAM_SOCKET;
@@ -28,7 +29,7 @@ export interface ParamSchema {
   enum?: readonly (string | number)[];
   maxLength?: number;
   pattern?: string;
-  format?: 'prompt' | 'seed' | 'image' | 'color' | 'character' | 'modelset';
+  format?: 'prompt' | 'seed' | 'image' | 'color' | 'character' | 'modelset' | 'lora';
   /** Optional parameters may be left out even without a default; run() then sees undefined. */
   optional?: boolean;
 }

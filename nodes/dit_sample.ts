@@ -6,6 +6,7 @@ import { tensorBytes } from './lib/tensors.ts';
 import { latentPreview } from './lib/preview.ts';
 import { type CharacterInput, prepareIpFeeds } from './lib/flux_feeds.ts';
 import { type MaskMode, freeAtStep, latentGridMask, packMask } from './lib/mask.ts';
+import { loraRunOptions, loraState } from './lib/lora.ts';
 import {
   type Schedule, eulerStep, flowMatchSchedule, inpaintBlend, packLatents, scaleNoise, seededNormal, shiftedSchedule, sigmasProblem,
   truncateSchedule, unpackLatents,
@@ -81,7 +82,7 @@ export function fluxBytesPerImage(models: ModelSet, textTokens: number, imageTok
 function fluxResidentBytes(models: ModelSet, device: string): number {
   const entry = models.manifest.files.flux;
   const files = entry.bytes + (entry.data ?? []).reduce((n, d) => n + d.bytes, 0);
-  return device === 'cpu' && models.dtype('flux') === 'float16' ? 3 * files : files;
+  return (device === 'cpu' && models.dtype('flux') === 'float16' ? 3 * files : files) + (loraState(models)?.bytes ?? 0);
 }
 
 /** Repeats a [1, ...] tensor n times along the first axis. */
@@ -296,7 +297,7 @@ export const DiTSample: NodeDef<Services> = {
         rope_cos: rope.cos,
         rope_sin: rope.sin,
         ...ip,
-      }, { signal: ctx.signal });
+      }, { signal: ctx.signal, ...loraRunOptions(models, 'flux') });
       const pred = toFloat32(out.noise_pred!); // [callBatch, L, 4C]
       const velocity = negative ? trueCfgCombine(pred, batch * perImage, trueCfg) : pred;
       eulerStep(latents, velocity, schedule.sigmas[i]!, schedule.sigmas[i + 1]!);

@@ -24,6 +24,7 @@ import { PadImage } from './pad_image.ts';
 import { SetLatentNoiseMask } from './set_latent_noise_mask.ts';
 import { SaveCharacter } from './save_character.ts';
 import { SavedCharacter } from './saved_character.ts';
+import { LoraLoader, LoraLoaderModelOnly } from './lora_loader.ts';
 
 export const NODE_TYPES: readonly NodeDef<Services>[] = [
   LoadModels,
@@ -45,6 +46,7 @@ export const NODE_TYPES: readonly NodeDef<Services>[] = [
   LoadMask, MaskFromRegion, InvertMask, PadImage, SetLatentNoiseMask, // inpainting and outpainting (issue 23)
   SaveCharacter,
   SavedCharacter,
+  LoraLoader, LoraLoaderModelOnly,
 ];
 
 export function nodeRegistry(): Map<string, NodeDef<Services>> {

@@ -2,6 +2,7 @@ import type { NodeDef } from '../engine/node.ts';
 import type { Services } from './services.ts';
 import { SOCKET, type ModelSet } from './types.ts';
 import { tensorBytes } from './lib/tensors.ts';
+import { loraRunOptions } from './lib/lora.ts';
 import { encodeClip, encodeT5 } from '../models/tokenizers.ts';
 import { i64 } from '../models/tensor.ts';
 
@@ -30,8 +31,8 @@ export const TextEncode: NodeDef<Services> = {
     // An empty clip_prompt means "the same prompt" (whitespace only counts as empty too).
     const clipIds = encodeClip(models.tokenizer('clip'), clipPrompt.trim() ? clipPrompt : prompt, clip.seqLen, { bos: clip.bosId, eos: clip.eosId, pad: clip.padId });
     const [t5Out, clipOut] = await Promise.all([
-      ctx.services.pool.run(models.path('t5'), { input_ids: i64([1, t5Ids.length], t5Ids) }, { signal: ctx.signal }),
-      ctx.services.pool.run(models.path('clip'), { input_ids: i64([1, clipIds.length], clipIds) }, { outputs: ['pooler_output'], signal: ctx.signal }),
+      ctx.services.pool.run(models.path('t5'), { input_ids: i64([1, t5Ids.length], t5Ids) }, { signal: ctx.signal, ...loraRunOptions(models, 't5') }),
+      ctx.services.pool.run(models.path('clip'), { input_ids: i64([1, clipIds.length], clipIds) }, { outputs: ['pooler_output'], signal: ctx.signal, ...loraRunOptions(models, 'clip') }),
     ]);
     return { conditioning: { promptEmbeds: t5Out.last_hidden_state!, pooled: clipOut.pooler_output! } };
   },

@@ -67,6 +67,23 @@ export async function uploadImage(file: Blob, filename: string): Promise<string>
   return value;
 }
 
+/** LoRA files in the server's loras folder; empty when the server does not list them. */
+export async function listLoraFiles(): Promise<string[]> {
+  try {
+    return pickArray(await getJson('/api/loras'), 'files').filter((v): v is string => typeof v === 'string');
+  } catch {
+    return [];
+  }
+}
+
+/** Uploads a LoRA file into the loras folder; resolves with its lora_name value. */
+export async function uploadLora(file: Blob, filename: string): Promise<string> {
+  const res = await fetch(`/api/loras/${encodeURIComponent(filename)}`, { method: 'PUT', body: file });
+  const body = (await res.json().catch(() => ({}))) as { name?: unknown; message?: unknown };
+  if (!res.ok || typeof body.name !== 'string') throw new Error(`upload refused: ${typeof body.message === 'string' ? body.message : `HTTP ${res.status}`}`);
+  return body.name;
+}
+
 /** URL of a file in the inputs folder, for thumbnails. */
 export function inputViewUrl(path: string): string {
   const slash = path.lastIndexOf('/');

@@ -7,7 +7,7 @@ import exampleWorkflow from '../../workflows/instantcharacter.json';
 import type { CatalogNode, ServerMessage } from '../protocol.ts';
 import type { Workflow } from '../../engine/workflow/types.ts';
 import { Connection, RequestError, defaultSocketUrl } from './connection.ts';
-import { fetchCatalog, listInputImages, uploadImage } from './api.ts';
+import { fetchCatalog, listInputImages, listLoraFiles, uploadImage, uploadLora } from './api.ts';
 import { registerCatalog, isCharflowNode, CharflowNode } from './nodes.ts';
 import { asWorkflow, graphToWorkflow, workflowToGraph } from './convert.ts';
 import { createPalette, PALETTE_MIME } from './palette.ts';
@@ -43,6 +43,7 @@ class App {
   catalog: CatalogNode[] = [];
   private inputs: string[] = [];
   modelSets: ModelSetItem[] = [];
+  private loras: string[] = [];
   private meta: Workflow['meta'];
   private started = false;
   private lastJson = '';
@@ -145,6 +146,11 @@ class App {
         this.inputs = await listInputImages();
       },
       upload: (file: File) => uploadImage(file, file.name),
+      loraFiles: () => this.loras,
+      refreshLoraFiles: async () => {
+        this.loras = await listLoraFiles();
+      },
+      uploadLora: (file: File) => uploadLora(file, file.name),
       changed: () => {
         this.canvas.setDirty(true, true);
         this.refreshDocState(false);
@@ -168,6 +174,7 @@ class App {
     this.inputs = await listInputImages();
     await this.characters.refresh();
     this.modelSets = await fetchModelSets();
+    this.loras = await listLoraFiles();
     this.conn.request({ type: 'queue' }, 'queue').then((q) => {
       this.status.queue(q.items);
       this.queuePanel.queueChanged(q.items);

@@ -12,6 +12,10 @@ export interface WidgetEnv {
   inputImages(): string[];
   refreshInputImages(): Promise<void>;
   upload(file: File): Promise<string>;
+  /** LoRA files in the server's loras folder (cached; refreshed on demand). */
+  loraFiles(): string[];
+  refreshLoraFiles(): Promise<void>;
+  uploadLora(file: File): Promise<string>;
   /** A value changed through the UI. */
   changed(): void;
   /** Shows output pictures full size (the gallery). */
@@ -25,6 +29,12 @@ export interface WidgetEnv {
 }
 
 type Widget = IBaseWidget;
+
+/** A combo's choices: the server's list, keeping the current value visible when it is not (or no longer) in it. */
+function withCurrent(list: readonly string[], widget: Widget | undefined): string[] {
+  const current = String(widget?.value ?? '');
+  return current && !list.includes(current) ? [current, ...list] : list.length ? [...list] : [current];
+}
 
 /** One parameter's widget, with its value as the workflow stores it. */
 export interface ParamBinding {
@@ -242,28 +252,25 @@ export function addParamWidget(node: LGraphNode, info: ParamInfo, env: WidgetEnv
   } else if (info.format === 'character' || info.format === 'modelset') {
     // A saved character's name or an installed model set: the server's list, keeping a value that is
     // not (or no longer) in it visible.
-    const values = (): string[] => {
-      const list = (info.format === 'character' ? env.savedCharacters?.() : env.modelSets?.()) ?? [];
-      const current = String(widget.value ?? '');
-      return current && !list.includes(current) ? [current, ...list] : list.length ? list : [current];
-    };
+    const values = (): string[] => withCurrent((info.format === 'character' ? env.savedCharacters?.() : env.modelSets?.()) ?? [], widget);
     widget = node.addWidget('combo', info.name, String(init), () => env.changed(), { values: values as unknown as string[] });
     get = () => String(widget.value);
     set = (v) => (widget.value = String(v));
-  } else if (info.format === 'image') {
-    const values = (): string[] => {
-      const list = env.inputImages();
-      const current = String(widget.value ?? '');
-      return current && !list.includes(current) ? [current, ...list] : list.length ? list : [current];
-    };
-    widget = node.addWidget('combo', info.name, String(init), () => env.changed(), { values: values as unknown as string[] });
+  } else if (info.format === 'lora' || info.format === 'image') {
+    const lora = info.format === 'lora';
+    const files = lora
+      ? { list: env.loraFiles, refresh: env.refreshLoraFiles, upload: env.uploadLora, accept: '.safetensors', what: 'LoRA' }
+      : { list: env.inputImages, refresh: env.refreshInputImages, upload: env.upload, accept: 'image/*', what: 'image' };
+    const values = (): string[] => withCurrent(files.list(), widget);
+    const first = String(init) || (lora ? files.list()[0] ?? '' : '');
+    widget = node.addWidget('combo', info.name, first, () => env.changed(), { values: values as unknown as string[] });
     const upload = node.addWidget('button', `${info.name}_upload`, undefined, () => {
-      void pickFile('image/*').then(async (file) => {
+      void pickFile(files.accept).then(async (file) => {
         if (!file) return;
         try {
           env.notify(`uploading ${file.name}…`);
-          widget.value = await env.upload(file);
-          await env.refreshInputImages();
+          widget.value = await files.upload(file);
+          await files.refresh();
           env.notify(`uploaded ${file.name}`);
           env.changed();
         } catch (err) {
@@ -271,7 +278,7 @@ export function addParamWidget(node: LGraphNode, info: ParamInfo, env: WidgetEnv
         }
       });
     }, {});
-    upload.label = '⬆ upload image…';
+    upload.label = `⬆ upload ${files.what}…`;
     extras.push(upload);
     get = () => String(widget.value);
     set = (v) => (widget.value = String(v));

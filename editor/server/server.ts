@@ -22,6 +22,7 @@ import type { ServerContext, ServerLimits, ServerPlugin } from './context.ts';
 import { mountComfyApi } from './comfy/index.ts';
 import { EditorHub } from './editor-ws.ts';
 import { FileRequestError, listInputs, resolveView, storeUpload } from './files.ts';
+import { registerLoraRoutes } from './loras.ts';
 import { Guard, isLoopbackHost, type Refusal } from './security.ts';
 import { StoreError, WorkflowStore } from './workflows.ts';
 import { inputRefs, modelSetOf, mountWorkerApi } from './workers.ts';
@@ -317,6 +318,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
 
   mountModelsApi(app, paths, services.pool); // /api/models (issue 25: model sets you can pick)
   mountTemplatesApi(app); // /api/templates: the bundled workflows
+  registerLoraRoutes(app, paths);
 
   app.get('/api/inputs', async (_req, res, next) => {
     try {

@@ -65,7 +65,23 @@ export interface RunOptions {
   transferInputs?: boolean;
   /** Resident size to assume if this run loads the model (default: file sizes). */
   sizeBytes?: number;
+  /**
+   * Feeds kept in the model's worker between runs (run-time LoRA factors): sent once per key and worker,
+   * then every run naming the key gets them without a copy. Their bytes count in the memory budget while
+   * bound; a model keeps the last MAX_BOUND keys (older ones are dropped, and sent again when named).
+   */
+  bound?: BoundFeeds;
 }
+
+export interface BoundFeeds {
+  /** Identity of the feeds' contents (the same key must always mean the same tensors). */
+  key: string;
+  feeds: Record<string, Tensor>;
+  bytes: number;
+}
+
+/** Bound feed sets a model keeps (a strength change or a swap binds a new one; the last few stay for reuse). */
+const MAX_BOUND = 2;
 
 export interface RunInfo {
   /** Worker thread that ran the model. */
@@ -95,6 +111,7 @@ export interface PoolStats {
 
 interface QueuedRun {
   feeds: Record<string, Tensor>;
+  bound?: BoundFeeds;
   transfer: ArrayBuffer[];
   outputs?: string[];
   resolve(r: RunResult): void;
@@ -112,6 +129,8 @@ class Entry {
   lastUsed = 0;
   queue: QueuedRun[] = [];
   busy = false;
+  /** Keys bound in this entry's worker, oldest first, with their bytes (counted in `bytes`). */
+  bound = new Map<string, number>();
   ready!: Promise<void>;
   constructor(readonly path: string) {}
 }
@@ -215,6 +234,7 @@ export class SessionPool {
     const entry = this.acquire(path);
     try {
       await abortable(entry.ready, opts.signal, path);
+      if (opts.bound && !entry.bound.has(opts.bound.key)) await this.makeRoom(entry, opts.bound.bytes);
       const r = await this.enqueue(entry, wireFeeds, transfer, opts);
       this.runCounts[path] = (this.runCounts[path] ?? 0) + 1;
       return { outputs: r.outputs, info: { threadId: r.threadId, startedAt: r.startedAt, endedAt: r.endedAt } };
@@ -487,7 +507,7 @@ export class SessionPool {
         }
       };
       const job: QueuedRun = {
-        feeds, transfer, outputs: opts.outputs,
+        feeds, transfer, outputs: opts.outputs, bound: opts.bound,
         resolve: resolveRun, reject: rejectRun,
         detachAbort: () => signal?.removeEventListener('abort', onAbort),
       };
@@ -508,7 +528,10 @@ export class SessionPool {
     job.detachAbort(); // from here on the run goes into ORT and cannot be stopped
     e.busy = true;
     const client = e.client;
-    this.onDevice(() => client.request({ type: 'run', feeds: job.feeds, outputs: job.outputs }, job.transfer)).then(
+    this.onDevice(async () => {
+      if (job.bound) await this.bind(e, client, job.bound);
+      return client.request({ type: 'run', feeds: job.feeds, outputs: job.outputs, bound: job.bound?.key }, job.transfer);
+    }).then(
       (r) => job.resolve(r),
       (err: Error) => job.reject(runError(e.path, err)),
     ).finally(() => {
@@ -517,6 +540,43 @@ export class SessionPool {
       this.pump(e);
       this.changed();
     });
+  }
+
+  /** Sends bound feeds to the entry's worker unless it has them; drops its oldest set beyond MAX_BOUND. */
+  private async bind(e: Entry, client: WorkerClient, b: BoundFeeds): Promise<void> {
+    const had = e.bound.get(b.key);
+    if (had !== undefined) {
+      e.bound.delete(b.key); // most recent last
+      e.bound.set(b.key, had);
+      return;
+    }
+    await client.request({ type: 'bind', key: b.key, feeds: b.feeds }); // a structured copy: the caller keeps its tensors
+    e.bound.set(b.key, b.bytes);
+    e.bytes += b.bytes;
+    this.reserved += b.bytes;
+    while (e.bound.size > MAX_BOUND) {
+      const [oldest, bytes] = e.bound.entries().next().value as [string, number];
+      e.bound.delete(oldest);
+      e.bytes -= bytes;
+      this.reserved -= bytes;
+      await client.request({ type: 'unbind', key: oldest });
+    }
+  }
+
+  /** Evicts idle models other than `e` (least recently used first) until `bytes` more fit in the budget. */
+  private async makeRoom(e: Entry, bytes: number): Promise<void> {
+    if (bytes > this.budgetBytes) {
+      throw new Error(`${fmtBytes(bytes)} of run-time inputs for ${e.path} exceed the whole memory budget of ${fmtBytes(this.budgetBytes)}`);
+    }
+    while (this.reserved + bytes > this.budgetBytes) {
+      let victim: Entry | undefined;
+      for (const x of this.entries.values()) {
+        if (x === e || x.state !== 'ready' || x.pins > 0 || x.busy || x.queue.length) continue;
+        if (!victim || x.lastUsed < victim.lastUsed) victim = x;
+      }
+      if (!victim) return; // everything else is busy: go over for now rather than wait on ourselves
+      await this.retire(victim, `to make room for the run-time inputs of ${e.path}`);
+    }
   }
 
   private changed(): void {

@@ -56,7 +56,10 @@ export interface RunResult {
 export type Request =
   | { type: 'probe'; devices: Device[]; stopAtFirst: boolean }
   | { type: 'load'; modelPath: string; config: SessionConfig; cache?: CacheRequest }
-  | { type: 'run'; feeds: Record<string, Tensor>; outputs?: string[] }
+  | { type: 'run'; feeds: Record<string, Tensor>; outputs?: string[]; bound?: string }
+  /** Keeps feeds in the worker under `key` (run-time LoRA factors): runs naming the key get them without a copy. */
+  | { type: 'bind'; key: string; feeds: Record<string, Tensor> }
+  | { type: 'unbind'; key: string }
   | { type: 'release' }
   /** Test hook: throws an uncaught error in the worker, as a native or JS crash would end it. */
   | { type: 'crash' };
@@ -65,6 +68,8 @@ export interface Replies {
   probe: ProbeOutcome[];
   load: LoadResult;
   run: RunResult;
+  bind: null;
+  unbind: null;
   release: null;
   crash: null;
 }

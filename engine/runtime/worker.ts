@@ -19,6 +19,8 @@ const port = parentPort;
 if (!port) throw new Error('engine/runtime/worker.ts must run in a worker thread');
 
 let session: ort.InferenceSession | undefined;
+/** Feeds kept between runs (bind requests), already in the graph's precision. */
+const bound = new Map<string, Record<string, ort.Tensor>>();
 
 function executionProviders(device: Device): ort.InferenceSession.ExecutionProviderConfig[] {
   // ORT adds the CPU provider behind any other, for ops the device provider lacks.
@@ -255,6 +257,11 @@ async function run(req: RequestOf<'run'>): Promise<RunResult> {
   if (!session) throw new Error('no model is loaded in this worker');
   const feeds: Record<string, ort.Tensor> = {};
   for (const [name, t] of Object.entries(req.feeds)) feeds[name] = toOrt(matchInputPrecision(session, name, t));
+  if (req.bound !== undefined) {
+    const kept = bound.get(req.bound);
+    if (!kept) throw new Error(`no feeds are bound under "${req.bound}" in this worker`);
+    Object.assign(feeds, kept);
+  }
   const startedAt = now();
   const out = req.outputs ? await session.run(feeds, req.outputs) : await session.run(feeds);
   const endedAt = now();
@@ -268,7 +275,17 @@ async function handle(req: Request): Promise<Replies[keyof Replies]> {
     case 'probe': return probe(req);
     case 'load': return load(req);
     case 'run': return run(req);
+    case 'bind': {
+      if (!session) throw new Error('no model is loaded in this worker');
+      const s = session;
+      bound.set(req.key, Object.fromEntries(Object.entries(req.feeds).map(([name, t]) => [name, toOrt(matchInputPrecision(s, name, t))])));
+      return null;
+    }
+    case 'unbind':
+      bound.delete(req.key);
+      return null;
     case 'release':
+      bound.clear();
       await session?.release();
       session = undefined;
       return null;

@@ -160,8 +160,14 @@ function fingerprints(
     }),
     vae: fingerprint({ ...base('vae'), c: 'vae', files: stamps(ck.vae.files), cfg: ck.vae.cfg }),
     vae_encoder: fingerprint({ ...base('vae_encoder'), c: 'vae_encoder', files: stamps(ck.vae.files), cfg: ck.vae.cfg }),
-    t5: fingerprint({ ...base('t5'), c: 't5', files: stamps(ck.t5.files), cfg: ck.t5.cfg, seqLen: t5SeqLen }),
-    clip: fingerprint({ ...base('clip'), c: 'clip', files: stamps(ck.clip.files), cfg: ck.clip.cfg, seqLen: clipSeqLen }),
+    t5: fingerprint({
+      ...base('t5'), c: 't5', files: stamps(ck.t5.files), cfg: ck.t5.cfg, seqLen: t5SeqLen,
+      ...(opts.loras?.length ? { loras: opts.loras.map((l) => [...fileStamp(l.path), l.weight]) } : {}),
+    }),
+    clip: fingerprint({
+      ...base('clip'), c: 'clip', files: stamps(ck.clip.files), cfg: ck.clip.cfg, seqLen: clipSeqLen,
+      ...(opts.loras?.length ? { loras: opts.loras.map((l) => [...fileStamp(l.path), l.weight]) } : {}),
+    }),
   };
 }
 
@@ -208,10 +214,15 @@ export async function convertCheckpoints(opts: ConvertOptions): Promise<ConvertR
   const closers: (() => void)[] = [() => ck.close()];
   try {
     let fluxWeights: WeightSource = ck.flux.weights;
+    let clipWeights: WeightSource = ck.clip.weights;
+    let t5Weights: WeightSource = ck.t5.weights;
     if (opts.loras?.length) {
-      const merged = mergeLoras(ck.flux.weights, opts.loras, ck.flux.cfg, warn);
+      // The text encoders' part too, as the official flux_load_lora (CLIP-L) and the run-time LoraLoader apply it.
+      const merged = mergeLoras(ck.flux.weights, opts.loras, ck.flux.cfg, warn, { clip: ck.clip.cfg, t5: ck.t5.cfg });
       closers.push(() => merged.close());
       fluxWeights = merged.source;
+      clipWeights = merged.mergeText('clip', ck.clip.weights).source;
+      t5Weights = merged.mergeText('t5', ck.t5.weights).source;
     }
     const ipDim = ck.ip.shape('0.to_k_ip.weight')?.[1] ?? ck.adapter.cfg.outputDim;
     const parameters = parameterCounts(ck, ipDim);
@@ -272,11 +283,11 @@ export async function convertCheckpoints(opts: ConvertOptions): Promise<ConvertR
       flux: { cfg: ck.flux.cfg, weights: track(fluxWeights), ip: track(ck.ip) },
       vae: { cfg: ck.vae.cfg, weights: track(ck.vae.weights) },
       t5: {
-        cfg: ck.t5.cfg, weights: track(ck.t5.weights), seqLen: t5SeqLen, tokenizer: ck.t5Tokenizer.json,
+        cfg: ck.t5.cfg, weights: track(t5Weights), seqLen: t5SeqLen, tokenizer: ck.t5Tokenizer.json,
         padId: required(ck.t5Tokenizer.pad, 'pad', 'T5'), eosId: required(ck.t5Tokenizer.eos, 'EOS', 'T5'),
       },
       clip: {
-        cfg: ck.clip.cfg, weights: track(ck.clip.weights), seqLen: clipSeqLen, tokenizer: ck.clipTokenizer.json,
+        cfg: ck.clip.cfg, weights: track(clipWeights), seqLen: clipSeqLen, tokenizer: ck.clipTokenizer.json,
         bosId: required(ck.clipTokenizer.bos, 'BOS', 'CLIP'), eosId: required(ck.clipTokenizer.eos, 'EOS', 'CLIP'),
         padId: required(ck.clipTokenizer.pad ?? ck.clipTokenizer.eos, 'pad', 'CLIP'),
       },

@@ -345,6 +345,7 @@ describe('GET /object_info', () => {
       'DiTSample', 'Decode', 'IdentityScore', 'KeepBest', 'SaveImage', 'PreviewImage', 'LoadImage', 'VAEEncode',
       'LoadMask', 'MaskFromRegion', 'InvertMask', 'PadImage', 'SetLatentNoiseMask',
       'SaveCharacter', 'SavedCharacter',
+      'LoraLoader', 'LoraLoaderModelOnly',
     ]);
     const dit = all.DiTSample!;
     expect(dit).toMatchObject({

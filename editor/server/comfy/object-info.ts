@@ -25,18 +25,24 @@ export interface ObjectInfo {
 /**
  * Choices the server knows: image parameters offer the files of the inputs folder, model-set parameters the
  * installed sets (each plus the declared default, e.g. a bundled example or the tiny set before it is written),
- * saved-character parameters the saved characters' names.
+ * saved-character parameters the saved characters' names, LoRA parameters the files of the loras folder (as
+ * ComfyUI's lora_name COMBO does).
  */
 export interface ParamChoices {
   images: readonly string[];
   modelSets?: readonly string[];
   characters?: readonly string[];
+  loras?: readonly string[];
 }
 
 export function paramSpec(p: ParamSchema, choices: ParamChoices): InputSpec {
   const opts: Record<string, unknown> = {};
   if (p.default !== undefined) opts.default = p.default;
   if (p.description) opts.tooltip = p.description;
+  if (p.format === 'lora') {
+    const loras = choices.loras ?? [];
+    return [[...loras], { ...opts, ...(loras.length ? { default: loras[0] } : {}) }];
+  }
   if (p.format === 'image') {
     const files = typeof p.default === 'string' && p.default !== '' && !choices.images.includes(p.default) ? [p.default, ...choices.images] : [...choices.images];
     return [files, { ...opts, image_upload: true }];

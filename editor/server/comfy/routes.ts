@@ -14,6 +14,7 @@ import { historyEntry, queueItem, type ComfyExtra } from './history.ts';
 import { allObjectInfo, inputConfig, objectInfo, type ParamChoices } from './object-info.ts';
 import { savedCharacterNames } from '../characters.ts';
 import { listModelSets } from '../../../models/modelsets.ts';
+import { listLoras } from '../../../nodes/lib/lora.ts';
 import type { ComfyHub } from './ws.ts';
 
 /** Client-chosen prompt ids: what a UUID, a number or a simple name needs. */
@@ -38,9 +39,9 @@ function queryInt(v: unknown): number | undefined {
 
 type Refusal = { status: number; body: unknown };
 
-/** What /object_info offers for image, model-set and saved-character parameters, read afresh per request. */
+/** What /object_info offers for image, model-set, saved-character and LoRA parameters, read afresh per request. */
 async function paramChoices(paths: ServerContext['paths']): Promise<ParamChoices> {
-  return { images: await listInputs(paths), modelSets: listModelSets(paths.models).map((m) => m.name), characters: savedCharacterNames(paths) };
+  return { images: await listInputs(paths), modelSets: listModelSets(paths.models).map((m) => m.name), characters: savedCharacterNames(paths), loras: listLoras(paths) };
 }
 
 export function comfyRouter(ctx: ServerContext, hub: ComfyHub<Services>): Router {
