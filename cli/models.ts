@@ -12,7 +12,8 @@ import { checkBlock } from '../models/quant/quantize.ts';
 export async function ensureTinySet(ctx: CliContext, modelsRoot: string, force = false, weights: WeightFormat = 'fp32', block?: number): Promise<string> {
   const name = tinySetName(weights);
   const dir = join(modelsRoot, name);
-  // A tiny set from an older charflow lacks newer graphs (e.g. the VAE encoder): it is generated, so rewrite it.
+  // A tiny set from an older charflow lacks newer graphs (e.g. the VAE encoder) or the fused attention: it is
+  // generated, so rewrite it.
   if (!force && modelSetComplete(modelsRoot, name)) return dir;
   if (force && existsSync(dir)) rmSync(dir, { recursive: true, force: true });
   const started = Date.now();
