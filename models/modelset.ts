@@ -17,6 +17,7 @@ import { type T5Config, buildT5, t5WeightShapes } from './t5.ts';
 import { type ClipTextConfig, buildClip, clipWeightShapes } from './clip.ts';
 import { type TextTokenizer, loadTokenizer } from './tokenizers.ts';
 import type { QuantSpec } from './quant/quantize.ts';
+import { chooseAccuracyLevel } from './quant/accuracy.ts';
 import type { WeightFormat } from './quant/weight-format.ts';
 
 export const MANIFEST_FILE = 'manifest.json';
@@ -38,6 +39,8 @@ export interface FileEntry {
   /** Quantized graphs: values per block along K, and whether the blocks are symmetric (no zero points). */
   block?: number;
   symmetric?: boolean;
+  /** Quantized graphs: MatMulNBits' accuracy_level, chosen for the CPU that wrote the set (models/quant/accuracy.ts). */
+  accuracyLevel?: number;
 }
 
 export interface VisionSettings {
@@ -206,7 +209,9 @@ export async function writeModelSet(spec: ModelSetSpec, dir: string, onProgress?
       continue;
     }
     const file = `${job.name}.onnx`;
-    const quant = spec.quant?.[job.name];
+    const asked = spec.quant?.[job.name];
+    // accuracy_level follows the writing machine's CPU unless the spec sets it (models/quant/accuracy.ts).
+    const quant = asked && { ...asked, accuracyLevel: asked.accuracyLevel ?? chooseAccuracyLevel().level };
     // Quantized: at most bits/8 per weight plus a float32 scale and a zero point per block (16 at the least).
     const bytesPerWeight = quant ? quant.bits / 8 + 5 / 16 : dtype === 'float16' ? 2 : 4;
     const external = job.parameters * bytesPerWeight > (quant ? QUANT_EXTERNAL_THRESHOLD : EXTERNAL_THRESHOLD) ? { dir, file: `${job.name}.onnx.data` } : undefined;
@@ -219,7 +224,7 @@ export async function writeModelSet(spec: ModelSetSpec, dir: string, onProgress?
       throw new Error(`building ${job.name}: ${(err as Error).message}`);
     }
     const entry: FileEntry = { file, bytes: statSync(join(dir, file)).size, sha256: await sha256File(join(dir, file)), parameters: job.parameters, dtype };
-    if (quant) Object.assign(entry, { weights: quant.bits === 8 ? 'int8' : 'int4', block: quant.block, ...(quant.symmetric ? { symmetric: true } : {}) });
+    if (quant) Object.assign(entry, { weights: quant.bits === 8 ? 'int8' : 'int4', block: quant.block, ...(quant.symmetric ? { symmetric: true } : {}), accuracyLevel: quant.accuracyLevel });
     else entry.weights = dtype === 'float16' ? 'fp16' : 'fp32';
     if (external) {
       const p = join(dir, external.file);
