@@ -59,7 +59,7 @@ export function fluxStepFlops(cfg: FluxConfig, T: number, L: number, ip?: { toke
   return { total: linear + attention, linear, attention };
 }
 
-function stepFeeds(T: number): Record<string, Tensor> {
+export function stepFeeds(T: number): Record<string, Tensor> {
   const rope = fluxRopeFor(T, GRID, GRID, MID_FLUX.axesDimsRope, MID_FLUX.ropeTheta);
   return {
     hidden_states: noise([1, GRID * GRID, MID_FLUX.inChannels], 1),

@@ -115,7 +115,7 @@ async function main(): Promise<void> {
   await section([5], 'graph scale (bench/graph-scale.ts)', graphScale, true);
 
   await section([12], 'scale-out on BullMQ: 2 workers / 1, queue latency (bench/queue.ts, child processes)', async () => (await import('./queue.ts')).benchQueue(), false, true);
-  const needsModels = [1, 2, 3, 4, 6, 7, 8, 9, 10, 11].some(wanted);
+  const needsModels = [1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 13].some(wanted);
   if (!needsModels) return finish();
   log('model sets');
   const [tinyMs, made] = await timedGen(ensureTinySet);
@@ -138,6 +138,7 @@ async function main(): Promise<void> {
     await section([7], 'model efficiency (mid-size DiT step vs MatMul peak)', () => benchDiT(ctx), true);
     await section([10], 'sampler options: batch 4 and true CFG as one call (mid-size DiT)', async () => (await import('./sampler-options.ts')).benchSamplerOptions(ctx), true);
     await section([11], 'int8 / int4 weights vs fp32 (mid-size set, bench/quant.ts)', () => benchQuant(ctx), true);
+    await section([13], 'fused attention vs plain (FLUX-geometry blocks in child processes, mid-size step, tiny workflow at 1024)', async () => (await import('./attention-blocks.ts')).benchAttention(ctx), true);
     await retryDisturbed();
   } finally {
     await services.close();
