@@ -7,7 +7,7 @@ import { runOnce } from '../../models/onnx/ort.ts';
 import { countOps, modelOps } from '../../models/onnx/ops.ts';
 import type { AttentionForm } from '../../models/layers.ts';
 import { type FluxConfig, buildFlux, fluxConfigFromJson } from '../../models/flux.ts';
-import { fluxRope } from '../../models/rope.ts';
+import { fluxGoldenFeeds } from '../helpers/flux-golden.ts';
 import type { WeightSource } from '../../models/weights/source.ts';
 import { type Tensor, f32, toFloat32 } from '../../models/tensor.ts';
 import { expectClose, goldenConfig, goldenTensors, goldenWeights, maxAbsDiff, scaledVariant } from '../helpers/goldens.ts';
@@ -49,18 +49,10 @@ describe('fused attention (MultiHeadAttention) in FLUX and its IP attention', ()
     outputs = goldenTensors(CASE, 'outputs.safetensors');
     w = goldenWeights(CASE, 'diffusion_pytorch_model.safetensors');
     ip = goldenWeights(CASE, 'ip_adapter.safetensors');
-    const ids = Float32Array.from([...toFloat32(inputs.get('txt_ids')!), ...toFloat32(inputs.get('img_ids')!)]);
-    const rope = fluxRope(ids, cfg.axesDimsRope, cfg.ropeTheta);
     scale = toFloat32(inputs.get('subject_scale')!)[0]!;
     L = inputs.get('hidden_states')!.dims[1]!;
     feeds = {
-      hidden_states: inputs.get('hidden_states')!,
-      encoder_hidden_states: inputs.get('encoder_hidden_states')!,
-      pooled_projections: inputs.get('pooled_projections')!,
-      timestep: inputs.get('timestep')!,
-      guidance: inputs.get('guidance')!,
-      rope_cos: rope.cos,
-      rope_sin: rope.sin,
+      ...fluxGoldenFeeds(cfg, inputs),
       ip_hidden_states: inputs.get('ip_hidden_states')!,
       ip_masks: f32([1, L], new Float32Array(L).fill(scale)),
     };
