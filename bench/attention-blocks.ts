@@ -2,11 +2,12 @@
 // against the plain MatMul -> Softmax -> MatMul, side by side in one run:
 //  - one FLUX-geometry double block and one single block (width 3072, 24 heads x 128, synthetic weights,
 //    fp32 and int8) at 1024 x 1024 (512 text + 4096 image tokens) and 512 x 512 (512 + 1024): step time and
-//    peak RSS, each form in its own child process (so each peak is its own; the plain form at 1024 holds
-//    about 8 GB, so it only starts with that much memory free);
+//    peak RSS, each form in its own child process (so each peak is its own; the plain form at 1024 peaks
+//    near 11 GB, so it only starts with 12 GiB free);
 //  - the mid-size DiT step (section 7's set, written plain and auto) through the pool;
 //  - the default workflow on the tiny set at 1024 x 1024, 28 steps, end to end (tiny set written each way).
 // Blocks alone: node --import tsx bench/attention-blocks.ts [--quick] [--sizes 1024,512] [--kinds double,single] [--weights fp32,int8]
+// The rest alone: node --import tsx bench/attention-blocks.ts pipeline [--quick] [--no-tiny]
 import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
 import { freemem } from 'node:os';
@@ -22,7 +23,10 @@ import { randomWeights } from '../models/tiny.ts';
 import { memorySource } from '../models/weights/source.ts';
 import { f32 } from '../models/tensor.ts';
 import { toOrt } from '../models/onnx/ort.ts';
-import { BENCH_ROOT, MID_SET_NAME, ensurePlainTwin, workflow } from './lib/fixtures.ts';
+import { BENCH_ROOT, MID_SET_NAME, MODELS_ROOT, ensureMidSet, ensurePlainTwin, ensureTinySet, workflow } from './lib/fixtures.ts';
+import { resolvePaths } from '../engine/paths.ts';
+import { createServices } from '../nodes/services.ts';
+import { nodeRegistry } from '../nodes/registry.ts';
 import { stepFeeds } from './dit-efficiency.ts';
 import { Executor } from '../engine/executor/index.ts';
 import { silentLogger } from './lib/context.ts';
@@ -36,8 +40,8 @@ const SECTION = 13;
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const TEXT_TOKENS = 512;
 const GRAPHS = join(BENCH_ROOT, 'attention-blocks');
-/** Free memory the plain form at 1024 x 1024 needs before its child starts (it peaks near 8 GB). */
-const PLAIN_1024_FREE_BYTES = 11 * 1024 ** 3;
+/** Free memory the plain form at 1024 x 1024 needs before its child starts (the fp32 double block peaked at 10.7 GiB). */
+const PLAIN_1024_FREE_BYTES = 12 * 1024 ** 3;
 
 export type BlockKind = 'double' | 'single';
 export type BlockWeights = 'fp32' | 'int8';
@@ -117,7 +121,7 @@ export async function benchBlocks(
       for (const weights of formats) {
         const name = `${kind} block ${weights} ${px}x${px}`;
         if (px >= 1024 && freemem() < PLAIN_1024_FREE_BYTES) {
-          figures.push(info(SECTION, `${name}: skipped`, freemem() / 2 ** 30, 'GiB', { note: `only ${(freemem() / 2 ** 30).toFixed(1)} GiB free; the plain form needs ~8 GB` }));
+          figures.push(info(SECTION, `${name}: skipped`, freemem() / 2 ** 30, 'GiB', { note: `only ${(freemem() / 2 ** 30).toFixed(1)} GiB free; the plain form needs ~11 GB` }));
           continue;
         }
         const meter = cpuMeter();
@@ -199,6 +203,21 @@ if (process.argv[1]?.endsWith('attention-blocks.ts')) {
   if (mode === 'build') {
     const [kind, form, weights] = rest;
     blockGraph(kind as BlockKind, form as AttentionForm, weights as BlockWeights);
+  } else if (mode === 'pipeline') {
+    // The mid-size step and the tiny workflow alone, on the bench's sets and data folder.
+    await Promise.all([ensureTinySet(), ensureMidSet()]);
+    const paths = resolvePaths({ data: join(BENCH_ROOT, 'work'), models: MODELS_ROOT });
+    const services = await createServices(paths, { device: 'cpu', log: () => {} });
+    const ctx: BenchContext = {
+      services, registry: nodeRegistry(), paths, quick: process.argv.includes('--quick'), details: {},
+      log: (m) => console.log(m), mayExtend: () => true,
+    };
+    try {
+      const figures = [...await benchMidStep(ctx), ...(process.argv.includes('--no-tiny') ? [] : await benchTinyWorkflow(ctx))];
+      for (const f of figures) console.log(`${f.status.padEnd(5)} ${f.name}: ${f.value?.toFixed(3)} ${f.unit} (target ${f.target}) ${f.note ?? ''}`);
+    } finally {
+      await services.close();
+    }
   } else if (mode === 'child') {
     const [kind, form, weights, px, reps, device] = rest;
     await child(kind as BlockKind, form as AttentionForm, weights as BlockWeights, Number(px), Number(reps), device);
