@@ -322,7 +322,7 @@ function attend(g: Graph, q: Value, k: Value, v: Value, cfg: FluxConfig, form: A
   if (form === 'plain') return plain();
   const qm = reshape(g, q, [0, 0, C]); // [B, Nq, C]
   const fused = (): Value => fusedAttention(g, qm, reshape(g, k, [0, 0, C]), reshape(g, v, [0, 0, C]), cfg.numHeads, 1); // [B, Nq, C]
-  return chooseAttention(g, form, qm, fused, plain, fusedFrom);
+  return chooseAttention(g, form, qm, k, cfg.numHeads, fused, plain, fusedFrom);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -348,7 +348,7 @@ interface IpContext {
   sumOverR: Value;
   /** Per-processor IP attention per character before the masks [B, R, L, C], and the masked sums [B, L, C]. */
   debug?: { attn: Value[]; term: Value[] };
-  /** How the image-to-character attention is written, and from how many image tokens (as the joint attention). */
+  /** How the image-to-character attention is written, and from how many score elements (as the joint attention). */
   form: AttentionForm;
   fusedFrom: number | undefined;
 }
@@ -386,7 +386,7 @@ function ipAttention(m: Module, ip: IpContext, index: number, qImg: Value, cfg: 
     const o = fusedAttention(g, flat(qBR), flat(kBR(kn)), flat(kBR(v)), cfg.numHeads, 1); // [B R, L, C]
     return g.node('Reshape', [o, concat(g, [g.ints([-1]), R, g.node('Shape', [qm], { start: 1 })], 0)]); // [B, R, L, C]
   };
-  return maskedSum(m, ip, chooseAttention(g, ip.form, qm, fused, plain, ip.fusedFrom), C);
+  return maskedSum(m, ip, chooseAttention(g, ip.form, qm, kn, cfg.numHeads, fused, plain, ip.fusedFrom), C);
 }
 
 /** sum_r masks[r] * perChar[:, r]: perChar [B, R, L, C] -> [B, L, C] (and the debug outputs). */
@@ -492,7 +492,7 @@ export interface FluxBuildOptions {
   debugOutputs?: boolean;
   /** How attention is written (layers.ts AttentionForm); default 'plain', model sets write 'auto'. */
   attention?: AttentionForm;
-  /** 'auto': query tokens from which the fused op runs (default layers.ts FUSED_FROM_TOKENS). */
+  /** 'auto': score elements per image (heads x Tq x Tk) from which the fused op runs (default layers.ts FUSED_FROM_SCORES). */
   fusedFrom?: number;
 }
 

@@ -6,7 +6,7 @@ import { createReadStream, existsSync, mkdirSync, readFileSync, renameSync, stat
 import { join } from 'node:path';
 import { Graph, type GraphOptions } from './onnx/graph.ts';
 import type { Module } from './layers.ts';
-import { type AttentionForm, FUSED_FROM_TOKENS, countParameters } from './layers.ts';
+import { type AttentionForm, FUSED_FROM_SCORES, countParameters } from './layers.ts';
 import type { WeightSource } from './weights/source.ts';
 import { type SiglipConfig, buildSiglip, siglipHasHead, siglipWeightShapes } from './siglip.ts';
 import { type Dinov2Config, buildDinov2, dinov2WeightShapes } from './dinov2.ts';
@@ -76,23 +76,23 @@ export interface ModelSetManifest {
   clip: { seqLen: number; width: number; bosId: number; eosId: number; padId: number };
 }
 
-/** layers.ts AttentionForm, and for 'auto' the query tokens from which the fused op runs. */
+/** layers.ts AttentionForm, and for 'auto' the score elements per image (heads x Tq x Tk) from which the fused op runs. */
 export interface AttentionSetting {
   form: AttentionForm;
   fusedFrom?: number;
 }
 
 /** What new sets write: both forms behind an If at the CPU crossover (docs/attention.md). */
-export const DEFAULT_ATTENTION: AttentionSetting = { form: 'auto', fusedFrom: FUSED_FROM_TOKENS };
+export const DEFAULT_ATTENTION: AttentionSetting = { form: 'auto', fusedFrom: FUSED_FROM_SCORES };
 
 /** A set's attention setting; sets written before fused attention have plain MatMul -> Softmax -> MatMul. */
 export function attentionOf(manifest: ModelSetManifest): AttentionSetting {
   return manifest.flux.attention ?? { form: 'plain' };
 }
 
-/** Whether attention over `queryTokens` tokens runs fused (no [Tq, Tk] scores held) in a set with `setting`. */
-export function attentionFusedAt(setting: AttentionSetting, queryTokens: number): boolean {
-  if (setting.form === 'auto') return queryTokens >= (setting.fusedFrom ?? FUSED_FROM_TOKENS);
+/** Whether attention with `heads` x `tq` x `tk` scores runs fused (none of them held) in a set with `setting`. */
+export function attentionFusedAt(setting: AttentionSetting, heads: number, tq: number, tk = tq): boolean {
+  if (setting.form === 'auto') return heads * tq * tk >= (setting.fusedFrom ?? FUSED_FROM_SCORES);
   return setting.form === 'fused';
 }
 

@@ -300,7 +300,7 @@ function midAttention(m: Module, x: Value, c: number, groups: number, p = MID_AT
     return g.node('MatMul', [probs, v]); // [B, HW, C]
   };
   const form = attn.attention ?? 'plain';
-  const attended = form === 'plain' ? plain() : chooseAttention(g, form, q, () => fusedAttention(g, q, k, v, 1, 1), plain, attn.fusedFrom); // [B, HW, C]
+  const attended = form === 'plain' ? plain() : chooseAttention(g, form, q, k, 1, () => fusedAttention(g, q, k, v, 1, 1), plain, attn.fusedFrom); // [B, HW, C]
   const out = linear(m, attended, `${p}.to_out.0`, c, c); // [B, HW, C]
   const spatial = g.node('Reshape', [transpose(g, out, [0, 2, 1]), g.node('Shape', [x])]); // [B, C, H, W]
   return g.node('Add', [spatial, x]); // rescale_output_factor 1
@@ -337,7 +337,7 @@ function upsample(m: Module, x: Value, prefix: string, c: number): Value {
 /** How the mid-block attention is written (layers.ts AttentionForm; default 'plain', model sets write 'auto'). */
 export interface VaeBuildOptions {
   attention?: AttentionForm;
-  /** 'auto': pixels (H*W of the mid block) from which the fused op runs. */
+  /** 'auto': score elements (one head: (H*W of the mid block)^2) from which the fused op runs. */
   fusedFrom?: number;
 }
 

@@ -12,7 +12,7 @@ import {
 import { fluxRopeFor } from '../models/rope.ts';
 import { type Tensor, f32, toFloat32 } from '../models/tensor.ts';
 import { attentionFusedAt, attentionOf } from '../models/modelset.ts';
-import { FUSED_FROM_TOKENS } from '../models/layers.ts';
+import { FUSED_FROM_SCORES } from '../models/layers.ts';
 
 /** Sizes are multiples of this: 8x VAE downsampling, then 2x2 packing. */
 const SIZE_STEP = 16;
@@ -73,7 +73,7 @@ export function fluxBytesPerImage(models: ModelSet, textTokens: number, imageTok
   const { numHeads = 24, headDim = 128 } = models.manifest.flux;
   const bytes = models.dtype('flux') === 'float16' ? 2 : 4;
   const tokens = textTokens + imageTokens;
-  const scores = attentionFusedAt(attentionOf(models.manifest), tokens) ? 0 : 2 * numHeads * tokens * tokens;
+  const scores = attentionFusedAt(attentionOf(models.manifest), numHeads, tokens) ? 0 : 2 * numHeads * tokens * tokens;
   return bytes * (scores + 12 * tokens * numHeads * headDim);
 }
 
@@ -187,7 +187,7 @@ export const DiTSample: NodeDef<Services> = {
     staticChecks(inputs, { negative: inputs.negative !== undefined, init: inputs.init !== undefined });
     checkConditioning('conditioning', cond, models);
     const plainTokens = attentionOf(models.manifest).form === 'plain' ? cond.promptEmbeds.dims[1]! + (width / 16) * (height / 16) : 0;
-    if (!models.manifest.flux.attention && plainTokens >= FUSED_FROM_TOKENS) {
+    if (!models.manifest.flux.attention && (models.manifest.flux.numHeads ?? 24) * plainTokens ** 2 >= FUSED_FROM_SCORES) {
       ctx.log.warn(`DiTSample ${ctx.nodeId}: model set "${models.name}" was written before fused attention, so at ${width}x${height} each attention layer holds `
         + `[heads, ${plainTokens}, ${plainTokens}] scores; rewrite it with \`charflow models convert\` (the arguments it was converted with) `
         + 'or `charflow models tiny --force` for the tiny set (docs/attention.md)');

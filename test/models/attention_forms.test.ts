@@ -22,7 +22,7 @@ function build(cfg: FluxConfig, w: WeightSource, ip: WeightSource | undefined, a
   return g.toBytes();
 }
 
-/** 'auto' thresholds that make the If take the fused (from 1 token) or the plain branch (never). */
+/** 'auto' thresholds (score elements) that make every If take the fused branch, or the plain one. */
 const FROM = { fused: 1, plain: 2 ** 40 };
 
 /** [1, ...] tensors repeated n times along the first axis. */

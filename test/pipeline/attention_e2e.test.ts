@@ -12,7 +12,7 @@ import { AdapterFuse } from '../../nodes/adapter_fuse.ts';
 import { DiTSample } from '../../nodes/dit_sample.ts';
 import { Decode } from '../../nodes/decode.ts';
 import type { CharacterTokens, Conditioning, Latent, RgbImage, VisionFeatures } from '../../nodes/types.ts';
-import { FUSED_FROM_TOKENS } from '../../models/layers.ts';
+import { FUSED_FROM_SCORES } from '../../models/layers.ts';
 import { goldenConfig, goldenPath, goldenStepCount, goldenTensors, maxAbsDiff } from '../helpers/goldens.ts';
 import { e2eSeqLens, writeGoldenModelSet } from '../helpers/goldenset.ts';
 import type { Tensor } from '../../models/tensor.ts';
@@ -64,7 +64,7 @@ describe('instantcharacter_e2e with fused attention', () => {
     const d = maxAbsDiff(fused, plain);
     console.log(`image: fused vs plain max abs diff ${d}; auto vs plain ${maxAbsDiff(auto, plain)}`);
     expect(d).toBeLessThanOrEqual(1e-5);
-    expect(harness.services.modelSet(SETS.auto).manifest.flux.attention).toEqual({ form: 'auto', fusedFrom: FUSED_FROM_TOKENS });
+    expect(harness.services.modelSet(SETS.auto).manifest.flux.attention).toEqual({ form: 'auto', fusedFrom: FUSED_FROM_SCORES });
     // Below the threshold the If's plain branch runs: the same ops, though onnxruntime optimises a subgraph
     // apart from the main graph, so the last bits may differ.
     expect(maxAbsDiff(auto, plain)).toBeLessThanOrEqual(1e-5);

@@ -31,10 +31,11 @@ describe('activation estimate and the attention form', () => {
     expect(fluxBytesPerImage(setWith({ form: 'plain' }), TEXT, tokensAt(1024))).toBe(linearTerm(n1024) + scoresTerm(n1024));
     expect(fluxBytesPerImage(setWith({ form: 'fused' }), TEXT, tokensAt(512))).toBe(linearTerm(n512));
     // auto: plain below its threshold, fused from it on.
-    const auto = setWith({ form: 'auto', fusedFrom: 2048 });
+    const auto = setWith({ form: 'auto', fusedFrom: 2 ** 27 }); // FLUX's 24 heads: from ~2365 tokens
     expect(fluxBytesPerImage(auto, TEXT, tokensAt(512))).toBe(linearTerm(n512) + scoresTerm(n512));
     expect(fluxBytesPerImage(auto, TEXT, tokensAt(1024))).toBe(linearTerm(n1024));
-    expect(fluxBytesPerImage(setWith({ form: 'auto', fusedFrom: n1024 + 1 }), TEXT, tokensAt(1024))).toBe(linearTerm(n1024) + scoresTerm(n1024));
+    expect(fluxBytesPerImage(setWith({ form: 'auto', fusedFrom: HEADS * n1024 ** 2 }), TEXT, tokensAt(1024))).toBe(linearTerm(n1024));
+    expect(fluxBytesPerImage(setWith({ form: 'auto', fusedFrom: HEADS * n1024 ** 2 + 1 }), TEXT, tokensAt(1024))).toBe(linearTerm(n1024) + scoresTerm(n1024));
     // At 1024 x 1024 the fused estimate is a seventh of the plain one (FLUX geometry: 0.68 GB vs 4.8 GB).
     expect(linearTerm(n1024) / (linearTerm(n1024) + scoresTerm(n1024))).toBeLessThan(0.15);
   });
@@ -45,8 +46,8 @@ describe('activation estimate and the attention form', () => {
     const budget = FLUX_BYTES + 4 * linearTerm(n) + 1;
     const pool = { device: 'cpu', budgetBytes: budget };
     const req = { batch: 4, width: 1024, height: 1024, textTokens: TEXT, trueCfg: false };
-    expect(() => checkBatchFits(setWith({ form: 'auto', fusedFrom: 2048 }), pool, req)).not.toThrow();
-    expect(() => checkBatchFits(setWith({ form: 'auto', fusedFrom: 2048 }), pool, { ...req, batch: 5 })).toThrow(/at most 4 fit/);
+    expect(() => checkBatchFits(setWith({ form: 'auto', fusedFrom: 2 ** 27 }), pool, req)).not.toThrow();
+    expect(() => checkBatchFits(setWith({ form: 'auto', fusedFrom: 2 ** 27 }), pool, { ...req, batch: 5 })).toThrow(/at most 4 fit/);
     expect(() => checkBatchFits(setWith(undefined), pool, { ...req, batch: 1 })).toThrow(/not even one image fits/);
     // True CFG doubles the passes: 2 images.
     expect(() => checkBatchFits(setWith({ form: 'fused' }), pool, { ...req, trueCfg: true })).toThrow(/at most 2 fit/);
