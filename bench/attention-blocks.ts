@@ -7,7 +7,7 @@
 //  - the mid-size DiT step (section 7's set, written plain and auto) through the pool;
 //  - the default workflow on the tiny set at 1024 x 1024, 28 steps, end to end (tiny set written each way).
 // Blocks alone: node --import tsx bench/attention-blocks.ts [--quick] [--sizes 1024,512] [--kinds double,single] [--weights fp32,int8]
-// The rest alone: node --import tsx bench/attention-blocks.ts pipeline [--quick] [--no-tiny]
+// The rest alone: node --import tsx bench/attention-blocks.ts pipeline [--quick] [--no-mid] [--no-tiny]
 import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
 import { freemem } from 'node:os';
@@ -213,7 +213,10 @@ if (process.argv[1]?.endsWith('attention-blocks.ts')) {
       log: (m) => console.log(m), mayExtend: () => true,
     };
     try {
-      const figures = [...await benchMidStep(ctx), ...(process.argv.includes('--no-tiny') ? [] : await benchTinyWorkflow(ctx))];
+      const figures = [
+        ...(process.argv.includes('--no-mid') ? [] : await benchMidStep(ctx)),
+        ...(process.argv.includes('--no-tiny') ? [] : await benchTinyWorkflow(ctx)),
+      ];
       for (const f of figures) console.log(`${f.status.padEnd(5)} ${f.name}: ${f.value?.toFixed(3)} ${f.unit} (target ${f.target}) ${f.note ?? ''}`);
     } finally {
       await services.close();
