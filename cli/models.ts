@@ -4,6 +4,7 @@ import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CliError, commandAction, ensureDataDirs, EXIT, pathsFor, withDataOption, type CliContext } from './context.ts';
 import { modelSetComplete } from '../models/modelset.ts';
+import { chooseAccuracyLevel } from '../models/quant/accuracy.ts';
 import { tinySetName, writeTinyModelSet } from '../models/tiny.ts';
 import { type WeightFormat, parseWeightFormat } from '../models/quant/formats.ts';
 import { checkBlock } from '../models/quant/quantize.ts';
@@ -18,6 +19,10 @@ export async function ensureTinySet(ctx: CliContext, modelsRoot: string, force =
   if (force && existsSync(dir)) rmSync(dir, { recursive: true, force: true });
   const started = Date.now();
   ctx.stderr.write(`writing the tiny model set${weights === 'fp32' ? '' : ` with ${weights} weights`} (random weights, for tests and the demo) to ${dir}\n`);
+  if (weights === 'int8' || weights === 'int4') {
+    const choice = chooseAccuracyLevel();
+    ctx.stderr.write(`  MatMulNBits accuracy_level ${choice.level}: ${choice.why}\n`);
+  }
   try {
     await writeTinyModelSet(dir, (component, index, total) => {
       if (index < total) ctx.stderr.write(`  [${index + 1}/${total}] ${component}\n`);
