@@ -1,4 +1,4 @@
-// Section 11: int8 and int4 weights (ONNX Runtime MatMulNBits, accuracy_level 4) against float32, side by
+// Section 11: int8 and int4 weights (ONNX Runtime MatMulNBits, accuracy_level per CPU: models/quant/accuracy.ts) against float32, side by
 // side in one run on the mid-size set: the DiT step's time, the Linear weights' bytes, the final image of
 // an 8-step 512 x 512 pipeline (PSNR against float32's) and the per-step relative error of noise_pred on
 // float32's own trajectory. The weights are random (seeded), not trained: the issue's quality anchors are
@@ -24,6 +24,7 @@ import { writeModelSet } from '../models/modelset.ts';
 import { COMPONENTS } from '../models/convert/convert.ts';
 import { DEFAULT_BLOCK, type WeightFormat, resolveFormats, specWithFormats } from '../models/quant/formats.ts';
 import { quantizedBytes } from '../models/quant/quantize.ts';
+import { chooseAccuracyLevel } from '../models/quant/accuracy.ts';
 import { scanModel } from '../engine/runtime/onnx-scan.ts';
 import type { Tensor } from '../models/tensor.ts';
 import { MID_FLUX, MID_SET_NAME, MODELS_ROOT, ensureMidSet, midSpec } from './lib/fixtures.ts';
@@ -55,7 +56,7 @@ export async function ensureQuantMidSets(): Promise<void> {
   await ensureMidSet();
   for (const f of FORMATS) {
     const name = setName(f);
-    await once(join(MODELS_ROOT, name), stampOf(['mid-quant', 1, f, DEFAULT_BLOCK, midSpec().name, MID_FLUX, readFileSync(join(MODELS_ROOT, MID_SET_NAME, '.bench-stamp'), 'utf8')]), 'manifest.json', async () => {
+    await once(join(MODELS_ROOT, name), stampOf(['mid-quant', 1, f, DEFAULT_BLOCK, chooseAccuracyLevel().level, midSpec().name, MID_FLUX, readFileSync(join(MODELS_ROOT, MID_SET_NAME, '.bench-stamp'), 'utf8')]), 'manifest.json', async () => {
       const formats = resolveFormats(COMPONENTS, { base: f, fp32: ['vae', 'vae_encoder'] });
       await writeModelSet({ ...specWithFormats(midSpec(), formats), name }, join(MODELS_ROOT, name));
     });
@@ -158,7 +159,7 @@ export async function benchQuant(ctx: BenchContext): Promise<Figure[]> {
   const otherCores = meter().otherCores;
   const m = { fp32: median(times.fp32!), int8: median(times.int8!), int4: median(times.int4!) };
   const tokens = (feeds.hidden_states?.dims[1] ?? 0) + (feeds.encoder_hidden_states?.dims[1] ?? 0);
-  const stepNote = (f: string) => `median ${f} ${m[f as 'int8'].toFixed(0)} ms vs fp32 ${m.fp32.toFixed(0)} ms per step (ORT time, ${pool.intraOpThreads} thread(s), ${tokens} tokens, mid-size FLUX C=${MID_FLUX.numHeads * MID_FLUX.headDim}, block ${DEFAULT_BLOCK}, accuracy_level 4)`;
+  const stepNote = (f: string) => `median ${f} ${m[f as 'int8'].toFixed(0)} ms vs fp32 ${m.fp32.toFixed(0)} ms per step (ORT time, ${pool.intraOpThreads} thread(s), ${tokens} tokens, mid-size FLUX C=${MID_FLUX.numHeads * MID_FLUX.headDim}, block ${DEFAULT_BLOCK}, accuracy_level ${chooseAccuracyLevel().level}: ${chooseAccuracyLevel().why})`;
   figures.push(judged(11, 'mid-size DiT step, int8 / fp32 time', m.int8 / m.fp32, 'x', '<=', 0.85, { otherCores, samples: times.int8, note: stepNote('int8') }));
   figures.push(judged(11, 'mid-size DiT step, int4 / fp32 time', m.int4 / m.fp32, 'x', '<=', 0.9, { otherCores, samples: times.int4, note: stepNote('int4') }));
 

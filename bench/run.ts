@@ -117,7 +117,7 @@ async function main(): Promise<void> {
 
   await section([12], 'scale-out on BullMQ: 2 workers / 1, queue latency (bench/queue.ts, child processes)', async () => (await import('./queue.ts')).benchQueue(), false, true);
   await section([13], 'GGUF FLUX as MatMulNBits: sizes, a Q4_K DiT step vs int4 (bench/gguf.ts)', async () => (await import('./gguf.ts')).benchGguf({ quick, log }), true);
-  const needsModels = [1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 14, 21].some(wanted);
+  const needsModels = [1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 14, 15, 21].some(wanted);
   if (!needsModels) return finish();
   log('model sets');
   const [tinyMs, made] = await timedGen(ensureTinySet);
@@ -142,6 +142,7 @@ async function main(): Promise<void> {
     await section([11], 'int8 / int4 weights vs fp32 (mid-size set, bench/quant.ts)', () => benchQuant(ctx), true);
     await section([14], 'saved characters: first step and peak memory vs the picture (bench/saved-characters.ts)', async () => (await import('./saved-characters.ts')).benchSavedCharacters(ctx), true);
     await section([21], 'run-time LoRAs: per-step cost, strength change and swap (mid-size DiT, bench/lora.ts)', () => benchLora(ctx), true);
+    await section([15], 'fused attention vs plain (FLUX-geometry blocks in child processes, mid-size step, tiny workflow at 1024)', async () => (await import('./attention-blocks.ts')).benchAttention(ctx), true);
     await retryDisturbed();
   } finally {
     await services.close();

@@ -4,6 +4,7 @@ import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CliError, commandAction, ensureDataDirs, EXIT, pathsFor, withDataOption, type CliContext } from './context.ts';
 import { modelSetComplete } from '../models/modelset.ts';
+import { chooseAccuracyLevel } from '../models/quant/accuracy.ts';
 import { tinySetName, writeTinyModelSet } from '../models/tiny.ts';
 import { type WeightFormat, parseWeightFormat } from '../models/quant/formats.ts';
 import { checkBlock } from '../models/quant/quantize.ts';
@@ -14,11 +15,16 @@ import { formatBytes } from '../engine/fsutil.ts';
 export async function ensureTinySet(ctx: CliContext, modelsRoot: string, force = false, weights: WeightFormat = 'fp32', block?: number): Promise<string> {
   const name = tinySetName(weights);
   const dir = join(modelsRoot, name);
-  // A tiny set from an older charflow lacks newer graphs (e.g. the VAE encoder): it is generated, so rewrite it.
+  // A tiny set from an older charflow lacks newer graphs (e.g. the VAE encoder) or the fused attention: it is
+  // generated, so rewrite it.
   if (!force && modelSetComplete(modelsRoot, name)) return dir;
   if (force && existsSync(dir)) rmSync(dir, { recursive: true, force: true });
   const started = Date.now();
   ctx.stderr.write(`writing the tiny model set${weights === 'fp32' ? '' : ` with ${weights} weights`} (random weights, for tests and the demo) to ${dir}\n`);
+  if (weights === 'int8' || weights === 'int4') {
+    const choice = chooseAccuracyLevel();
+    ctx.stderr.write(`  MatMulNBits accuracy_level ${choice.level}: ${choice.why}\n`);
+  }
   try {
     await writeTinyModelSet(dir, (component, index, total) => {
       if (index < total) ctx.stderr.write(`  [${index + 1}/${total}] ${component}\n`);

@@ -4,7 +4,7 @@
 // P ip tokens. RoPE tables come in as graph inputs (see rope.ts), so T and L stay symbolic.
 import type { Graph, Value } from './onnx/graph.ts';
 import {
-  type Module, chunk, concat, float32Into, gelu, layerNorm, linear, param, quantizedMatMul, quantizes, reshape, storedFloat, rmsNorm, silu, transpose,
+  type AttentionForm, type Module, chooseAttention, chunk, fusedAttention, concat, float32Into, gelu, layerNorm, linear, param, quantizedMatMul, quantizes, reshape, storedFloat, rmsNorm, silu, transpose,
 } from './layers.ts';
 import { type WeightSource, takeShape, takeWeight } from './weights/source.ts';
 import { stackGgmlRows } from './weights/ggml.ts';
@@ -320,16 +320,24 @@ function applyRope(g: Graph, x: Value, rope: Rope, D: number): Value {
 }
 
 /**
- * softmax(q k^T) v with q already scaled by 1/sqrt(D) (folded into its norm weight).
+ * softmax(q k^T) v with q already scaled by 1/sqrt(D) (folded into its norm weight), in `form`
+ * (layers.ts AttentionForm: plain MatMul -> Softmax -> MatMul, fused MultiHeadAttention, or both behind an If).
  * q [B, Nq, H, D], k and v [B, Nk, H, D] -> [B, Nq, C].
  */
-function attend(g: Graph, q: Value, k: Value, v: Value, cfg: FluxConfig): Value {
-  const qh = transpose(g, q, [0, 2, 1, 3]); // [B, H, Nq, D]
-  const kt = transpose(g, k, [0, 2, 3, 1]); // [B, H, D, Nk]
-  const vh = transpose(g, v, [0, 2, 1, 3]); // [B, H, Nk, D]
-  const probs = g.node('Softmax', [g.node('MatMul', [qh, kt])], { axis: -1 }); // [B, H, Nq, Nk]
-  const o = g.node('MatMul', [probs, vh]); // [B, H, Nq, D]
-  return reshape(g, transpose(g, o, [0, 2, 1, 3]), [0, 0, width(cfg)]); // [B, Nq, C]
+function attend(g: Graph, q: Value, k: Value, v: Value, cfg: FluxConfig, form: AttentionForm = 'plain', fusedFrom?: number): Value {
+  const C = width(cfg);
+  const plain = (): Value => {
+    const qh = transpose(g, q, [0, 2, 1, 3]); // [B, H, Nq, D]
+    const kt = transpose(g, k, [0, 2, 3, 1]); // [B, H, D, Nk]
+    const vh = transpose(g, v, [0, 2, 1, 3]); // [B, H, Nk, D]
+    const probs = g.node('Softmax', [g.node('MatMul', [qh, kt])], { axis: -1 }); // [B, H, Nq, Nk]
+    const o = g.node('MatMul', [probs, vh]); // [B, H, Nq, D]
+    return reshape(g, transpose(g, o, [0, 2, 1, 3]), [0, 0, C]); // [B, Nq, C]
+  };
+  if (form === 'plain') return plain();
+  const qm = reshape(g, q, [0, 0, C]); // [B, Nq, C]
+  const fused = (): Value => fusedAttention(g, qm, reshape(g, k, [0, 0, C]), reshape(g, v, [0, 0, C]), cfg.numHeads, 1); // [B, Nq, C]
+  return chooseAttention(g, form, qm, k, cfg.numHeads, fused, plain, fusedFrom);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -355,6 +363,9 @@ interface IpContext {
   sumOverR: Value;
   /** Per-processor IP attention per character before the masks [B, R, L, C], and the masked sums [B, L, C]. */
   debug?: { attn: Value[]; term: Value[] };
+  /** How the image-to-character attention is written, and from how many score elements (as the joint attention). */
+  form: AttentionForm;
+  fusedFrom: number | undefined;
 }
 
 /**
@@ -370,12 +381,32 @@ function ipAttention(m: Module, ip: IpContext, index: number, qImg: Value, cfg: 
   const kv = fusedLinear(m, ip.tokens, [`${index}.to_k_ip`, `${index}.to_v_ip`], ip.ipDim, [C, C], ip.w); // [R, P, 2C]
   const [k, v] = chunk(g, kv, 2).map((t) => heads(g, t, cfg)) as [Value, Value]; // [R, P, H, D]
   const q = ipRmsNorm(m, qImg, `${index}.norm_ip_q.scale`, D, ip.w, 1 / Math.sqrt(D)); // [B, L, H, D]
-  const qh = g.node('Unsqueeze', [transpose(g, q, [0, 2, 1, 3]), g.ints([1])]); // [B, 1, H, L, D]
-  const kt = transpose(g, ipRmsNorm(m, k, `${index}.norm_ip_k.scale`, D, ip.w), [0, 2, 3, 1]); // [R, H, D, P]
-  const vh = transpose(g, v, [0, 2, 1, 3]); // [R, H, P, D]
-  const probs = g.node('Softmax', [g.node('MatMul', [qh, kt])], { axis: -1 }); // [B, R, H, L, P]
-  const o = g.node('MatMul', [probs, vh]); // [B, R, H, L, D]
-  const perChar = reshape(g, transpose(g, o, [0, 1, 3, 2, 4]), [0, 0, 0, C]); // [B, R, L, C]
+  const kn = ipRmsNorm(m, k, `${index}.norm_ip_k.scale`, D, ip.w); // [R, P, H, D]
+  const plain = (): Value => {
+    const qh = g.node('Unsqueeze', [transpose(g, q, [0, 2, 1, 3]), g.ints([1])]); // [B, 1, H, L, D]
+    const kt = transpose(g, kn, [0, 2, 3, 1]); // [R, H, D, P]
+    const vh = transpose(g, v, [0, 2, 1, 3]); // [R, H, P, D]
+    const probs = g.node('Softmax', [g.node('MatMul', [qh, kt])], { axis: -1 }); // [B, R, H, L, P]
+    const o = g.node('MatMul', [probs, vh]); // [B, R, H, L, D]
+    return reshape(g, transpose(g, o, [0, 1, 3, 2, 4]), [0, 0, 0, C]); // [B, R, L, C]
+  };
+  if (ip.form === 'plain') return maskedSum(m, ip, plain(), C);
+  const qm = reshape(g, q, [0, 0, C]); // [B, L, C]
+  // The fused op has one batch axis: images x characters, q repeated per character, k and v per image.
+  const fused = (): Value => {
+    const R = dimOf(g, ip.tokens, 0); // [1]
+    const qBR = g.node('Expand', [g.node('Unsqueeze', [qm, g.ints([1])]), concat(g, [g.ints([1]), R, g.ints([1, 1])], 0)]); // [B, R, L, C]
+    const flat = (x: Value): Value => g.node('Reshape', [x, concat(g, [g.ints([-1]), g.node('Shape', [x], { start: 2 })], 0)]); // [B R, T, C]
+    const kBR = (x: Value): Value => g.node('Expand', [g.node('Unsqueeze', [reshape(g, x, [0, 0, C]), g.ints([0])]), concat(g, [dimOf(g, qm, 0), g.ints([1, 1, 1])], 0)]); // [B, R, P, C]
+    const o = fusedAttention(g, flat(qBR), flat(kBR(kn)), flat(kBR(v)), cfg.numHeads, 1); // [B R, L, C]
+    return g.node('Reshape', [o, concat(g, [g.ints([-1]), R, g.node('Shape', [qm], { start: 1 })], 0)]); // [B, R, L, C]
+  };
+  return maskedSum(m, ip, chooseAttention(g, ip.form, qm, kn, cfg.numHeads, fused, plain, ip.fusedFrom), C);
+}
+
+/** sum_r masks[r] * perChar[:, r]: perChar [B, R, L, C] -> [B, L, C] (and the debug outputs). */
+function maskedSum(m: Module, ip: IpContext, perChar: Value, C: number): Value {
+  const { g } = m;
   const weighted = reshape(g, g.node('Mul', [perChar, ip.masks]), [0, 0, -1]); // [B, R, L C]
   const term = reshape(g, g.node('MatMul', [ip.sumOverR, weighted]), [0, -1, C]); // [B, 1, L C] -> [B, L, C]
   ip.debug?.attn.push(perChar);
@@ -397,6 +428,8 @@ interface BlockContext {
   rope: Rope;
   splitTL: Value; // int64 [2] = (T, L)
   ip?: IpContext;
+  attention: AttentionForm;
+  fusedFrom: number | undefined;
 }
 
 /** FluxTransformerBlock: joint attention over concat(txt, img), separate weights per stream. */
@@ -420,7 +453,7 @@ function doubleBlock(m: Module, ctx: BlockContext, i: number, x: Stream): Stream
   const q = concat(g, [qkNorm(m, qT, `${p}.attn.norm_added_q.weight`, D, scale), qkNorm(m, qI, `${p}.attn.norm_q.weight`, D, scale)], 1); // [B, N, H, D]
   const k = concat(g, [qkNorm(m, kT, `${p}.attn.norm_added_k.weight`, D), qkNorm(m, kI, `${p}.attn.norm_k.weight`, D)], 1);
   const v = concat(g, [vT, vI], 1);
-  const attn = attend(g, applyRope(g, q, ctx.rope, D), applyRope(g, k, ctx.rope, D), v, cfg); // [B, N, C]
+  const attn = attend(g, applyRope(g, q, ctx.rope, D), applyRope(g, k, ctx.rope, D), v, cfg, ctx.attention, ctx.fusedFrom); // [B, N, C]
   const [attnTxt, attnImg0] = g.op('Split', [attn, ctx.splitTL], { axis: 1 }, 2) as [Value, Value];
   const attnImg = ctx.ip ? g.node('Add', [attnImg0, ipAttention(m, ctx.ip, i, qI, cfg)]) : attnImg0; // [B, L, C]
 
@@ -449,7 +482,7 @@ function singleBlock(m: Module, ctx: BlockContext, i: number, x: Value, textToke
   const qRaw = heads(g, q0, cfg); // [B, N, H, D]
   const q = qkNorm(m, qRaw, `${p}.attn.norm_q.weight`, D, 1 / Math.sqrt(D));
   const k = qkNorm(m, heads(g, k0, cfg), `${p}.attn.norm_k.weight`, D);
-  let attn = attend(g, applyRope(g, q, ctx.rope, D), applyRope(g, k, ctx.rope, D), heads(g, v0, cfg), cfg); // [B, N, C]
+  let attn = attend(g, applyRope(g, q, ctx.rope, D), applyRope(g, k, ctx.rope, D), heads(g, v0, cfg), cfg, ctx.attention, ctx.fusedFrom); // [B, N, C]
   if (ctx.ip) {
     const qImg = g.node('Slice', [qRaw, textTokens, g.ints([2 ** 31 - 1]), g.ints([1])]); // [B, L, H, D]
     const ip = ipAttention(m, ctx.ip, cfg.numLayers + i, qImg, cfg); // [B, L, C]
@@ -472,6 +505,10 @@ export interface FluxBuildOptions {
    * masks) and `debug.ip_term.{i}` [B, L, C] (the masked sum added to the image tokens).
    */
   debugOutputs?: boolean;
+  /** How attention is written (layers.ts AttentionForm); default 'plain', model sets write 'auto'. */
+  attention?: AttentionForm;
+  /** 'auto': score elements per image (heads x Tq x Tk) from which the fused op runs (default layers.ts FUSED_FROM_SCORES). */
+  fusedFrom?: number;
 }
 
 /**
@@ -508,6 +545,8 @@ export function buildFlux(m: Module, ip: WeightSource | undefined, cfg: FluxConf
       masks: g.node('Unsqueeze', [g.input('ip_masks', dt, ['characters', 'image_tokens']), g.ints([2])]), // [R, L, 1]
       sumOverR: g.node('Expand', [g.floats([1], [1, 1]), concat(g, [g.ints([1]), dimOf(g, tokens, 0)], 0)]), // [1, R]
       debug: opts.debugOutputs ? { attn: [], term: [] } : undefined,
+      form: opts.attention ?? 'plain',
+      fusedFrom: opts.fusedFrom,
     };
   }
 
@@ -524,6 +563,8 @@ export function buildFlux(m: Module, ip: WeightSource | undefined, cfg: FluxConf
     splitTL: concat(g, [textTokens, dimOf(g, hidden, 1)], 0),
     tembAct: silu(g, temb),
     ip: ipCtx,
+    attention: opts.attention ?? 'plain',
+    fusedFrom: opts.fusedFrom,
   };
   let x: Stream = {
     img: linear(m, hidden, 'x_embedder', cfg.inChannels, C), // [B, L, C]

@@ -1,7 +1,7 @@
 // Layer helpers shared by the architecture files. Each takes the module context (graph + weights),
 // reads the checkpoint tensors it needs by their official key names, checks their shapes and
 // emits the ONNX ops. Shapes in comments: B batch, T tokens, C channels, H heads, D head dim.
-import type { Graph, Value } from './onnx/graph.ts';
+import { type Graph, type Value, MS_DOMAIN, float } from './onnx/graph.ts';
 import { type WeightSource, storesBlocks, takeShape, takeWeight } from './weights/source.ts';
 import { type Tensor, type TensorData, bf16ToFloat32, castFloatTensor, float16ToFloat32, numel, toFloat32 } from './tensor.ts';
 import { blockFor, quantizeRows, quantizedBytes } from './quant/quantize.ts';
@@ -241,6 +241,56 @@ export function attention(g: Graph, q: Value, k: Value, v: Value, headDim: numbe
 export function multiHeadAttention(g: Graph, q: Value, k: Value, v: Value, heads: number, headDim: number, opts: AttentionOptions = {}): Value {
   const o = attention(g, splitHeads(g, q, heads, headDim), splitHeads(g, k, heads, headDim), splitHeads(g, v, heads, headDim), headDim, opts);
   return mergeHeads(g, o, heads, headDim); // [B, Tq, H*D]
+}
+
+/**
+ * How attention is written into a graph. 'plain': MatMul -> Softmax -> MatMul (materialises the [Tq, Tk]
+ * scores per head). 'fused': com.microsoft MultiHeadAttention (flash kernels on CPU, CUDA and WebGPU; no
+ * T-squared buffer). 'auto': both, behind an If that takes the fused op where the plain one would hold
+ * `fusedFrom` or more score elements per image (heads x Tq x Tk; docs/attention.md has the rule and the
+ * measurements behind it).
+ */
+export type AttentionForm = 'plain' | 'fused' | 'auto';
+
+/**
+ * Score elements per image (heads x Tq x Tk, 512 MiB in float32) from which 'auto' graphs take
+ * MultiHeadAttention (docs/attention.md): FLUX's 24 heads from about 2400 tokens (1024x1024 yes, 512x512 no).
+ * A constant in the graph: onnxruntime-node feeds only true graph inputs, so an overridable initializer
+ * could not be set at run time.
+ */
+export const FUSED_FROM_SCORES = 2 ** 27;
+
+/**
+ * softmax(q k^T * scale) v on merged heads: q [B, Tq, H*D], k [B, Tk, H*D], v [B, Tk, H*D] -> [B, Tq, H*D],
+ * written in `form` (see AttentionForm). The fused op takes unpacked q, k, v in [B, T, H*D], the layout the
+ * CPU, CUDA and WebGPU (flash) kernels all accept.
+ */
+export function scaledDotAttention(
+  g: Graph, q: Value, k: Value, v: Value, heads: number, headDim: number, form: AttentionForm, scale = 1 / Math.sqrt(headDim), fusedFrom = FUSED_FROM_SCORES,
+): Value {
+  return chooseAttention(g, form, q, k, heads, () => fusedAttention(g, q, k, v, heads, scale), () => multiHeadAttention(g, q, k, v, heads, headDim, { scale }), fusedFrom);
+}
+
+/** com.microsoft MultiHeadAttention on unpacked q [B, Tq, H*D], k and v [B, Tk, H*D] -> [B, Tq, H*D]. */
+export function fusedAttention(g: Graph, q: Value, k: Value, v: Value, heads: number, scale: number): Value {
+  return g.op('MultiHeadAttention', [q, k, v], { num_heads: heads, scale: float(scale) }, 1, MS_DOMAIN)[0]!;
+}
+
+/**
+ * Builds `fused` or `plain` (both return one value of the graph's dtype) as `form` says; 'auto' writes both
+ * behind an If on the size of the scores: heads x Tq x Tk >= fusedFrom takes the fused one (Tq and Tk are
+ * axis 1 of `queries` and `keys`).
+ */
+export function chooseAttention(
+  g: Graph, form: AttentionForm, queries: Value, keys: Value, heads: number, fused: () => Value, plain: () => Value, fusedFrom = FUSED_FROM_SCORES,
+): Value {
+  if (form === 'fused') return fused();
+  if (form === 'plain') return plain();
+  const tq = g.node('Shape', [queries], { start: 1, end: 2 }); // [1]
+  const tk = g.node('Shape', [keys], { start: 1, end: 2 }); // [1]
+  const scores = g.node('Mul', [g.node('Mul', [tq, tk]), g.ints([heads])]); // [1] = H Tq Tk
+  const cond = g.node('Squeeze', [g.node('GreaterOrEqual', [scores, g.ints([fusedFrom])])]); // bool scalar
+  return g.ifElse(cond, () => [fused()], () => [plain()], [g.dtype])[0]!;
 }
 
 /** Number of elements of a weight-shape table: parameter counting without allocating weights. */

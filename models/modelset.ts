@@ -6,7 +6,7 @@ import { createReadStream, existsSync, mkdirSync, readFileSync, renameSync, stat
 import { join } from 'node:path';
 import { Graph, type GraphOptions } from './onnx/graph.ts';
 import type { Module } from './layers.ts';
-import { countParameters } from './layers.ts';
+import { type AttentionForm, FUSED_FROM_SCORES, countParameters } from './layers.ts';
 import type { WeightSource } from './weights/source.ts';
 import { type SiglipConfig, buildSiglip, siglipHasHead, siglipWeightShapes } from './siglip.ts';
 import { type Dinov2Config, buildDinov2, dinov2WeightShapes } from './dinov2.ts';
@@ -17,6 +17,7 @@ import { type T5Config, buildT5, t5WeightShapes } from './t5.ts';
 import { type ClipTextConfig, buildClip, clipWeightShapes } from './clip.ts';
 import { type TextTokenizer, loadTokenizer } from './tokenizers.ts';
 import type { QuantSpec } from './quant/quantize.ts';
+import { chooseAccuracyLevel } from './quant/accuracy.ts';
 import type { WeightFormat } from './quant/weight-format.ts';
 
 export const MANIFEST_FILE = 'manifest.json';
@@ -38,6 +39,8 @@ export interface FileEntry {
   /** Quantized graphs: values per block along K, and whether the blocks are symmetric (no zero points). */
   block?: number;
   symmetric?: boolean;
+  /** Quantized graphs: MatMulNBits' accuracy_level, chosen for the CPU that wrote the set (models/quant/accuracy.ts). */
+  accuracyLevel?: number;
 }
 
 export interface VisionSettings {
@@ -65,10 +68,32 @@ export interface ModelSetManifest {
     inChannels: number; latentChannels: number; jointDim: number; pooledDim: number; axesDims: number[]; theta: number;
     /** Attention heads and head width (for activation-memory estimates; absent in sets written before them). */
     numHeads?: number; headDim?: number;
+    /** How the transformer (and the VAE's mid block) write attention; absent in sets from before: 'plain'. */
+    attention?: AttentionSetting;
   };
   vae: { latentChannels: number; downscale: number };
   t5: { seqLen: number; width: number; padId: number; eosId: number };
   clip: { seqLen: number; width: number; bosId: number; eosId: number; padId: number };
+}
+
+/** layers.ts AttentionForm, and for 'auto' the score elements per image (heads x Tq x Tk) from which the fused op runs. */
+export interface AttentionSetting {
+  form: AttentionForm;
+  fusedFrom?: number;
+}
+
+/** What new sets write: both forms behind an If at the CPU crossover (docs/attention.md). */
+export const DEFAULT_ATTENTION: AttentionSetting = { form: 'auto', fusedFrom: FUSED_FROM_SCORES };
+
+/** A set's attention setting; sets written before fused attention have plain MatMul -> Softmax -> MatMul. */
+export function attentionOf(manifest: ModelSetManifest): AttentionSetting {
+  return manifest.flux.attention ?? { form: 'plain' };
+}
+
+/** Whether attention with `heads` x `tq` x `tk` scores runs fused (none of them held) in a set with `setting`. */
+export function attentionFusedAt(setting: AttentionSetting, heads: number, tq: number, tk = tq): boolean {
+  if (setting.form === 'auto') return heads * tq * tk >= (setting.fusedFrom ?? FUSED_FROM_SCORES);
+  return setting.form === 'fused';
 }
 
 export type ComponentName = 'siglip' | 'dinov2' | 'adapter_static' | 'adapter_time' | 'flux' | 'vae' | 'vae_encoder' | 't5' | 'clip';
@@ -87,6 +112,8 @@ export interface ModelSetSpec {
   vae: { cfg: VaeConfig; weights: WeightSource };
   t5: { cfg: T5Config; weights: WeightSource; seqLen: number; tokenizer: string; padId: number; eosId: number };
   clip: { cfg: ClipTextConfig; weights: WeightSource; seqLen: number; tokenizer: string; bosId: number; eosId: number; padId: number };
+  /** How FLUX and the VAE write attention (default DEFAULT_ATTENTION). */
+  attention?: AttentionSetting;
 }
 
 /** Graphs whose weights exceed this are written with external data (protobuf caps at 2 GB). */
@@ -138,6 +165,8 @@ export interface WriteOptions {
 /** Builds every graph of the set into `dir` and writes the manifest last (so a set is complete or absent). */
 export async function writeModelSet(spec: ModelSetSpec, dir: string, onProgress?: WriteProgress, opts: WriteOptions = {}): Promise<ModelSetManifest> {
   mkdirSync(dir, { recursive: true });
+  const attention = spec.attention ?? DEFAULT_ATTENTION;
+  const attn = { attention: attention.form, fusedFrom: attention.fusedFrom };
   const jobs: ComponentJob[] = [
     {
       name: 'siglip', weights: spec.siglip.weights, parameters: countParameters(siglipWeightShapes(spec.siglip.cfg, { head: siglipHasHead(spec.siglip.weights) })),
@@ -158,13 +187,13 @@ export async function writeModelSet(spec: ModelSetSpec, dir: string, onProgress?
     },
     {
       name: 'flux', weights: spec.flux.weights, parameters: countParameters(fluxWeightShapes(spec.flux.cfg)),
-      build: (m) => buildFlux(m, spec.flux.ip, spec.flux.cfg),
+      build: (m) => buildFlux(m, spec.flux.ip, spec.flux.cfg, attn),
     },
-    { name: 'vae', weights: spec.vae.weights, parameters: countParameters(vaeWeightShapes(spec.vae.cfg)), build: (m) => buildVaeDecoder(m, spec.vae.cfg) },
+    { name: 'vae', weights: spec.vae.weights, parameters: countParameters(vaeWeightShapes(spec.vae.cfg)), build: (m) => buildVaeDecoder(m, spec.vae.cfg, attn) },
     // The same checkpoint's encoder.* half, for image-to-image.
     {
       name: 'vae_encoder', weights: spec.vae.weights, parameters: countParameters(vaeEncoderWeightShapes(spec.vae.cfg)),
-      build: (m) => buildVaeEncoder(m, spec.vae.cfg),
+      build: (m) => buildVaeEncoder(m, spec.vae.cfg, attn),
     },
     { name: 't5', weights: spec.t5.weights, parameters: countParameters(t5WeightShapes(spec.t5.cfg)), build: (m) => buildT5(m, spec.t5.cfg, { seqLen: spec.t5.seqLen }) },
     { name: 'clip', weights: spec.clip.weights, parameters: countParameters(clipWeightShapes(spec.clip.cfg)), build: (m) => buildClip(m, spec.clip.cfg, { seqLen: spec.clip.seqLen }) },
@@ -180,7 +209,9 @@ export async function writeModelSet(spec: ModelSetSpec, dir: string, onProgress?
       continue;
     }
     const file = `${job.name}.onnx`;
-    const quant = spec.quant?.[job.name];
+    const asked = spec.quant?.[job.name];
+    // accuracy_level follows the writing machine's CPU unless the spec sets it (models/quant/accuracy.ts).
+    const quant = asked && { ...asked, accuracyLevel: asked.accuracyLevel ?? chooseAccuracyLevel().level };
     // Quantized: at most bits/8 per weight plus a float32 scale and a zero point per block (16 at the least).
     const bytesPerWeight = quant ? quant.bits / 8 + 5 / 16 : dtype === 'float16' ? 2 : 4;
     const external = job.parameters * bytesPerWeight > (quant ? QUANT_EXTERNAL_THRESHOLD : EXTERNAL_THRESHOLD) ? { dir, file: `${job.name}.onnx.data` } : undefined;
@@ -193,7 +224,7 @@ export async function writeModelSet(spec: ModelSetSpec, dir: string, onProgress?
       throw new Error(`building ${job.name}: ${(err as Error).message}`);
     }
     const entry: FileEntry = { file, bytes: statSync(join(dir, file)).size, sha256: await sha256File(join(dir, file)), parameters: job.parameters, dtype };
-    if (quant) Object.assign(entry, { weights: quant.bits === 8 ? 'int8' : 'int4', block: quant.block, ...(quant.symmetric ? { symmetric: true } : {}) });
+    if (quant) Object.assign(entry, { weights: quant.bits === 8 ? 'int8' : 'int4', block: quant.block, ...(quant.symmetric ? { symmetric: true } : {}), accuracyLevel: quant.accuracyLevel });
     else entry.weights = dtype === 'float16' ? 'fp16' : 'fp32';
     if (external) {
       const p = join(dir, external.file);
@@ -221,6 +252,7 @@ export async function writeModelSet(spec: ModelSetSpec, dir: string, onProgress?
       jointDim: spec.flux.cfg.jointAttentionDim, pooledDim: spec.flux.cfg.pooledProjectionDim,
       axesDims: [...spec.flux.cfg.axesDimsRope], theta: spec.flux.cfg.ropeTheta,
       numHeads: spec.flux.cfg.numHeads, headDim: spec.flux.cfg.headDim,
+      attention,
     },
     vae: { latentChannels: spec.vae.cfg.latentChannels, downscale: 2 ** (spec.vae.cfg.blockOutChannels.length - 1) },
     t5: { seqLen: spec.t5.seqLen, width: spec.t5.cfg.dModel, padId: spec.t5.padId, eosId: spec.t5.eosId },
@@ -259,12 +291,13 @@ export function modelSetExists(modelsRoot: string, name: string): boolean {
 /** Every graph a set written by this charflow holds; sets written by older versions may lack newer ones (vae_encoder). */
 export const COMPONENT_NAMES: readonly ComponentName[] = ['siglip', 'dinov2', 'adapter_static', 'adapter_time', 'flux', 'vae', 'vae_encoder', 't5', 'clip'];
 
-/** The set exists and has every graph this charflow writes (a generated set that is not can simply be rewritten). */
+/** The set exists, has every graph this charflow writes and records its attention form (a generated set that does not can simply be rewritten). */
 export function modelSetComplete(modelsRoot: string, name: string): boolean {
   if (!modelSetExists(modelsRoot, name)) return false;
   try {
     const manifest = JSON.parse(readFileSync(join(modelSetDir(modelsRoot, name), MANIFEST_FILE), 'utf8')) as ModelSetManifest;
-    return COMPONENT_NAMES.every((c) => manifest.files?.[c] !== undefined);
+    // Sets from before fused attention are complete but outdated: a generated set is rewritten with it.
+    return COMPONENT_NAMES.every((c) => manifest.files?.[c] !== undefined) && manifest.flux?.attention !== undefined;
   } catch {
     return false;
   }

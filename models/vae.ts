@@ -13,7 +13,7 @@
 // h and w stay dynamic. The real FLUX VAE config sets force_upcast: its activations overflow float16,
 // so run this graph in float32 (the builder still honours m.g.dtype).
 import type { Value } from './onnx/graph.ts';
-import { type Module, linear, silu, reshape, transpose } from './layers.ts';
+import { type AttentionForm, type Module, chooseAttention, fusedAttention, linear, silu, reshape, transpose } from './layers.ts';
 import { takeWeight } from './weights/source.ts';
 
 export interface VaeConfig {
@@ -287,16 +287,20 @@ function resnetBlock(m: Module, x: Value, r: ResnetLayout, groups: number): Valu
  * The mid-block Attention: one head as wide as the channels, over the H*W pixels as tokens, with a
  * residual. The scale 1/sqrt(C) goes on q ([T, C] values) rather than on the [T, T] scores.
  */
-function midAttention(m: Module, x: Value, c: number, groups: number, p = MID_ATTENTION): Value {
+function midAttention(m: Module, x: Value, c: number, groups: number, p = MID_ATTENTION, attn: VaeBuildOptions = {}): Value {
   const { g } = m;
   const normed = groupNorm(m, x, `${p}.group_norm`, c, groups); // [B, C, H, W]
   const tokens = transpose(g, reshape(g, normed, [0, c, -1]), [0, 2, 1]); // [B, HW, C]
   const q = g.node('Mul', [linear(m, tokens, `${p}.to_q`, c, c), g.scalar(1 / Math.sqrt(c))]); // [B, HW, C]
   const k = linear(m, tokens, `${p}.to_k`, c, c); // [B, HW, C]
   const v = linear(m, tokens, `${p}.to_v`, c, c); // [B, HW, C]
-  const scores = g.node('MatMul', [q, transpose(g, k, [0, 2, 1])]); // [B, HW, HW]
-  const probs = g.node('Softmax', [scores], { axis: -1 });
-  const attended = g.node('MatMul', [probs, v]); // [B, HW, C]
+  const plain = (): Value => {
+    const scores = g.node('MatMul', [q, transpose(g, k, [0, 2, 1])]); // [B, HW, HW]
+    const probs = g.node('Softmax', [scores], { axis: -1 });
+    return g.node('MatMul', [probs, v]); // [B, HW, C]
+  };
+  const form = attn.attention ?? 'plain';
+  const attended = form === 'plain' ? plain() : chooseAttention(g, form, q, k, 1, () => fusedAttention(g, q, k, v, 1, 1), plain, attn.fusedFrom); // [B, HW, C]
   const out = linear(m, attended, `${p}.to_out.0`, c, c); // [B, HW, C]
   const spatial = g.node('Reshape', [transpose(g, out, [0, 2, 1]), g.node('Shape', [x])]); // [B, C, H, W]
   return g.node('Add', [spatial, x]); // rescale_output_factor 1
@@ -330,7 +334,14 @@ function upsample(m: Module, x: Value, prefix: string, c: number): Value {
  * Outputs `sample` [B, outChannels, 8h, 8w] (raw decoder output, about [-1, 1]) and
  * `image` = clamp(sample / 2 + 0.5, 0, 1).
  */
-export function buildVaeDecoder(m: Module, cfg: VaeConfig): void {
+/** How the mid-block attention is written (layers.ts AttentionForm; default 'plain', model sets write 'auto'). */
+export interface VaeBuildOptions {
+  attention?: AttentionForm;
+  /** 'auto': score elements (one head: (H*W of the mid block)^2) from which the fused op runs. */
+  fusedFrom?: number;
+}
+
+export function buildVaeDecoder(m: Module, cfg: VaeConfig, attn: VaeBuildOptions = {}): void {
   const { g } = m;
   const L = cfg.latentChannels;
   const groups = cfg.normNumGroups;
@@ -343,7 +354,7 @@ export function buildVaeDecoder(m: Module, cfg: VaeConfig): void {
   let x = conv2d(m, z, 'decoder.conv_in', L, topChannels(cfg), 3); // [B, Ctop, h, w]
   const [mid0, mid1] = midResnets(cfg) as [ResnetLayout, ResnetLayout];
   x = resnetBlock(m, x, mid0, groups);
-  if (cfg.midBlockAddAttention) x = midAttention(m, x, topChannels(cfg), groups);
+  if (cfg.midBlockAddAttention) x = midAttention(m, x, topChannels(cfg), groups, MID_ATTENTION, attn);
   x = resnetBlock(m, x, mid1, groups); // [B, Ctop, h, w]
 
   for (const block of upBlocks(cfg)) {
@@ -370,7 +381,7 @@ export function buildVaeDecoder(m: Module, cfg: VaeConfig): void {
  * as diffusers' DiagonalGaussianDistribution does) and `latents` = (mean + std * eps - shift) * scaling,
  * what the sampler starts from.
  */
-export function buildVaeEncoder(m: Module, cfg: VaeConfig): void {
+export function buildVaeEncoder(m: Module, cfg: VaeConfig, attn: VaeBuildOptions = {}): void {
   const { g } = m;
   const L = cfg.latentChannels;
   const groups = cfg.normNumGroups;
@@ -385,7 +396,7 @@ export function buildVaeEncoder(m: Module, cfg: VaeConfig): void {
   }
   const [mid0, mid1] = midResnets(cfg, 'encoder') as [ResnetLayout, ResnetLayout];
   x = resnetBlock(m, x, mid0, groups);
-  if (cfg.midBlockAddAttention) x = midAttention(m, x, top, groups, ENCODER_MID_ATTENTION);
+  if (cfg.midBlockAddAttention) x = midAttention(m, x, top, groups, ENCODER_MID_ATTENTION, attn);
   x = resnetBlock(m, x, mid1, groups); // [B, Ctop, h, w]
   x = silu(g, groupNorm(m, x, 'encoder.conv_norm_out', top, groups));
   let moments = conv2d(m, x, 'encoder.conv_out', top, 2 * L, 3); // [B, 2L, h, w]

@@ -13,6 +13,8 @@ import {
 } from '../models/sampling.ts';
 import { fluxRopeFor } from '../models/rope.ts';
 import { type Tensor, f32, toFloat32 } from '../models/tensor.ts';
+import { attentionFusedAt, attentionOf } from '../models/modelset.ts';
+import { FUSED_FROM_SCORES } from '../models/layers.ts';
 
 /** Sizes are multiples of this: 8x VAE downsampling, then 2x2 packing. */
 const SIZE_STEP = 16;
@@ -67,15 +69,17 @@ export function parseSigmas(text: string): number[] | undefined {
 }
 
 /**
- * Activation memory of one image in one transformer call, roughly: the attention scores and
- * probabilities of one layer ([heads, T+L, T+L] each) and a dozen [T+L, width] buffers. An estimate
- * for refusing batches that cannot fit before anything loads, not a measurement.
+ * Activation memory of one image in one transformer call, roughly: a dozen [T+L, width] buffers, plus
+ * where attention runs as MatMul -> Softmax -> MatMul the scores and probabilities of one layer
+ * ([heads, T+L, T+L] each); the fused MultiHeadAttention holds no such buffer (models/layers.ts). An
+ * estimate for refusing batches that cannot fit before anything loads, not a measurement.
  */
 export function fluxBytesPerImage(models: ModelSet, textTokens: number, imageTokens: number): number {
   const { numHeads = 24, headDim = 128 } = models.manifest.flux;
   const bytes = models.dtype('flux') === 'float16' ? 2 : 4;
   const tokens = textTokens + imageTokens;
-  return bytes * (2 * numHeads * tokens * tokens + 12 * tokens * numHeads * headDim);
+  const scores = attentionFusedAt(attentionOf(models.manifest), numHeads, tokens) ? 0 : 2 * numHeads * tokens * tokens;
+  return bytes * (scores + 12 * tokens * numHeads * headDim);
 }
 
 /** What the transformer needs resident: its files, plus float32 copies of float16 weights on the CPU. */
@@ -191,6 +195,12 @@ export const DiTSample: NodeDef<Services> = {
     const denoise = inputs.denoise as number;
     staticChecks(inputs, { negative: inputs.negative !== undefined, init: inputs.init !== undefined, mask: inputs.mask !== undefined });
     checkConditioning('conditioning', cond, models);
+    const plainTokens = attentionOf(models.manifest).form === 'plain' ? cond.promptEmbeds.dims[1]! + (width / 16) * (height / 16) : 0;
+    if (!models.manifest.flux.attention && (models.manifest.flux.numHeads ?? 24) * plainTokens ** 2 >= FUSED_FROM_SCORES) {
+      ctx.log.warn(`DiTSample ${ctx.nodeId}: model set "${models.name}" was written before fused attention, so at ${width}x${height} each attention layer holds `
+        + `[heads, ${plainTokens}, ${plainTokens}] scores; rewrite it with \`charflow models convert\` (the arguments it was converted with) `
+        + 'or `charflow models tiny --force` for the tiny set (docs/attention.md)');
+    }
 
     // True CFG is on with a negative and a scale above 1; a negative at scale 1 costs nothing.
     let negative = inputs.negative as Conditioning | undefined;

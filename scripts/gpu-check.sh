@@ -3,7 +3,8 @@
 # what it needs): unpacks .gpu/ when node_modules is missing, adds a Vulkan loader if the machine
 # lacks one, then runs the default workflow on the tiny and mid-size sets (fp32, and fp16 for the
 # mid set) on CPU, CUDA and WebGPU (Vulkan), compares the outputs with the CPU's and prints times
-# per node (bench/devices.ts). First, the full-size int4/int8 FLUX check on WebGPU (scripts/quant-gpu.ts).
+# per node (bench/devices.ts). First, the full-size int4/int8 FLUX check on WebGPU (scripts/quant-gpu.ts), and
+# the fused / plain attention FLUX-geometry blocks at 1024x1024 on WebGPU (bench/attention-blocks.ts).
 # CUDA is measured only where onnxruntime-node's CUDA provider is installed: scripts/install-cuda.sh
 # downloads it (internet needed) into a folder outside node_modules; copy that folder along and point
 # CHARFLOW_CUDA_PROVIDER at it here (charflow links it into ORT's folder itself). Otherwise the report
@@ -54,6 +55,35 @@ if [[ "${QUANT_GPU:-1}" != 0 ]]; then
     peak=$(sort -n "$OUT/quant-gpu-memory.csv" | tail -1)
     echo "peak GPU memory used during the quantized runs: ${peak:-?} MiB (nvidia-smi, GPU 0, every 0.5 s)" | tee "$OUT/quant-gpu-peak.txt"
   fi
+fi
+
+# Fused attention at 1024x1024 (bench/attention-blocks.ts): one FLUX-geometry double and single block (width
+# 3072, 24 heads, synthetic fp32 weights), plain MatMul -> Softmax -> MatMul against MultiHeadAttention ('fused';
+# 'auto', what model sets write, takes it there too), on WebGPU, 2 steps after a warm-up each, one process per
+# run. nvidia-smi samples GPU memory meanwhile: each run's peak and its seconds per step go to
+# $OUT/attention-blocks.txt. ATTN_GPU=0 skips it; ATTN_DEVICE picks another device (cuda, cpu).
+if [[ "${ATTN_GPU:-1}" != 0 ]]; then
+  echo "== fused vs plain attention, FLUX-geometry blocks at 1024x1024, ${ATTN_DEVICE:-webgpu}"
+  : > "$OUT/attention-blocks.txt"
+  for kind in double single; do
+    for form in plain fused auto; do
+      timeout 600 node --import tsx bench/attention-blocks.ts build "$kind" "$form" fp32 || { echo "gpu-check: building the $kind/$form block failed"; continue; }
+      SMI_PID=
+      if command -v nvidia-smi >/dev/null; then
+        nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$OUT/attn-$kind-$form-memory.csv" 2>/dev/null &
+        SMI_PID=$!
+      fi
+      result=$(timeout 300 node --import tsx bench/attention-blocks.ts child "$kind" "$form" fp32 1024 2 "${ATTN_DEVICE:-webgpu}" 2>"$OUT/attn-$kind-$form.err" | tail -1)
+      rc=$?
+      peak=?
+      if [[ -n "$SMI_PID" ]]; then
+        kill "$SMI_PID" 2>/dev/null
+        wait "$SMI_PID" 2>/dev/null
+        peak=$(sort -n "$OUT/attn-$kind-$form-memory.csv" | tail -1)
+      fi
+      echo "$kind $form: exit $rc, ${result:-no result (see attn-$kind-$form.err)}, peak GPU memory ${peak:-?} MiB" | tee -a "$OUT/attention-blocks.txt"
+    done
+  done
 fi
 
 echo "== devices"

@@ -10,7 +10,7 @@ import { validateWorkflow } from '../../engine/workflow/index.ts';
 import type { ValidWorkflow } from '../../engine/workflow/types.ts';
 import type { NodeDef } from '../../engine/node.ts';
 import { Graph } from '../../models/onnx/graph.ts';
-import { ENCODER_IMAGE_SIZE, MANIFEST_FILE, writeModelSet, type ModelSetSpec } from '../../models/modelset.ts';
+import { DEFAULT_ATTENTION, ENCODER_IMAGE_SIZE, MANIFEST_FILE, writeModelSet, type ModelSetSpec } from '../../models/modelset.ts';
 import { siglipConfigFromJson, type SiglipConfig } from '../../models/siglip.ts';
 import { dinov2ConfigFromJson, type Dinov2Config } from '../../models/dinov2.ts';
 import { adapterConfigFromJson } from '../../models/adapter.ts';
@@ -159,13 +159,26 @@ async function once(dir: string, stamp: string, complete: string, make: () => Pr
 
 /** The tiny set in MODELS_ROOT/tiny. */
 export async function ensureTinySet(): Promise<boolean> {
-  const stamp = stampOf(['tiny', 2, TINY_SIGLIP, TINY_DINOV2, TINY_ADAPTER, TINY_FLUX, TINY_VAE, TINY_T5, TINY_CLIP]);
+  const stamp = stampOf(['tiny', 2, TINY_SIGLIP, TINY_DINOV2, TINY_ADAPTER, TINY_FLUX, TINY_VAE, TINY_T5, TINY_CLIP, DEFAULT_ATTENTION]);
   return once(join(MODELS_ROOT, 'tiny'), stamp, MANIFEST_FILE, () => writeModelSet(tinySpec(), join(MODELS_ROOT, 'tiny')));
 }
 
 export async function ensureMidSet(): Promise<boolean> {
-  const stamp = stampOf(['mid', 4, MID_SIGLIP, MID_DINOV2, MID_ADAPTER, MID_FLUX, TINY_VAE, TINY_T5, TINY_CLIP]);
+  const stamp = stampOf(['mid', 4, MID_SIGLIP, MID_DINOV2, MID_ADAPTER, MID_FLUX, TINY_VAE, TINY_T5, TINY_CLIP, DEFAULT_ATTENTION]);
   return once(join(MODELS_ROOT, MID_SET_NAME), stamp, MANIFEST_FILE, () => writeModelSet(midSpec(), join(MODELS_ROOT, MID_SET_NAME)));
+}
+
+/** The name of a set's twin written with the old attention (MatMul -> Softmax -> MatMul everywhere). */
+export const plainTwin = (name: string): string => `${name}-plain-attention`;
+
+/** The tiny or mid-size set written with plain attention, for new-vs-old comparisons (bench/attention-blocks.ts). */
+export async function ensurePlainTwin(which: 'tiny' | 'mid'): Promise<string> {
+  const spec = which === 'tiny' ? tinySpec() : midSpec();
+  const name = plainTwin(which === 'tiny' ? 'tiny' : MID_SET_NAME);
+  const configs = which === 'tiny' ? [TINY_SIGLIP, TINY_DINOV2, TINY_ADAPTER, TINY_FLUX] : [MID_SIGLIP, MID_DINOV2, MID_ADAPTER, MID_FLUX];
+  await once(join(MODELS_ROOT, name), stampOf(['plain', 1, which, ...configs, TINY_VAE, TINY_T5, TINY_CLIP]), MANIFEST_FILE,
+    () => writeModelSet({ ...spec, name, attention: { form: 'plain' } }, join(MODELS_ROOT, name)));
+  return name;
 }
 
 /**

@@ -17,7 +17,7 @@ import { T5_FLUX_SEQ_LEN, t5WeightShapes } from '../t5.ts';
 import { clipWeightShapes } from '../clip.ts';
 import type { WeightSource } from '../weights/source.ts';
 import {
-  type ComponentName, type FileEntry, type GraphDType, type ModelSetManifest, type ModelSetSpec, MANIFEST_FILE, modelSetDir, writeModelSet,
+  type ComponentName, type FileEntry, type GraphDType, type ModelSetManifest, type ModelSetSpec, DEFAULT_ATTENTION, MANIFEST_FILE, modelSetDir, writeModelSet,
 } from '../modelset.ts';
 import { type CheckpointPaths, type OpenedCheckpoints, openCheckpoints } from './layouts.ts';
 import { type LoraSpec, mergeLoras } from './lora.ts';
@@ -155,11 +155,12 @@ function fingerprints(
     adapter_static: fingerprint({ ...adapter('adapter_static'), c: 'adapter_static' }),
     adapter_time: fingerprint({ ...adapter('adapter_time'), c: 'adapter_time' }),
     flux: fingerprint({
-      ...base('flux'), c: 'flux', files: stamps(ck.flux.files), cfg: ck.flux.cfg, ip: stamps(ck.adapter.files),
+      ...base('flux'), c: 'flux', files: stamps(ck.flux.files), cfg: ck.flux.cfg, ip: stamps(ck.adapter.files), attention: DEFAULT_ATTENTION,
       loras: (opts.loras ?? []).map((l) => [...fileStamp(l.path), l.weight]),
     }),
-    vae: fingerprint({ ...base('vae'), c: 'vae', files: stamps(ck.vae.files), cfg: ck.vae.cfg }),
-    vae_encoder: fingerprint({ ...base('vae_encoder'), c: 'vae_encoder', files: stamps(ck.vae.files), cfg: ck.vae.cfg }),
+    // The attention form is part of the FLUX and VAE graphs: a graph from before fused attention is rebuilt.
+    vae: fingerprint({ ...base('vae'), c: 'vae', files: stamps(ck.vae.files), cfg: ck.vae.cfg, attention: DEFAULT_ATTENTION }),
+    vae_encoder: fingerprint({ ...base('vae_encoder'), c: 'vae_encoder', files: stamps(ck.vae.files), cfg: ck.vae.cfg, attention: DEFAULT_ATTENTION }),
     t5: fingerprint({
       ...base('t5'), c: 't5', files: stamps(ck.t5.files), cfg: ck.t5.cfg, seqLen: t5SeqLen,
       ...(opts.loras?.length ? { loras: opts.loras.map((l) => [...fileStamp(l.path), l.weight]) } : {}),

@@ -30,7 +30,12 @@ export class FloatAttr {
 }
 export const float = (value: number): FloatAttr => new FloatAttr(value);
 
-export type AttrValue = number | FloatAttr | string | readonly number[] | readonly string[] | Tensor;
+/** A subgraph attribute (an If branch): its nodes and the values it returns, with their dtypes. */
+export interface SubgraphAttr {
+  readonly subgraph: { name: string; nodes: readonly NodeRecord[]; outputs: readonly ValueInfo[] };
+}
+
+export type AttrValue = number | FloatAttr | string | readonly number[] | readonly string[] | Tensor | SubgraphAttr;
 export type Attrs = Record<string, AttrValue | undefined>;
 
 /** Attributes that ONNX defines as floats even when the value is integral. */
@@ -91,6 +96,8 @@ export class Graph {
   readonly quant: QuantSpec | undefined;
   readonly quantizer: GraphOptions['quantizer'];
   private nodes: NodeRecord[] = [];
+  /** Nodes emitted so far in the graph and its subgraphs (node and value names stay unique across both). */
+  private emitted = 0;
   private inputs: ValueInfo[] = [];
   private outputs: ValueInfo[] = [];
   private initializers: InitializerRecord[] = [];
@@ -145,6 +152,7 @@ export class Graph {
       if (this.names.has(name)) throw new Error(`graph ${this.name}: duplicate name ${name}`);
       this.names.add(name);
       this.nodes.push({ type: 'Identity', domain: '', inputs: [value.name], outputs: [name], attrs: {}, name: `out_${name}` });
+      this.emitted++;
       v = { name };
     }
     this.outputs.push({ name: v.name, dtype, dims });
@@ -153,13 +161,37 @@ export class Graph {
   /** Adds one op; returns its outputs. `undefined` inputs become ONNX's empty optional input. */
   op(type: string, inputs: readonly (Value | undefined)[], attrs: Attrs = {}, outputCount = 1, domain = ''): Value[] {
     if (domain) this.domains.set(domain, 1);
-    const outputs = Array.from({ length: outputCount }, () => this.fresh(`${type}_${this.nodes.length}`));
+    const outputs = Array.from({ length: outputCount }, () => this.fresh(`${type}_${this.emitted}`));
     this.nodes.push({
-      type, domain, attrs, name: `n${this.nodes.length}_${type}`,
+      type, domain, attrs, name: `n${this.emitted}_${type}`,
       inputs: inputs.map((v) => v?.name ?? ''),
       outputs,
     });
+    this.emitted++;
     return outputs.map((name) => ({ name }));
+  }
+
+  /**
+   * ONNX If: runs `then` when the bool scalar `cond` is true, else `otherwise`; each branch builds its nodes
+   * here (reading any value built before) and returns `dtypes.length` values. Constants the branches create
+   * are initializers of the main graph, shared with it.
+   */
+  ifElse(cond: Value, then: () => Value[], otherwise: () => Value[], dtypes: DType[]): Value[] {
+    const branch = (name: string, body: () => Value[]): SubgraphAttr => {
+      const outer = this.nodes;
+      this.nodes = [];
+      try {
+        const results = body();
+        if (results.length !== dtypes.length) throw new Error(`graph ${this.name}: If branch ${name} returns ${results.length} values, not ${dtypes.length}`);
+        // A branch output must be produced inside the branch: an outer value passes through an Identity.
+        const own = new Set(this.nodes.flatMap((n) => n.outputs));
+        const outs = results.map((v) => (own.has(v.name) ? v : this.node('Identity', [v])));
+        return { subgraph: { name: this.fresh(name), nodes: this.nodes, outputs: outs.map((v, i) => ({ name: v.name, dtype: dtypes[i]! })) } };
+      } finally {
+        this.nodes = outer;
+      }
+    };
+    return this.op('If', [cond], { then_branch: branch('then', then), else_branch: branch('else', otherwise) }, dtypes.length);
   }
 
   /** A single-output op. */
@@ -294,6 +326,7 @@ export class Graph {
       if (nums.every((v) => Number.isInteger(v))) return w.packedVarints(8, nums).varint(20, 7);
       return w.packedFloats(7, nums).varint(20, 6);
     }
+    if ('subgraph' in value) return w.message(6, this.encodeGraph(value.subgraph)).varint(20, 5);
     const t = value as Tensor;
     const rec: InitializerRecord = {
       name: '', dtype: t.dtype, dims: t.dims,
@@ -313,9 +346,8 @@ export class Graph {
     return new ProtoWriter().string(1, v.name).message(2, type);
   }
 
-  private encodeModel(): ProtoWriter {
-    const g = new ProtoWriter();
-    for (const n of this.nodes) {
+  private encodeNodes(g: ProtoWriter, nodes: readonly NodeRecord[]): void {
+    for (const n of nodes) {
       const nw = new ProtoWriter();
       for (const i of n.inputs) nw.string(1, i);
       for (const o of n.outputs) nw.string(2, o);
@@ -324,6 +356,20 @@ export class Graph {
       for (const [k, v] of Object.entries(n.attrs)) if (v !== undefined) nw.message(5, this.encodeAttr(k, v));
       g.message(1, nw);
     }
+  }
+
+  /** A subgraph's GraphProto: nodes, name and outputs (it reads the outer graph's values by name). */
+  private encodeGraph(sub: SubgraphAttr['subgraph']): ProtoWriter {
+    const g = new ProtoWriter();
+    this.encodeNodes(g, sub.nodes);
+    g.string(2, sub.name);
+    for (const v of sub.outputs) g.message(12, this.encodeValueInfo(v));
+    return g;
+  }
+
+  private encodeModel(): ProtoWriter {
+    const g = new ProtoWriter();
+    this.encodeNodes(g, this.nodes);
     g.string(2, this.name);
     for (const rec of this.initializers) g.message(5, this.encodeTensor(rec));
     for (const v of this.inputs) g.message(11, this.encodeValueInfo(v));

@@ -14,12 +14,14 @@ import { vaeConfigFromJson } from '../../models/vae.ts';
 import { t5ConfigFromJson } from '../../models/t5.ts';
 import { clipConfigFromJson } from '../../models/clip.ts';
 import { tinyTokenizerJson, tokenizerFromJson } from '../../models/tokenizers.ts';
-import { type ModelSetSpec, writeModelSet } from '../../models/modelset.ts';
+import { type AttentionSetting, type ModelSetSpec, writeModelSet } from '../../models/modelset.ts';
 
 export interface GoldenSetOptions {
   /** T5 sequence length of the text graph (e2eSeqLens() gives the e2e case's). */
   t5SeqLen: number;
   clipSeqLen: number;
+  /** How FLUX and the VAE write attention (default: what writeModelSet writes). */
+  attention?: AttentionSetting;
 }
 
 /** The text lengths of the e2e case's prompt ids (its t5_input_ids and clip_input_ids). */
@@ -47,6 +49,7 @@ export function goldenSpec(opts: GoldenSetOptions): ModelSetSpec {
   return {
     name: 'golden',
     dtype: 'float32',
+    attention: opts.attention,
     siglip: {
       cfg: siglipConfigFromJson(goldenConfig(join('instantcharacter_e2e', 'siglip'))),
       weights: st('instantcharacter_e2e', 'siglip', 'model.safetensors'),
@@ -75,6 +78,6 @@ export function goldenSpec(opts: GoldenSetOptions): ModelSetSpec {
   };
 }
 
-export async function writeGoldenModelSet(modelsRoot: string, opts: GoldenSetOptions): Promise<void> {
-  await writeModelSet(goldenSpec(opts), join(modelsRoot, 'golden'));
+export async function writeGoldenModelSet(modelsRoot: string, opts: GoldenSetOptions, name = 'golden'): Promise<void> {
+  await writeModelSet({ ...goldenSpec(opts), name }, join(modelsRoot, name));
 }

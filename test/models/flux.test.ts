@@ -9,6 +9,7 @@ import {
 import { fluxImageIds, fluxRope, fluxTextIds } from '../../models/rope.ts';
 import { type WeightSource, memorySource } from '../../models/weights/source.ts';
 import { type Tensor, f32, toFloat32 } from '../../models/tensor.ts';
+import { fluxGoldenFeeds } from '../helpers/flux-golden.ts';
 import { expectClose, goldenConfig, goldenTensors, goldenWeights, imageIdGrid, scaledVariant, scaledVariants } from '../helpers/goldens.ts';
 
 const CASE = 'flux_transformer_ip';
@@ -46,22 +47,7 @@ describe('flux transformer + IP attention (golden)', () => {
     cfg = fluxConfigFromJson(goldenConfig(CASE));
     inputs = goldenTensors(CASE, 'inputs.safetensors');
     outputs = goldenTensors(CASE, 'outputs.safetensors');
-    const ids = (name: string) => toFloat32(inputs.get(name)!);
-    const txt = ids('txt_ids');
-    const img = ids('img_ids');
-    const all = new Float32Array(txt.length + img.length);
-    all.set(txt, 0);
-    all.set(img, txt.length);
-    const rope = fluxRope(all, cfg.axesDimsRope, cfg.ropeTheta);
-    feeds = {
-      hidden_states: inputs.get('hidden_states')!,
-      encoder_hidden_states: inputs.get('encoder_hidden_states')!,
-      pooled_projections: inputs.get('pooled_projections')!,
-      timestep: inputs.get('timestep')!,
-      guidance: inputs.get('guidance')!,
-      rope_cos: rope.cos,
-      rope_sin: rope.sin,
-    };
+    feeds = fluxGoldenFeeds(cfg, inputs);
   });
 
   it('rope tables match diffusers FluxPosEmbed', () => {
