@@ -53,7 +53,7 @@ async function submit(server: RunningServer, wf: Wf): Promise<string> {
 
 async function serve(redisUrl: string, data: string, extra: { token?: string; timing?: { lockDurationMs: number; stalledIntervalMs: number } } = {}): Promise<{ server: RunningServer; log: string[] }> {
   const log: string[] = [];
-  const server = await startServer({ paths: resolvePaths({ data, models }), port: 0, staticDir: null, queueUrl: redisUrl, device: 'cpu', log: (m) => void log.push(m), ...extra });
+  const server = await startServer({ paths: resolvePaths({ data, models }), port: 0, staticDir: null, queueUrl: redisUrl, device: 'cpu', log: (m) => void (log.push(m), process.env.CF_DEBUG && process.stderr.write(`SERVER: ${m}\n`)), ...extra });
   cleanup.push(() => server.close());
   return { server, log };
 }
