@@ -115,6 +115,7 @@ async function main(): Promise<void> {
   await section([5], 'graph scale (bench/graph-scale.ts)', graphScale, true);
 
   await section([12], 'scale-out on BullMQ: 2 workers / 1, queue latency (bench/queue.ts, child processes)', async () => (await import('./queue.ts')).benchQueue(), false, true);
+  await section([13], 'scale-out under hostile load: honest jobs exactly once, queue latency (bench/hostile.ts, child processes)', async () => (await import('./hostile.ts')).benchHostile(), false, true);
   const needsModels = [1, 2, 3, 4, 6, 7, 8, 9, 10, 11].some(wanted);
   if (!needsModels) return finish();
   log('model sets');

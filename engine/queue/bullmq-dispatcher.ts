@@ -81,7 +81,13 @@ interface RawJob {
 interface Connected {
   info: WorkerInfo;
   link: WorkerLink;
+  /** Refused messages, for a log that a flood cannot fill (see refused()). */
+  refused: number;
+  loggedAt: number;
 }
+
+/** A worker's first refusals are logged one by one, later ones at most every 5 s with a count. */
+const REFUSALS_LOGGED = 10;
 
 export { bullId } from './bullmq.ts';
 
@@ -199,7 +205,7 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
     const opened = new Set([...this.queues.keys(), ...sets]);
     if (opened.size > MAX_OPEN_SETS) return `too many model sets in use (at most ${MAX_OPEN_SETS})`;
     const info: WorkerInfo = { name: hello.name, device: hello.device, sets, loaded: hello.loaded.filter((s) => sets.includes(s)), current: null, since: Date.now() };
-    this.workersByLink.set(link, { info, link });
+    this.workersByLink.set(link, { info, link, refused: 0, loggedAt: 0 });
     for (const s of sets) this.queueFor(s);
     link.send({ type: 'welcome', server: 'charflow' });
     this.emit('workers_changed');
@@ -235,7 +241,7 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
       case 'started': {
         const pending = this.queue.get(msg.jobId);
         if (!pending || pending.finishedAt !== null || !(await this.holdsLock(pending, msg.lock))) {
-          if (pending && pending.finishedAt === null) this.log(`warning: refused "started" for job ${msg.jobId} from worker ${c.info.name}: it does not hold the job's lock`);
+          if (pending && pending.finishedAt === null) this.refused(c, `refused "started" for job ${msg.jobId} from worker ${c.info.name}: it does not hold the job's lock`);
           // Finished or deleted here (e.g. cancelled while it waited), or not this worker's: it must not go on.
           link.send({ type: 'cancel', jobId: msg.jobId });
           return;
@@ -250,7 +256,7 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
       }
       case 'event': {
         const job = this.queue.get(msg.jobId);
-        const refuse = (why: string): void => this.log(`warning: refused an event for job ${msg.jobId} from worker ${c.info.name}: ${why}`);
+        const refuse = (why: string): void => this.refused(c, `refused an event for job ${msg.jobId} from worker ${c.info.name}: ${why}`);
         if (!job || job.status !== 'running') return refuse('the job is not running');
         const images = (msg.event.outputs as { images?: { filename: string; subfolder: string; type: string }[] } | undefined)?.images ?? [];
         if (!images.every((img) => isJobOutput(job.id, img))) return refuse("it names images that are not this job's uploads");
@@ -272,6 +278,15 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
         if (c.info.current?.id === msg.jobId) c.info.current = null;
         await this.settle(msg.jobId);
         return;
+    }
+  }
+
+  private refused(c: Connected, line: string): void {
+    c.refused++;
+    const now = Date.now();
+    if (c.refused <= REFUSALS_LOGGED || now - c.loggedAt >= 5000) {
+      c.loggedAt = now;
+      this.log(`warning: ${line}${c.refused > REFUSALS_LOGGED ? ` (${c.refused} refused from this worker so far)` : ''}`);
     }
   }
 

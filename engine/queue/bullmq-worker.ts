@@ -232,7 +232,14 @@ export class QueueWorker<S> {
     let retryIn: number | undefined;
     for (const set of cold) {
       const b = this.bull.get(set)!;
-      const [first] = await b.queue.getJobs(['prioritized', 'wait'], 0, 0, true);
+      // BullMQ parses the job it lists: a damaged one is taken at once (next() fails it).
+      const first = await b.queue.getJobs(['prioritized', 'wait'], 0, 0, true).then(
+        ([j]) => j,
+        (err: Error) => {
+          if (err.name !== 'SyntaxError') throw err;
+          return { timestamp: 0 };
+        },
+      );
       if (!first) continue;
       const waited = Date.now() - first.timestamp;
       if (waited < delay) {
@@ -259,7 +266,7 @@ export class QueueWorker<S> {
     try {
       return await b.worker.getNextJob(lock, { block: false });
     } catch (err) {
-      if (!(err instanceof SyntaxError)) throw err;
+      if ((err as Error).name !== 'SyntaxError') throw err;
       const client = (this.raw ??= new Redis({ ...redisOptions(this.o.url), maxRetriesPerRequest: null }).on('error', () => {}));
       for (const id of await client.lrange(b.queue.keys.active!, 0, -1)) {
         if ((await client.get(`${b.queue.toKey(id)}:lock`)) !== lock) continue;

@@ -13,7 +13,12 @@ export type Refusal = { status: number; body: unknown };
 
 /** Validates a submitted prompt; every step is linear in the prompt's size. */
 export function checkPrompt<S>(prompt: unknown, registry: ReadonlyMap<string, NodeDef<S>>, maxNodes: number): Accepted | Refusal {
-  const configOf = (type: string, field: string): unknown => inputConfig(registry, type, field);
+  const configs = new Map<string, unknown>();
+  const configOf = (type: string, field: string): unknown => {
+    const key = `${type}\0${field}`;
+    if (!configs.has(key)) configs.set(key, inputConfig(registry, type, field));
+    return configs.get(key);
+  };
   const format = isCharflowWorkflow(prompt) ? 'charflow' : 'api';
   const conv: Converted = format === 'charflow' ? { workflow: prompt as Converted['workflow'], issues: [] } : apiToWorkflow(prompt, registry);
   if (!conv.workflow) return { status: 400, body: errorBody(conv.issues, undefined, registry, configOf) };

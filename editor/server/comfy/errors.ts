@@ -216,6 +216,15 @@ export function dependentOutputs(workflow: Workflow, registry: Registry): (id: s
   };
 }
 
+/** The top-level summary lists this many problems at most; node_errors has every one. */
+export const MAX_SUMMARY_LINES = 100;
+
+function joinDetails(issues: readonly Issue[]): string {
+  const lines = issues.slice(0, MAX_SUMMARY_LINES).map((i) => i.details);
+  if (issues.length > MAX_SUMMARY_LINES) lines.push(`... and ${issues.length - MAX_SUMMARY_LINES} more (see node_errors)`);
+  return lines.join('\n');
+}
+
 /**
  * The 400 body for a refused prompt: node-level issues under node_errors; the top-level error is
  * the first whole-prompt issue, or ComfyUI's "prompt_outputs_failed_validation" summary.
@@ -247,10 +256,10 @@ export function errorBody(
     }
     entry.errors.push({ type: i.type, message: i.message, details: i.details, extra_info: extra });
   }
-  const details = issues.map((i) => i.details).join('\n');
+  const details = joinDetails(issues);
   const first = whole[0];
   const error: ComfyError = first
-    ? { type: first.type, message: first.message, details: whole.map((i) => i.details).join('\n'), extra_info: {} }
+    ? { type: first.type, message: first.message, details: joinDetails(whole), extra_info: {} }
     : { type: 'prompt_outputs_failed_validation', message: SHORT.prompt_outputs_failed_validation, details, extra_info: {} };
   return { error, node_errors: nodeErrors };
 }
