@@ -6,6 +6,7 @@
 // jobs it has not heard about (server restarts, dropped sockets, jobs failed by the stalled check).
 import { Queue, Worker, type ConnectionOptions } from 'bullmq';
 import { Redis } from 'ioredis';
+import type { RunEvent } from '../executor/events.ts';
 import type { ValidWorkflow } from '../workflow/types.ts';
 import {
   bullId,
@@ -523,11 +524,17 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
     const l = this.live.get(job.id) ?? { job, rec: new Recorder() };
     this.live.delete(job.id);
     if (!l.rec.ended) {
-      const e = failedBeforeStart(job.id);
-      if (result === null || result.status === 'failed') {
-        l.rec.record(e);
-        this.emit('event', l.job, e);
-      }
+      // Clients get exactly one terminal event: the worker's own when it was accepted, else this one
+      // (its last events were refused, e.g. sent while Redis was away and the lock could not be checked).
+      const zero = { done: 0, cached: 0, failed: 0, skipped: 0, cancelled: 0 };
+      const e: RunEvent =
+        result?.status === 'done'
+          ? { type: 'run_finished', runId: job.id, time: Date.now(), status: 'done', ms: 0, counts: zero }
+          : result?.status === 'interrupted'
+            ? { type: 'run_cancelled', runId: job.id, time: Date.now(), ms: 0, counts: zero }
+            : failedBeforeStart(job.id);
+      l.rec.record(e);
+      this.emit('event', l.job, e);
     }
     const res: JobResult = result
       ? { status: result.status, outputs: result.outputs ?? {}, nodes: result.nodes ?? {}, messages: l.rec.messages, error: result.error }
