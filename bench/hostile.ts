@@ -104,6 +104,12 @@ export async function benchHostile(): Promise<Figure[]> {
     const warm = await Promise.all([0, 1].map(async (i) => (await (await fetch(`${s.url}prompt`, { method: 'POST', headers: headers(CLIENT), body: JSON.stringify({ prompt: workflow(900 + i, 30) }) })).json()) as { prompt_id: string }));
     await waitFor('warm-up', () => warm.every((w) => s.queue.get(w.prompt_id)?.finishedAt != null), 120_000);
 
+    // The same honest clients without the flood first: the machine's own latency, for comparison.
+    const JOBS = 10;
+    const calm = await Promise.all([honest(s, 'carol', '127.0.0.2', JOBS, 500), honest(s, 'dave', '127.0.0.4', JOBS, 600)]);
+    const latencies = (ids: readonly string[]): number[] => ids.map((id) => s.queue.get(id)!).map((j) => j.startedAt! - j.createdAt).sort((x, y) => x - y);
+    const calmLat = latencies([...calm[0].ids, ...calm[1].ids]);
+
     // The flooder, from 127.0.0.3: every socket its address may hold, invalid prompts, bogus worker frames.
     const flooder = '127.0.0.3';
     for (;;) {
@@ -112,6 +118,7 @@ export async function benchHostile(): Promise<Figure[]> {
       held.push(ws);
     }
     let invalid = 0;
+    let rationed = 0;
     let frames = 0;
     const t0 = performance.now();
     const prompts = (async () => {
@@ -120,6 +127,7 @@ export async function benchHostile(): Promise<Figure[]> {
         const r = await fetch(`http://127.0.0.1:${s.port}/prompt`, { method: 'POST', headers: headers(CLIENT), body }).catch(() => undefined);
         await r?.arrayBuffer();
         if (r?.status === 400) invalid++;
+        if (r?.status === 429) rationed++;
       }
     })();
     const bogus = (async () => {
@@ -143,7 +151,6 @@ export async function benchHostile(): Promise<Figure[]> {
       }
     })();
 
-    const JOBS = 10;
     const [a, b] = await Promise.all([honest(s, 'alice', '127.0.0.2', JOBS, 100), honest(s, 'bob', '127.0.0.4', JOBS, 200)]);
     flooding = false;
     const seconds = (performance.now() - t0) / 1000;
@@ -155,11 +162,12 @@ export async function benchHostile(): Promise<Figure[]> {
       const j = s.queue.get(id);
       return j?.status === 'done' && j.attempts === 1 && terminal.get(id)?.length === 1 && terminal.get(id)![0] === 'execution_success';
     }).length;
-    const lat = ids.map((id) => s.queue.get(id)!).map((j) => j.startedAt! - j.createdAt).sort((x, y) => x - y);
-    const note = `${held.length} sockets held, ${invalid} invalid 2,000-node prompts and ${frames} bogus worker frames during the run; 2 honest clients x ${JOBS} jobs of 2 steps (tiny set), 2 workers; bench/hostile.ts`;
+    const lat = latencies(ids);
+    const note = `${held.length} sockets held, ${invalid} invalid 2,000-node prompts refused (${rationed} more answered 429 unread) and ${frames} bogus worker frames during the run; 2 honest clients x ${JOBS} jobs of 2 steps (tiny set), 2 workers; bench/hostile.ts`;
     return [
       judged(13, 'hostile load: honest jobs finished exactly once', once, 'jobs', '>=', ids.length, { note }),
-      judged(13, 'hostile load: honest queue latency accepted -> started, p99', quantile(lat, 0.99), 'ms', '<=', 250, { note: `p50 ${quantile(lat, 0.5).toFixed(0)} ms, max ${lat.at(-1)} ms` }),
+      judged(13, 'hostile load: honest queue latency accepted -> started, p99', quantile(lat, 0.99), 'ms', '<=', 250, { note: `p50 ${quantile(lat, 0.5).toFixed(0)} ms, max ${lat.at(-1)} ms; without the flood on the same run: p50 ${quantile(calmLat, 0.5).toFixed(0)} ms, p99 ${quantile(calmLat, 0.99).toFixed(0)} ms` }),
+      info(13, 'hostile load: honest queue latency p99 without the flood (same run)', quantile(calmLat, 0.99), 'ms'),
       info(13, 'hostile load: invalid 2,000-node prompts refused per second', invalid / seconds, 'prompts/s', { note: `${invalid} in ${seconds.toFixed(1)} s` }),
     ];
   } finally {

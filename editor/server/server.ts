@@ -20,6 +20,7 @@ import { createServices, PACKAGE_ROOT, type Services } from '../../nodes/service
 import { buildCatalog } from './catalog.ts';
 import type { ServerContext, ServerLimits, ServerPlugin } from './context.ts';
 import { mountComfyApi } from './comfy/index.ts';
+import { rationLargePrompts } from './comfy/check-thread.ts';
 import { EditorHub } from './editor-ws.ts';
 import { FileRequestError, listInputs, resolveView, storeUpload } from './files.ts';
 import { Guard, isLoopbackHost, type Refusal } from './security.ts';
@@ -326,6 +327,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     }
     next();
   });
+  app.use(['/prompt', '/api/prompt'], rationLargePrompts()); // before the body is read: see comfy/check-thread.ts
   app.use(express.json({ limit: limits.jsonBodyBytes }));
 
   app.get('/api/nodes', (_req, res) => {

@@ -9,6 +9,7 @@ import { performance } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startServer, type RunningServer } from '../../editor/server/index.ts';
 import { dependentOutputs, MAX_DEPENDENT_OUTPUTS } from '../../editor/server/comfy/errors.ts';
+import { LargePromptBudget } from '../../editor/server/comfy/check-thread.ts';
 import { resolvePaths } from '../../engine/paths.ts';
 import type { Workflow } from '../../engine/workflow/types.ts';
 import { DEFAULT_MAX_NODES } from '../../engine/workflow/types.ts';
@@ -45,6 +46,16 @@ describe('linear error paths', () => {
     expect(dependentOutputs(cyc, registry)('a')).toEqual([]);
   });
 
+  it('rations large prompts per address: a burst, then one a second', () => {
+    const b = new LargePromptBudget(4, 1000);
+    const t = 1_000_000;
+    expect([1, 2, 3, 4, 5].map(() => b.take('10.0.0.1', t))).toEqual([true, true, true, true, false]);
+    expect(b.take('10.0.0.2', t)).toBe(true); // another address has its own
+    expect(b.take('10.0.0.1', t + 500)).toBe(false);
+    expect(b.take('10.0.0.1', t + 1000)).toBe(true);
+    expect(b.take('10.0.0.1', t + 1000)).toBe(false);
+  });
+
   it(`refuses a ${DEFAULT_MAX_NODES}-node invalid workflow in under 1 s while /system_stats answers in under 100 ms`, async () => {
     const n = DEFAULT_MAX_NODES;
     const body = JSON.stringify({ prompt: invalidChain(n) });
@@ -66,9 +77,10 @@ describe('linear error paths', () => {
     const res = await fetch(`${server.url}prompt`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
     // The probe stops at the answer: reading 13 MB of JSON below runs on this (the server's) thread too.
     done = true;
-    await probe;
-    const refusal = (await res.json()) as { error: { type: string }; node_errors: Record<string, { errors: { type: string; extra_info: { input_name?: string } }[]; dependent_outputs: string[]; class_type: string }> };
+    const text = await res.text();
     const ms = performance.now() - t0;
+    await probe;
+    const refusal = JSON.parse(text) as { error: { type: string }; node_errors: Record<string, { errors: { type: string; extra_info: { input_name?: string } }[]; dependent_outputs: string[]; class_type: string }> };
 
     expect(res.status).toBe(400);
     expect(refusal.error.type).toBe('prompt_outputs_failed_validation');

@@ -4,6 +4,7 @@
 // back (as a JSON string); an acceptable prompt is then checked again in the handler, which needs
 // the validated workflow itself. Used only with the stock node registry (the thread builds its own).
 import { Worker } from 'node:worker_threads';
+import type { NextFunction, Request, Response } from 'express';
 
 const BOOT = new URL('./check-boot.mjs', import.meta.url);
 /** Prompts with at least this many nodes go to the thread; smaller ones are cheap enough inline. */
@@ -63,4 +64,47 @@ export class PromptCheckThread {
     this.worker = undefined;
     await w?.terminate();
   }
+}
+
+/** Bodies from this size on count as large prompts (about 700 nodes of API JSON; ComfyUI's usual ones are under 20 KiB). */
+export const LARGE_PROMPT_BYTES = 64 * 1024;
+
+/**
+ * Large prompts per client address: a burst of `burst`, then one per `everyMs`. Checking a large
+ * prompt costs a core for a while; one address sending them back to back would take that core from
+ * everyone else (honest clients' jobs, the workers on the same machine). A refusal costs nothing:
+ * it is answered before the body is read.
+ */
+export class LargePromptBudget {
+  private readonly left = new Map<string, { tokens: number; at: number }>();
+
+  constructor(
+    private readonly burst = 4,
+    private readonly everyMs = 1000,
+  ) {}
+
+  /** Takes one from the address's budget; false when it has none left. */
+  take(address: string, now = Date.now()): boolean {
+    const b = this.left.get(address) ?? { tokens: this.burst, at: now };
+    b.tokens = Math.min(this.burst, b.tokens + (now - b.at) / this.everyMs);
+    b.at = now;
+    if (this.left.size > 10_000) this.left.clear(); // bounded memory whatever the addresses
+    this.left.set(address, b);
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
+  }
+}
+
+/**
+ * Express middleware for POST /prompt, mounted before the JSON body parser: a large prompt over
+ * its address's budget is answered 429 (ComfyUI's queue_full shape) without reading its body.
+ */
+export function rationLargePrompts(budget = new LargePromptBudget()): (req: Request, res: Response, next: NextFunction) => void {
+  return (req, res, next) => {
+    if (req.method !== 'POST' || Number(req.headers['content-length'] ?? 0) < LARGE_PROMPT_BYTES || budget.take(req.socket.remoteAddress ?? '?')) return next();
+    res.setHeader('Connection', 'close');
+    res.setHeader('Retry-After', '1');
+    res.status(429).json({ error: { type: 'queue_full', message: 'The queue is full', details: 'too many large prompts from this address; send at most one per second', extra_info: {} }, node_errors: {} });
+  };
 }

@@ -22,16 +22,17 @@ export function checkPrompt<S>(prompt: unknown, registry: ReadonlyMap<string, No
   const format = isCharflowWorkflow(prompt) ? 'charflow' : 'api';
   const conv: Converted = format === 'charflow' ? { workflow: prompt as Converted['workflow'], issues: [] } : apiToWorkflow(prompt, registry);
   if (!conv.workflow) return { status: 400, body: errorBody(conv.issues, undefined, registry, configOf) };
-  if (format === 'api') {
-    // ComfyUI's PNGs carry the API prompt beside the workflow; SaveImage embeds what meta.png_text asks for.
-    conv.workflow = { ...conv.workflow, meta: { ...conv.workflow.meta, png_text: { prompt: JSON.stringify(prompt) } } };
-  }
   const v = validateWorkflow(conv.workflow, registry, { maxNodes });
   // A bad link the conversion reported also fails validation; say it once.
   const seen = new Set(conv.issues.map((i) => `${i.nodeId}\0${i.field}`));
   const issues: Issue[] = [...conv.issues, ...issuesFromValidation(v.errors, conv.workflow, registry).filter((i) => i.field === undefined || !seen.has(`${i.nodeId}\0${i.field}`))];
   if (issues.length || !v.ok) return { status: 400, body: errorBody(issues, conv.workflow, registry, configOf) };
-  const workflow = v.workflow!;
+  let workflow = v.workflow!;
+  if (format === 'api') {
+    // ComfyUI's PNGs carry the API prompt beside the workflow; SaveImage embeds what meta.png_text asks for.
+    // Added once the prompt is valid: a refused one never pays for serialising itself.
+    workflow = { ...workflow, meta: { ...workflow.meta, png_text: { prompt: JSON.stringify(prompt) } } };
+  }
   if (!Object.values(workflow.nodes).some((n) => registry.get(n.type)?.output === true)) {
     return { status: 400, body: promptError('prompt_no_outputs', 'the prompt has no output node (e.g. SaveImage or PreviewImage)') };
   }
