@@ -385,7 +385,7 @@ export async function benchLoad(opts: Partial<LoadOptions> = {}): Promise<LoadRe
       services,
       staticDir: null,
       log: () => {},
-      limits: { maxConnections: Math.max(64, o.clients + 8) },
+      limits: { maxConnections: Math.max(64, o.clients + 8), maxConnectionsPerClient: o.clients + 8 }, // every tab is on loopback
     });
     try {
       const wsUrl = `ws://127.0.0.1:${server.port}/ws/editor`;

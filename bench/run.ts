@@ -117,6 +117,7 @@ async function main(): Promise<void> {
 
   await section([12], 'scale-out on BullMQ: 2 workers / 1, queue latency (bench/queue.ts, child processes)', async () => (await import('./queue.ts')).benchQueue(), false, true);
   await section([13], 'GGUF FLUX as MatMulNBits: sizes, a Q4_K DiT step vs int4 (bench/gguf.ts)', async () => (await import('./gguf.ts')).benchGguf({ quick, log }), true);
+  await section([16], 'scale-out under hostile load: honest jobs exactly once, queue latency (bench/hostile.ts, child processes)', async () => (await import('./hostile.ts')).benchHostile(), false, true);
   const needsModels = [1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 14, 15, 21].some(wanted);
   if (!needsModels) return finish();
   log('model sets');

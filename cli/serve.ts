@@ -11,6 +11,8 @@ export interface ServeOptions {
   host: string;
   port: string;
   token?: string;
+  /** Scale-out: the workers' own token (`--worker-token`). */
+  workerToken?: string;
   device: string;
   data?: string;
   models?: string;
@@ -89,6 +91,7 @@ export async function serve(o: ServeOptions, io: ServeIo): Promise<RunningServer
   }
   const paths = resolvePaths({ data: o.data, models: o.models, env: io.env, cwd: io.cwd });
   const token = o.token ?? io.env.CHARFLOW_TOKEN;
+  const workerToken = o.workerToken ?? io.env.CHARFLOW_WORKER_TOKEN;
   const queueUrl = o.queue ?? io.env.CHARFLOW_QUEUE;
   // What can fail in a second is checked before a model is written (which takes a while).
   await checkPortFree(o.host, port);
@@ -120,6 +123,7 @@ export async function serve(o: ServeOptions, io: ServeIo): Promise<RunningServer
       host: o.host,
       port,
       ...(token ? { token } : {}),
+      ...(workerToken ? { workerToken } : {}),
       device: o.device as PoolOptions['device'],
       ...(memoryBudgetBytes !== undefined ? { memoryBudgetBytes } : {}),
       log: (m) => void io.stderr.write(`${m}\n`),
@@ -142,7 +146,8 @@ export function registerServe(program: Command, ctx?: CliContext): Command {
     .option('--data <dir>', 'data folder (default: $CHARFLOW_DATA or ./data)')
     .option('--models <dir>', 'models folder (default: $CHARFLOW_MODELS or <data>/models)')
     .option('--queue <url>', 'scale-out: put jobs on BullMQ at redis://[user:pass@]host:port[/db] for `charflow worker` (default: $CHARFLOW_QUEUE; none: run them here)')
-    .option('--memory-budget <GiB>', 'models loaded at once stay under this (default: $CHARFLOW_MEMORY_BUDGET or 75% of RAM)');
+    .option('--memory-budget <GiB>', 'models loaded at once stay under this (default: $CHARFLOW_MEMORY_BUDGET or 75% of RAM)')
+    .option('--worker-token <secret>', 'scale-out: the token workers use, the only one /ws/worker and /api/worker/* take (default: $CHARFLOW_WORKER_TOKEN)');
   cmd.action(async (o: ServeOptions) => {
     const signals = untilSignal(io.stderr);
     let server: RunningServer;

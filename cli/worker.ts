@@ -15,7 +15,9 @@ const DEVICES = ['auto', 'cpu', 'cuda', 'webgpu'];
 export interface WorkerOptions {
   queue?: string;
   server?: string;
+  /** The server's worker token (`--worker-token`; `--token` is an alias). */
   token?: string;
+  workerToken?: string;
   models?: string;
   data?: string;
   device: string;
@@ -47,7 +49,7 @@ export async function runWorker(o: WorkerOptions, ctx: CliContext, stop: Promise
   if (threads !== undefined && (!Number.isInteger(threads) || threads < 1 || threads > 256)) throw new CliError(`--threads must be a whole number from 1 to 256, got "${o.threads}"`);
   const name = o.name ?? `${hostname()}-${process.pid}`;
   if (!/^[A-Za-z0-9_.:-]{1,128}$/.test(name)) throw new CliError(`--name may have letters, digits, "_", ".", ":" and "-" (1-128), got "${name}"`);
-  const token = o.token ?? ctx.env.CHARFLOW_TOKEN;
+  const token = o.workerToken ?? o.token ?? ctx.env.CHARFLOW_WORKER_TOKEN;
   const log = (m: string): void => void ctx.stderr.write(`${m}\n`);
 
   const { checkRedis, RedisUnreachableError, timingFromEnv } = await import('../engine/queue/bullmq.ts');
@@ -131,7 +133,8 @@ export function registerWorker(program: Command, ctx: CliContext): Command {
     .description('run jobs of a `charflow serve --queue` server on this machine (scale-out)')
     .option('--queue <url>', 'the Redis the server uses: redis://[user:pass@]host:port[/db] or rediss:// (default: $CHARFLOW_QUEUE)')
     .option('--server <url>', 'the server: http(s)://host:port, for inputs, outputs and live events (default: $CHARFLOW_SERVER)')
-    .option('--token <secret>', "the server's token (default: $CHARFLOW_TOKEN)")
+    .option('--worker-token <secret>', "the server's worker token (its --worker-token; default: $CHARFLOW_WORKER_TOKEN); the client token does not work")
+    .option('--token <secret>', 'same as --worker-token')
     .option('--models <dir>', 'models folder (default: $CHARFLOW_MODELS or <data>/models)')
     .option('--data <dir>', "this worker's own folder: input cache, scratch (default: $CHARFLOW_DATA or ./data)")
     .option('--device <device>', `where models run: ${DEVICES.join(', ')}`, 'auto')

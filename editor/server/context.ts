@@ -23,6 +23,10 @@ export interface ServerLimits {
   maxPendingPerClient: number;
   /** Open WebSocket connections, all paths together (default 64). */
   maxConnections: number;
+  /** Client WebSockets from one address (default 32): one client cannot hold every slot. */
+  maxConnectionsPerClient?: number;
+  /** Worker WebSockets (/ws/worker), counted apart from clients' so workers can always register (default 64). */
+  maxWorkerConnections?: number;
   /** Finished jobs kept in the history (default 10,000). */
   keepHistory: number;
 }

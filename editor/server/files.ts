@@ -23,7 +23,7 @@ export const IMAGE_TYPES: Readonly<Record<string, string>> = {
 };
 
 /** sharp's format name -> the extension an upload of that format gets. */
-const FORMAT_EXT: Readonly<Record<string, string[]>> = {
+export const FORMAT_EXT: Readonly<Record<string, string[]>> = {
   png: ['.png'],
   jpeg: ['.jpg', '.jpeg'],
   webp: ['.webp'],

@@ -13,6 +13,8 @@ export interface GuardOptions {
   /** The actual port (for the cookie name). */
   port: number;
   token?: string;
+  /** Workers' own token (scale-out): the only credential for /ws/worker and /api/worker/*. */
+  workerToken?: string;
   /** More Host names to accept (e.g. a reverse proxy's name). */
   allowedHosts?: readonly string[];
 }
@@ -81,11 +83,13 @@ export class Guard {
   /** Cookies are not port-scoped: the name carries the port so two servers on one host do not clash. */
   cookieName: string;
   private readonly tokenDigest: Buffer | undefined;
+  private readonly workerDigest: Buffer | undefined;
   private readonly hosts: Set<string>;
 
   constructor(opts: GuardOptions) {
     this.token = opts.token === undefined || opts.token === '' ? undefined : opts.token;
     this.tokenDigest = this.token === undefined ? undefined : digest(this.token);
+    this.workerDigest = opts.workerToken === undefined || opts.workerToken === '' ? undefined : digest(opts.workerToken);
     this.cookieName = `charflow_token_${opts.port}`;
     this.hosts = new Set(['localhost', '127.0.0.1', '::1']);
     const bound = stripBrackets(opts.host.trim().toLowerCase());
@@ -160,6 +164,26 @@ export class Guard {
     };
   }
 
+  /**
+   * Workers are not clients: a worker path takes only the worker token (Authorization: Bearer), and
+   * the client token never opens it. Without any token (loopback only) workers need none either.
+   */
+  checkWorkerToken(req: IncomingMessage): Refusal | undefined {
+    if (!this.workerDigest) {
+      if (!this.tokenDigest) return undefined;
+      return { status: 401, code: 'unauthorized', message: 'this server takes no workers with the client token: start it with --worker-token (or CHARFLOW_WORKER_TOKEN) and give workers that' };
+    }
+    const auth = req.headers.authorization;
+    const t = auth?.toLowerCase().startsWith('bearer ') ? auth.slice(7).trim() : undefined;
+    if (t !== undefined && timingSafeEqual(digest(t), this.workerDigest)) return undefined;
+    return { status: 401, code: 'unauthorized', message: t === undefined ? 'workers must send "Authorization: Bearer <worker token>"' : 'wrong worker token' };
+  }
+
+  /** /ws/worker and /api/worker/...: the paths only workers may use. */
+  static isWorkerPath(pathname: string): boolean {
+    return pathname === '/ws/worker' || pathname.startsWith('/api/worker/');
+  }
+
   /** ?token= of the request URL, if present. */
   queryToken(req: IncomingMessage): string | undefined {
     const url = req.url ?? '';
@@ -176,6 +200,8 @@ export class Guard {
 
   /** Every check an upgrade or a state-changing request needs, in order. */
   checkAll(req: IncomingMessage, { origin }: { origin: boolean }): Refusal | undefined {
-    return this.checkHost(req) ?? this.checkToken(req) ?? (origin ? this.checkOrigin(req) : undefined);
+    const pathname = new URL(req.url ?? '/', 'http://x').pathname;
+    const token = Guard.isWorkerPath(pathname) ? this.checkWorkerToken(req) : this.checkToken(req);
+    return this.checkHost(req) ?? token ?? (origin ? this.checkOrigin(req) : undefined);
   }
 }

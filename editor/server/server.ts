@@ -20,12 +20,13 @@ import { createServices, PACKAGE_ROOT, type Services } from '../../nodes/service
 import { buildCatalog } from './catalog.ts';
 import type { ServerContext, ServerLimits, ServerPlugin } from './context.ts';
 import { mountComfyApi } from './comfy/index.ts';
+import { rationLargePrompts } from './comfy/check-thread.ts';
 import { EditorHub } from './editor-ws.ts';
 import { FileRequestError, listInputs, resolveView, storeUpload } from './files.ts';
 import { registerLoraRoutes } from './loras.ts';
 import { Guard, isLoopbackHost, type Refusal } from './security.ts';
 import { StoreError, WorkflowStore } from './workflows.ts';
-import { inputRefs, modelSetOf, mountWorkerApi } from './workers.ts';
+import { inputRefs, modelSetOf, mountWorkerApi, setsIn } from './workers.ts';
 import { mountCharacterApi } from './characters.ts';
 import { mountModelsApi } from './models.ts';
 import { mountTemplatesApi } from './templates.ts';
@@ -40,6 +41,8 @@ export const DEFAULT_LIMITS: ServerLimits = {
   maxNodes: DEFAULT_MAX_NODES,
   maxPendingPerClient: 100,
   maxConnections: 64,
+  maxConnectionsPerClient: 32,
+  maxWorkerConnections: 64,
   keepHistory: 10_000,
 };
 
@@ -51,6 +54,8 @@ export interface ServerOptions {
   port?: number;
   /** Required on every request when set (Bearer header, ?token= or the cookie ?token= sets). */
   token?: string;
+  /** Scale-out: the workers' own token, the only one /ws/worker and /api/worker/* take (see docs/scale-out.md). */
+  workerToken?: string;
   /** For services made here (default 'auto'). */
   device?: PoolOptions['device'];
   /** For services made here: models loaded at once stay under this (default: CHARFLOW_MEMORY_BUDGET or the device's). */
@@ -176,6 +181,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const host = opts.host ?? '127.0.0.1';
   const port = opts.port ?? 8188;
   const token = opts.token === '' ? undefined : opts.token;
+  const workerToken = opts.workerToken === '' ? undefined : opts.workerToken;
+  if (workerToken !== undefined && workerToken === token) throw new Error('the worker token must differ from the client token: workers are not clients');
   const limits: ServerLimits = { ...DEFAULT_LIMITS, ...opts.limits };
   const log = opts.log ?? ((m: string) => process.stderr.write(`${m}\n`));
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`port must be an integer 0-65535, got ${port}`);
@@ -189,6 +196,9 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   await ensureDirs(paths);
   const registry = opts.registry ?? nodeRegistry();
   const queueUrl = opts.queueUrl === '' ? undefined : opts.queueUrl;
+  if (queueUrl !== undefined && !workerToken && !isLoopbackHost(host)) {
+    throw new Error(`refusing scale-out on ${host} without a worker token: pass --worker-token <secret> (or set CHARFLOW_WORKER_TOKEN) and give it to the workers`);
+  }
   if (queueUrl !== undefined) {
     // Before anything is opened: an unreachable Redis is a clear error at start (RedisUnreachableError).
     for (const w of await BullmqDispatcher.check(queueUrl)) log(`warning: ${w}`);
@@ -235,11 +245,12 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
           timing,
           modelSetOf: (wf) => modelSetOf(wf, registry),
           inputsOf: (wf) => inputRefs(wf, registry, svc),
+          knownSets: () => setsIn(paths.models),
           keepHistory: { maxCount: limits.keepHistory },
           log,
         });
   if (queueUrl !== undefined) log(`charflow: jobs go to BullMQ on ${redact(queueUrl)}; start workers with charflow worker`);
-  const guard = new Guard({ host, port, token, allowedHosts: opts.allowedHosts });
+  const guard = new Guard({ host, port, token, ...(workerToken ? { workerToken } : {}), allowedHosts: opts.allowedHosts });
   const version = serverVersion();
   const store = new WorkflowStore(paths.workflows);
   const catalog = buildCatalog(registry);
@@ -258,13 +269,30 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     log,
   });
 
-  let liveSockets = 0;
+  // Clients and workers have separate socket budgets (a client flood cannot keep workers out), and
+  // one client address gets at most maxConnectionsPerClient of the clients' budget.
+  let clientSockets = 0;
+  let workerSockets = 0;
+  const perAddress = new Map<string, number>();
+  const addressOf = (req: IncomingMessage): string => req.socket.remoteAddress ?? '?';
   const websocket = (pathname: string, onConnection: (ws: WebSocket, req: IncomingMessage) => void): void => {
     if (wsRoutes.has(pathname)) throw new Error(`a WebSocket handler for ${pathname} exists already`);
     const wss = new WebSocketServer({ noServer: true, maxPayload: limits.wsMessageBytes });
     wss.on('connection', (ws, req) => {
-      liveSockets++;
-      ws.once('close', () => liveSockets--);
+      if (Guard.isWorkerPath(pathname)) {
+        workerSockets++;
+        ws.once('close', () => workerSockets--);
+      } else {
+        const addr = addressOf(req);
+        clientSockets++;
+        perAddress.set(addr, (perAddress.get(addr) ?? 0) + 1);
+        ws.once('close', () => {
+          clientSockets--;
+          const left = (perAddress.get(addr) ?? 1) - 1;
+          if (left > 0) perAddress.set(addr, left);
+          else perAddress.delete(addr);
+        });
+      }
       onConnection(ws, req);
     });
     wsRoutes.set(pathname, wss);
@@ -278,7 +306,14 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     if (!wss) return refuseUpgrade(socket, 404, `no WebSocket at ${pathname}`);
     const refusal = guard.checkAll(req, { origin: true });
     if (refusal) return refuseUpgrade(socket, refusal.status, refusal.message);
-    if (liveSockets >= limits.maxConnections) return refuseUpgrade(socket, 503, 'too many open connections');
+    if (Guard.isWorkerPath(pathname)) {
+      if (workerSockets >= (limits.maxWorkerConnections ?? DEFAULT_LIMITS.maxWorkerConnections!)) return refuseUpgrade(socket, 503, 'too many workers connected');
+    } else {
+      if (clientSockets >= limits.maxConnections) return refuseUpgrade(socket, 503, 'too many open connections');
+      if ((perAddress.get(addressOf(req)) ?? 0) >= (limits.maxConnectionsPerClient ?? DEFAULT_LIMITS.maxConnectionsPerClient!)) {
+        return refuseUpgrade(socket, 429, 'too many connections from this address');
+      }
+    }
     wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req));
   });
 
@@ -293,11 +328,12 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     const refusal = guard.checkAll(req, { origin: stateChanging });
     if (refusal?.code === 'unauthorized' && wantsTokenPage(req)) return sendTokenPage(res, refusal.message);
     if (refusal) return sendRefusal(res, refusal);
-    if (guard.token !== undefined && req.method === 'GET' && guard.queryToken(req) !== undefined) {
+    if (guard.token !== undefined && req.method === 'GET' && !Guard.isWorkerPath(req.path) && guard.queryToken(req) !== undefined) {
       res.setHeader('Set-Cookie', guard.tokenCookie()!);
     }
     next();
   });
+  app.use(['/prompt', '/api/prompt'], rationLargePrompts()); // before the body is read: see comfy/check-thread.ts
   app.use(express.json({ limit: limits.jsonBodyBytes }));
 
   app.get('/api/nodes', (_req, res) => {

@@ -3,18 +3,21 @@
 // the editor and ComfyUI clients and carries cancels back; input images by content hash; and output
 // images uploaded back into this server's data folder. Workers share no filesystem with the server.
 import { createHash } from 'node:crypto';
+import { readdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import express from 'express';
 import type { WebSocket } from 'ws';
 import type { BullmqDispatcher, WorkerLink } from '../../engine/queue/bullmq-dispatcher.ts';
-import type { InputRef, WorkerMessage } from '../../engine/queue/bullmq.ts';
+import { SET_NAME_RE, type InputRef } from '../../engine/queue/bullmq.ts';
+import { modelSetExists } from '../../models/modelset.ts';
+import { parseWorkerMessage } from '../../engine/queue/wire.ts';
 import type { NodeDef } from '../../engine/node.ts';
 import type { ValidWorkflow } from '../../engine/workflow/types.ts';
 import { resolveImagePath } from '../../nodes/load_character.ts';
 import type { Services } from '../../nodes/services.ts';
 import type { ServerContext } from './context.ts';
-import { FileRequestError, IMAGE_TYPES } from './files.ts';
+import { checkImage, FileRequestError, FORMAT_EXT, IMAGE_TYPES } from './files.ts';
 import { characterRef } from './characters.ts';
 import { outputParts, storeWorkerOutput } from './worker-outputs.ts';
 
@@ -32,6 +35,17 @@ export function modelSetOf(workflow: ValidWorkflow, registry: ReadonlyMap<string
   }
   const fallback = registry.get('LoadModels')?.params.set?.default;
   return typeof fallback === 'string' ? fallback : 'tiny';
+}
+
+/** The model sets in a models folder (a worker's hello may name only these, when there are any). */
+export function setsIn(modelsDir: string): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(modelsDir);
+  } catch {
+    return [];
+  }
+  return names.filter((n) => SET_NAME_RE.test(n) && modelSetExists(modelsDir, n)).sort();
 }
 
 /** The image parameters of a workflow that this server can read, with their content hashes. */
@@ -59,44 +73,6 @@ export async function inputRefs(workflow: ValidWorkflow, registry: ReadonlyMap<s
     }
   }
   return refs;
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-const strings = (v: unknown): v is string[] => Array.isArray(v) && v.length <= 256 && v.every((x) => typeof x === 'string' && x.length <= 128);
-
-/** A worker frame, shape-checked; undefined for anything else. */
-export function parseWorkerMessage(text: string): WorkerMessage | undefined {
-  let m: unknown;
-  try {
-    m = JSON.parse(text);
-  } catch {
-    return undefined;
-  }
-  if (!isObject(m) || typeof m.type !== 'string') return undefined;
-  const id = (v: unknown): v is string => typeof v === 'string' && NAME_RE.test(v);
-  switch (m.type) {
-    case 'hello':
-      return id(m.name) && typeof m.device === 'string' && m.device.length <= 64 && strings(m.sets) && strings(m.loaded) ? (m as WorkerMessage) : undefined;
-    case 'status':
-      return strings(m.loaded) && (m.current === null || id(m.current)) ? (m as WorkerMessage) : undefined;
-    case 'started':
-    case 'finished':
-      return id(m.jobId) ? (m as WorkerMessage) : undefined;
-    case 'event':
-      return id(m.jobId) && isObject(m.event) && typeof m.event.type === 'string' && m.event.runId === m.jobId ? (m as WorkerMessage) : undefined;
-    default:
-      return undefined;
-  }
-}
-
-/** A name fixed per job, node and index (kept for tools that want one; uploads are numbered, see worker-outputs.ts). */
-export function outputName(workerName: string, jobId: string, nodeId: string, index: number): string {
-  const { stem, ext } = outputParts(workerName);
-  const safe = (s: string): string => s.replace(/[^A-Za-z0-9_-]/g, '-');
-  return `${stem}_${safe(jobId)}_${safe(nodeId)}_${index}${ext}`;
 }
 
 /** Mounts the worker API (scale-out mode only). */
@@ -128,16 +104,29 @@ export function mountWorkerApi(ctx: ServerContext, dispatcher: BullmqDispatcher)
   // An output image of a running job, into the outputs (or temp) folder, numbered as the embedded runner does.
   app.put('/api/worker/outputs', express.raw({ type: () => true, limit: limits.uploadBytes }), async (req, res, next) => {
     try {
-      const { job: jobId, node, index, type, name } = req.query as Record<string, unknown>;
-      if (typeof jobId !== 'string' || !NAME_RE.test(jobId) || typeof node !== 'string' || !NAME_RE.test(node) || typeof name !== 'string' || name.length > 255) {
-        throw new FileRequestError(400, 'invalid_request', 'expected ?job=&node=&index=&type=output|temp&name=');
+      const { job: jobId, lock, node, index, type, name } = req.query as Record<string, unknown>;
+      if (
+        typeof jobId !== 'string' || !NAME_RE.test(jobId) || typeof lock !== 'string' || !NAME_RE.test(lock) ||
+        typeof node !== 'string' || !NAME_RE.test(node) || typeof name !== 'string' || name.length > 255
+      ) {
+        throw new FileRequestError(400, 'invalid_request', 'expected ?job=&lock=&node=&index=&type=output|temp&name=');
       }
       if (type !== 'output' && type !== 'temp') throw new FileRequestError(400, 'invalid_request', 'type must be output or temp');
       const i = Number(index);
       if (!Number.isInteger(i) || i < 0 || i > 10_000) throw new FileRequestError(400, 'invalid_request', 'index must be a whole number');
       const job = queue.get(jobId);
-      if (!job || job.finishedAt !== null) throw new FileRequestError(409, 'not_running', `job ${jobId} is not running`);
+      if (!job || job.status !== 'running') throw new FileRequestError(409, 'not_running', `job ${jobId} is not running`);
+      // Only the worker holding the job's BullMQ lock may write its outputs.
+      if (!(await dispatcher.holdsLock(job, lock))) {
+        log(`warning: refused an output for job ${jobId}: the sender does not hold the job's lock`);
+        throw new FileRequestError(409, 'not_running', `job ${jobId} is not held with this lock`);
+      }
       if (!Buffer.isBuffer(req.body) || req.body.length === 0) throw new FileRequestError(400, 'invalid_upload', 'the body must be the image bytes');
+      // The bytes must decode as the image type the name claims.
+      const format = await checkImage(req.body);
+      if (!FORMAT_EXT[format]?.includes(outputParts(name).ext)) {
+        throw new FileRequestError(415, 'not_an_image', `"${name}" holds a ${format} image, not what its extension says`);
+      }
       const dir = type === 'output' ? paths.outputs : paths.temp;
       // The embedded runner's numbered names (issue 25); a retried job's upload overwrites its own file.
       const filename = await storeWorkerOutput(dir, name, jobId, node, i, req.body);
@@ -151,6 +140,11 @@ export function mountWorkerApi(ctx: ServerContext, dispatcher: BullmqDispatcher)
     res.json({ queue: dispatcher.kind, workers: dispatcher.workers() });
   });
 
+  // Workers check the server and their token here at start.
+  app.get('/api/worker/ping', (_req, res) => {
+    res.json({ queue: dispatcher.kind });
+  });
+
   ctx.websocket('/ws/worker', (ws: WebSocket) => {
     const link: WorkerLink = {
       send: (m) => {
@@ -158,26 +152,34 @@ export function mountWorkerApi(ctx: ServerContext, dispatcher: BullmqDispatcher)
       },
     };
     let hello = false;
+    let closed = false;
+    const refuse = (reason: string): void => {
+      if (closed) return;
+      closed = true;
+      log(`warning: worker websocket: ${reason}; closing it`);
+      ws.close(1008, reason.slice(0, 120)); // a close reason is at most 123 bytes
+    };
+    // One message at a time, in order: lock checks read Redis, and events must keep their order.
+    let chain: Promise<void> = Promise.resolve();
     ws.on('message', (data, isBinary) => {
-      const msg = isBinary ? undefined : parseWorkerMessage(data.toString());
-      if (!msg) {
-        log('warning: worker websocket: a malformed message; closing');
-        ws.close(1008, 'malformed message');
-        return;
-      }
+      if (closed) return;
+      const parsed = isBinary ? ({ ok: false, reason: 'a binary frame' } as const) : parseWorkerMessage(data.toString());
+      if (!parsed.ok) return refuse(parsed.reason);
+      const msg = parsed.msg;
       if (msg.type === 'hello') {
-        if (hello) return;
+        if (hello) return refuse('a second hello');
         hello = true;
-        dispatcher.workerConnected(link, msg);
+        const why = dispatcher.workerConnected(link, msg);
+        if (why) refuse(why);
         return;
       }
-      if (!hello) {
-        ws.close(1008, 'say hello first');
-        return;
-      }
-      dispatcher.workerMessage(link, msg);
+      if (!hello) return refuse('say hello first');
+      chain = chain.then(() => (closed ? undefined : dispatcher.workerMessage(link, msg))).catch((err: Error) => refuse(`internal error: ${err.message}`));
     });
-    ws.on('close', () => dispatcher.workerDisconnected(link));
+    ws.on('close', () => {
+      closed = true;
+      dispatcher.workerDisconnected(link);
+    });
     ws.on('error', (err) => log(`worker websocket: ${err.message}`));
   });
 }

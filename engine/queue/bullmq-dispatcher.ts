@@ -4,11 +4,15 @@
 // BullMQ's stored result is the truth about how a job ended, so a result is never lost or counted
 // twice: the server records it when the worker says it finished, and a sweep reads Redis for the
 // jobs it has not heard about (server restarts, dropped sockets, jobs failed by the stalled check).
-import { Job as BullJob, Queue, Worker, type ConnectionOptions } from 'bullmq';
+import { Queue, Worker, type ConnectionOptions } from 'bullmq';
+import { Redis } from 'ioredis';
+import type { RunEvent } from '../executor/events.ts';
 import type { ValidWorkflow } from '../workflow/types.ts';
 import {
+  bullId,
   checkRedis,
   fromWire,
+  isJobOutput,
   KEEP_FINISHED_S,
   MAX_STALLED_COUNT,
   queueName,
@@ -25,6 +29,7 @@ import { Emitter } from './emitter.ts';
 import type { JobQueue } from './queue.ts';
 import { failedBeforeStart, Recorder, type RunnerEvents } from './runner.ts';
 import type { Job, JobResult, PruneOptions } from './types.ts';
+import { checkJobResult, MAX_SETS_PER_WORKER } from './wire.ts';
 
 /** One connected worker's socket, as the transport gives it to the dispatcher. */
 export interface WorkerLink {
@@ -43,28 +48,56 @@ export interface BullmqDispatcherOptions {
   keepHistory?: PruneOptions;
   /** How often Redis is asked about jobs the server has not heard from (default 2 s). */
   sweepMs?: number;
+  /**
+   * How often every pending job is checked against Redis, the SQLite queue being the record: one
+   * Redis lost (FLUSHALL, a restart without AOF) is added again (default 10 s).
+   */
+  reconcileMs?: number;
+  /** The model sets this server knows (its models folder); empty: any valid name is accepted. */
+  knownSets?: () => readonly string[];
   log: (message: string) => void;
 }
 
 interface Live {
   job: Job;
   rec: Recorder;
+  /** The lock token of the worker whose events are accepted (checked against Redis each time). */
+  lock?: string;
+}
+
+/** At most this many model sets have Redis resources open at once (each: a queue and a stalled check). */
+export const MAX_OPEN_SETS = 64;
+/** A lock check that Redis does not answer in this long refuses the message (Redis is down). */
+const LOCK_CHECK_MS = 5000;
+
+/** What the server reads of a BullMQ job, without BullMQ parsing its data (forged entries may not be JSON). */
+interface RawJob {
+  state: string;
+  dataOk: boolean;
+  returnvalue: { ok: true; value: unknown } | { ok: false };
+  failedReason?: string;
+  deferredFailure?: string;
 }
 
 interface Connected {
   info: WorkerInfo;
   link: WorkerLink;
+  /** Refused messages, for a log that a flood cannot fill (see refused()). */
+  refused: number;
+  loggedAt: number;
 }
 
-/** BullMQ custom ids may not contain ':' (prompt ids may); '~' never appears in a job id. */
-export function bullId(id: string): string {
-  return `j.${id.replace(/:/g, '~')}`;
-}
+/** A worker's first refusals are logged one by one, later ones at most every 5 s with a count. */
+const REFUSALS_LOGGED = 10;
+
+export { bullId } from './bullmq.ts';
 
 export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispatcher {
   readonly kind = 'bullmq' as const;
   readonly queue: JobQueue;
   private readonly connection: ConnectionOptions;
+  /** One connection shared by every set's Queue (the stalled checks need their own). */
+  private shared: Redis | undefined;
   private readonly queues = new Map<string, Queue>();
   /** One per set: the server runs BullMQ's stalled check too, so a set whose workers all died still recovers. */
   private readonly checkers = new Map<string, Worker>();
@@ -75,6 +108,8 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
   private readonly finishing = new Set<string>();
   private readonly unsubscribe: (() => void)[] = [];
   private sweepTimer: NodeJS.Timeout | undefined;
+  private reconcileTimer: NodeJS.Timeout | undefined;
+  private reconciling = false;
   private sweeping: Promise<void> | undefined;
   private started = false;
   private paused = false;
@@ -122,6 +157,8 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
       for (const j of this.queue.running()) this.live.set(j.id, { job: j, rec: new Recorder() });
       this.sweepTimer = setInterval(() => void this.sweep(), this.o.sweepMs ?? 2000);
       this.sweepTimer.unref();
+      this.reconcileTimer = setInterval(() => void this.reconcile(), this.o.reconcileMs ?? 10_000);
+      this.reconcileTimer.unref();
     }
     void this.sweep();
   }
@@ -147,21 +184,34 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
     this.stopped = true;
     for (const u of this.unsubscribe.splice(0)) u();
     if (this.sweepTimer) clearInterval(this.sweepTimer);
+    if (this.reconcileTimer) clearInterval(this.reconcileTimer);
     await this.sweeping?.catch(() => {});
     const closing = [...this.checkers.values(), ...this.queues.values()].map((q) => q.close().catch(() => {}));
     await Promise.all(closing);
+    this.shared?.disconnect();
     this.emit('idle');
   }
 
   // ---- the worker side of the transport --------------------------------------------------
 
-  workerConnected(link: WorkerLink, hello: Extract<WorkerMessage, { type: 'hello' }>): void {
-    const info: WorkerInfo = { name: hello.name, device: hello.device, sets: [...hello.sets], loaded: [...hello.loaded], current: null, since: Date.now() };
-    this.workersByLink.set(link, { info, link });
-    for (const s of hello.sets) this.queueFor(s);
+  /**
+   * A worker said hello (schema-checked). Its sets are kept only when this server knows them (when
+   * it knows any) and within MAX_OPEN_SETS; a refusal is returned as the reason to close with.
+   */
+  workerConnected(link: WorkerLink, hello: Extract<WorkerMessage, { type: 'hello' }>): string | undefined {
+    const known = new Set(this.o.knownSets?.() ?? []);
+    const unknown = known.size ? hello.sets.filter((s) => !known.has(s)) : [];
+    if (unknown.length) this.log(`warning: worker ${hello.name} names model sets this server does not have (${unknown.join(', ')}); ignoring them`);
+    const sets = hello.sets.filter((s) => !unknown.includes(s)).slice(0, MAX_SETS_PER_WORKER);
+    const opened = new Set([...this.queues.keys(), ...sets]);
+    if (opened.size > MAX_OPEN_SETS) return `too many model sets in use (at most ${MAX_OPEN_SETS})`;
+    const info: WorkerInfo = { name: hello.name, device: hello.device, sets, loaded: hello.loaded.filter((s) => sets.includes(s)), current: null, since: Date.now() };
+    this.workersByLink.set(link, { info, link, refused: 0, loggedAt: 0 });
+    for (const s of sets) this.queueFor(s);
     link.send({ type: 'welcome', server: 'charflow' });
     this.emit('workers_changed');
-    this.log(`charflow: worker ${hello.name} connected (${hello.device}; sets ${hello.sets.join(', ') || 'none'})`);
+    this.log(`charflow: worker ${hello.name} connected (${hello.device}; sets ${sets.join(', ') || 'none'})`);
+    return undefined;
   }
 
   workerDisconnected(link: WorkerLink): void {
@@ -170,50 +220,95 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
     this.workersByLink.delete(link);
     this.log(`charflow: worker ${c.info.name} disconnected`);
     this.emit('workers_changed');
+    for (const s of c.info.sets) void this.release(s);
   }
 
-  /** A message from a connected worker (already parsed and shape-checked by the transport). */
-  workerMessage(link: WorkerLink, msg: WorkerMessage): void {
+  /**
+   * A message from a connected worker (already schema-checked by the transport, which hands them
+   * over one at a time). Anything about a job counts only from the worker that holds the job's
+   * BullMQ lock right now (its token, read from Redis); the rest is refused and logged.
+   */
+  async workerMessage(link: WorkerLink, msg: WorkerMessage): Promise<void> {
     const c = this.workersByLink.get(link);
     if (!c || !this.queue.isOpen) return;
     switch (msg.type) {
       case 'hello':
         return;
       case 'status':
-        c.info.loaded = [...msg.loaded];
+        c.info.loaded = msg.loaded.filter((s) => c.info.sets.includes(s));
         if (msg.current === null) c.info.current = null;
         this.emit('workers_changed');
         return;
       case 'started': {
-        const job = this.queue.markStarted(msg.jobId, c.info.name);
-        if (!job) {
-          // Finished or deleted here (e.g. cancelled while it waited): the worker must not go on.
+        const pending = this.queue.get(msg.jobId);
+        if (!pending || pending.finishedAt !== null || !(await this.holdsLock(pending, msg.lock))) {
+          if (pending && pending.finishedAt === null) this.refused(c, `refused "started" for job ${msg.jobId} from worker ${c.info.name}: it does not hold the job's lock`);
+          // Finished or deleted here (e.g. cancelled while it waited), or not this worker's: it must not go on.
           link.send({ type: 'cancel', jobId: msg.jobId });
           return;
         }
-        this.live.set(job.id, { job, rec: new Recorder() });
+        const job = this.queue.markStarted(msg.jobId, c.info.name);
+        if (!job) return link.send({ type: 'cancel', jobId: msg.jobId });
+        this.live.set(job.id, { job, rec: new Recorder(), lock: msg.lock });
         c.info.current = { id: job.id, number: job.number };
         this.emit('job_started', job);
         this.emit('workers_changed');
         return;
       }
       case 'event': {
-        let l = this.live.get(msg.jobId);
-        if (!l) {
-          const job = this.queue.get(msg.jobId);
-          if (!job || job.status !== 'running') return;
-          this.live.set(job.id, (l = { job, rec: new Recorder() }));
-        }
-        const e = fromWire(msg.event);
-        if (e.runId !== l.job.id) return;
+        const job = this.queue.get(msg.jobId);
+        const refuse = (why: string): void => this.refused(c, `refused an event for job ${msg.jobId} from worker ${c.info.name}: ${why}`);
+        if (!job || job.status !== 'running') return refuse('the job is not running');
+        const images = (msg.event.outputs as { images?: { filename: string; subfolder: string; type: string }[] } | undefined)?.images ?? [];
+        if (!images.every((img) => isJobOutput(job.id, img))) return refuse("it names images that are not this job's uploads");
+        if (!(await this.holdsLock(job, msg.lock))) return refuse("the worker does not hold the job's lock");
+        let l = this.live.get(job.id);
+        // The server restarted while the job ran: the lock holder's events are adopted.
+        if (!l || l.lock !== msg.lock) this.live.set(job.id, (l = { job: this.queue.get(job.id) ?? job, rec: l?.lock === undefined && l ? l.rec : new Recorder(), lock: msg.lock }));
+        if (l.rec.ended) return refuse('the job has ended already');
+        const e = fromWire(scrubEvent(msg.event));
         l.rec.record(e);
         this.emit('event', l.job, e);
         return;
       }
+      case 'sync':
+        // Messages are handled in order: everything this worker sent before has been dealt with.
+        link.send({ type: 'synced', jobId: msg.jobId });
+        return;
       case 'finished':
         if (c.info.current?.id === msg.jobId) c.info.current = null;
-        void this.settle(msg.jobId);
+        await this.settle(msg.jobId);
         return;
+    }
+  }
+
+  private refused(c: Connected, line: string): void {
+    c.refused++;
+    const now = Date.now();
+    if (c.refused <= REFUSALS_LOGGED || now - c.loggedAt >= 5000) {
+      c.loggedAt = now;
+      this.log(`warning: ${line}${c.refused > REFUSALS_LOGGED ? ` (${c.refused} refused from this worker so far)` : ''}`);
+    }
+  }
+
+  /**
+   * Whether `lock` is the BullMQ lock token of the job right now (an output upload, a `started`,
+   * an event). Redis unreachable or slow counts as no: nothing unverified reaches clients.
+   */
+  async holdsLock(job: Job, lock: string): Promise<boolean> {
+    if (this.stopped || job.finishedAt !== null) return false;
+    try {
+      const q = this.queueFor(this.setOf(job));
+      const client = this.redis();
+      const key = `${q.toKey(bullId(job.id))}:lock`;
+      let timer: NodeJS.Timeout | undefined;
+      const held = await Promise.race([
+        client.get(key),
+        new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), LOCK_CHECK_MS))),
+      ]).finally(() => clearTimeout(timer));
+      return held === lock;
+    } catch {
+      return false;
     }
   }
 
@@ -237,7 +332,7 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
     let q = this.queues.get(set);
     if (q) return q;
     const name = queueName(set);
-    q = new Queue(name, { connection: this.connection });
+    q = new Queue(name, { connection: this.redis() });
     q.on('error', (err) => this.log(`warning: Redis queue ${name}: ${err.message}`));
     this.queues.set(set, q);
     const checker = new Worker(name, null, {
@@ -251,6 +346,30 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
     void checker.startStalledCheckTimer().catch((err: Error) => this.log(`warning: stalled-job check on ${name}: ${err.message}`));
     this.checkers.set(set, checker);
     return q;
+  }
+
+  private redis(): Redis {
+    if (!this.shared) {
+      this.shared = new Redis({ ...redisOptions(this.o.url), maxRetriesPerRequest: null });
+      this.shared.on('error', () => {}); // each Queue reports its own errors
+    }
+    return this.shared;
+  }
+
+  /** Closes a set's queue and stalled check once no worker serves it and no job of it is waiting or running. */
+  private async release(set: string): Promise<void> {
+    if (this.stopped || [...this.workersByLink.values()].some((c) => c.info.sets.includes(set))) return;
+    if (this.queue.isOpen && [...this.queue.running(), ...this.queue.pending()].some((j) => this.setOf(j) === set)) return;
+    const q = this.queues.get(set);
+    const checker = this.checkers.get(set);
+    this.queues.delete(set);
+    this.checkers.delete(set);
+    await Promise.all([checker?.close(), q?.close()].map((p) => p?.catch(() => {})));
+  }
+
+  /** Model sets with Redis resources open now (tests, /system_stats). */
+  openSets(): string[] {
+    return [...this.queues.keys()];
   }
 
   private setOf(job: Job): string {
@@ -292,25 +411,42 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
     return pending.length > 1 && pending[0]?.id === job.id;
   }
 
-  private async findBull(id: string, set?: string): Promise<BullJob | undefined> {
-    const sets = set !== undefined ? [set] : [...this.queues.keys()];
-    for (const s of sets) {
-      const j = await BullJob.fromId(this.queueFor(s), bullId(id));
-      if (j) return j;
-    }
-    return undefined;
+  /** The job's BullMQ entry as Redis has it, read without BullMQ's parsing; undefined when Redis has none. */
+  private async readBull(id: string, set: string): Promise<RawJob | undefined> {
+    const q = this.queueFor(set);
+    const h = await this.redis().hgetall(q.toKey(bullId(id)));
+    if (!h || Object.keys(h).length === 0) return undefined;
+    const parse = (text: string | undefined): { ok: true; value: unknown } | { ok: false } => {
+      if (text === undefined) return { ok: false };
+      try {
+        return { ok: true, value: JSON.parse(text) };
+      } catch {
+        return { ok: false };
+      }
+    };
+    return {
+      state: await q.getJobState(bullId(id)),
+      dataOk: parse(h.data).ok,
+      returnvalue: parse(h.returnvalue),
+      ...(h.failedReason ? { failedReason: h.failedReason } : {}),
+      ...(h.defa ? { deferredFailure: h.defa } : {}),
+    };
   }
 
   private async removeFromRedis(id: string): Promise<void> {
+    const job = this.queue.isOpen ? this.queue.get(id) : undefined;
+    const sets = job ? [this.setOf(job)] : [...this.queues.keys()];
     try {
-      const j = await this.findBull(id);
-      if (!j) return;
-      const state = await j.getState();
-      if (state !== 'active') await j.remove();
-      // An active one is being started right now: its worker's 'started' gets a cancel back.
+      for (const s of sets) {
+        const q = this.queueFor(s);
+        const state = await q.getJobState(bullId(id));
+        // An active one is being started right now: its worker's 'started' gets a cancel back.
+        if (state !== 'unknown' && state !== 'active') await q.remove(bullId(id));
+      }
     } catch (err) {
       if (!this.stopped) this.log(`warning: could not remove job ${id} from Redis: ${(err as Error).message}`);
     }
+    if (job) void this.release(this.setOf(job));
   }
 
   /** Reads what Redis knows about a job the server still has as pending or running, and acts on it. */
@@ -320,25 +456,60 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
     if (!job || job.finishedAt !== null) return;
     this.finishing.add(id);
     try {
-      const bull = await this.findBull(id, this.setOf(job));
+      const bull = await this.readBull(id, this.setOf(job));
       if (!bull) {
         // Never reached Redis (or Redis lost it): it runs from the start.
         if (job.status === 'running') this.requeue(job);
         await this.dispatch(this.queue.get(id) ?? job);
         return;
       }
-      const state = await bull.getState();
-      if (state === 'completed') this.finish(job, bull.returnvalue as QueueJobResult | null, null);
-      else if (state === 'failed') this.finish(job, null, failureReason(bull.failedReason));
-      else if (state !== 'active' && bull.deferredFailure) {
+      if (!bull.dataOk && bull.state !== 'active') {
+        // Changed outside charflow: BullMQ cannot read it, so no worker may run it.
+        await this.queueFor(this.setOf(job)).remove(bullId(id));
+        this.finish(job, null, "its entry in Redis was damaged (the data is not JSON); it was not run");
+        return;
+      }
+      if (bull.state === 'completed') {
+        const r = bull.returnvalue.ok ? checkJobResult(bull.returnvalue.value) : ({ ok: false, reason: "the job's stored result is not JSON" } as const);
+        const bad = r.ok ? Object.values(r.msg.outputs).flatMap((o) => o.images ?? []).find((img) => !isJobOutput(job.id, img)) : undefined;
+        if (!r.ok) this.finish(job, null, r.reason);
+        else if (bad) this.finish(job, null, `the job's stored result names an image that is not its own (${bad.filename.slice(0, 80)})`);
+        else this.finish(job, scrubResult(r.msg), null);
+      } else if (bull.state === 'failed') this.finish(job, null, failureReason(bull.failedReason));
+      else if (bull.state !== 'active' && bull.deferredFailure) {
         // The stalled check gave up on it (BullMQ fails it only when a worker takes it next): fail it now.
-        await bull.remove();
+        await this.queueFor(this.setOf(job)).remove(bullId(id));
         this.finish(job, null, failureReason(bull.deferredFailure));
-      } else if (state !== 'active' && job.status === 'running') this.requeue(job); // moved back by the stalled check
+      } else if (bull.state !== 'active' && job.status === 'running') this.requeue(job); // moved back by the stalled check
     } catch (err) {
       if (!this.stopped) this.log(`warning: could not read job ${id} from Redis: ${(err as Error).message}`);
     } finally {
       this.finishing.delete(id);
+    }
+  }
+
+  /**
+   * The SQLite queue is the record: every pending job must have its Redis entry. One Redis lost
+   * (FLUSHALL, a restart without AOF) is added again; one that ended in Redis without the server
+   * hearing of it (a forged or damaged entry failed by a worker) is settled.
+   */
+  private async reconcile(): Promise<void> {
+    if (this.reconciling || this.stopped || this.paused || !this.queue.isOpen) return;
+    this.reconciling = true;
+    try {
+      for (const job of this.queue.pending()) {
+        if (this.stopped || !this.queue.isOpen) return;
+        if (this.undispatched.has(job.id) || this.finishing.has(job.id)) continue;
+        const state = await this.queueFor(this.setOf(job)).getJobState(bullId(job.id));
+        if (state === 'unknown') {
+          this.log(`warning: job ${job.id} was missing from Redis; adding it again`);
+          await this.dispatch(job);
+        } else if (state === 'completed' || state === 'failed') await this.settle(job.id);
+      }
+    } catch (err) {
+      if (!this.stopped) this.log(`warning: could not compare the queue with Redis: ${(err as Error).message}`);
+    } finally {
+      this.reconciling = false;
     }
   }
 
@@ -353,11 +524,17 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
     const l = this.live.get(job.id) ?? { job, rec: new Recorder() };
     this.live.delete(job.id);
     if (!l.rec.ended) {
-      const e = failedBeforeStart(job.id);
-      if (result === null || result.status === 'failed') {
-        l.rec.record(e);
-        this.emit('event', l.job, e);
-      }
+      // Clients get exactly one terminal event: the worker's own when it was accepted, else this one
+      // (its last events were refused, e.g. sent while Redis was away and the lock could not be checked).
+      const zero = { done: 0, cached: 0, failed: 0, skipped: 0, cancelled: 0 };
+      const e: RunEvent =
+        result?.status === 'done'
+          ? { type: 'run_finished', runId: job.id, time: Date.now(), status: 'done', ms: 0, counts: zero }
+          : result?.status === 'interrupted'
+            ? { type: 'run_cancelled', runId: job.id, time: Date.now(), ms: 0, counts: zero }
+            : failedBeforeStart(job.id);
+      l.rec.record(e);
+      this.emit('event', l.job, e);
     }
     const res: JobResult = result
       ? { status: result.status, outputs: result.outputs ?? {}, nodes: result.nodes ?? {}, messages: l.rec.messages, error: result.error }
@@ -402,9 +579,36 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
   }
 }
 
+/**
+ * Absolute file paths in a worker's words become their last part: the history names the node and
+ * the input, never a worker's folders.
+ */
+export function scrubPaths(text: string): string {
+  return text
+    .replace(/(^|[\s'"(=\[])\/(?:[^\s'"`()\[\]/]+\/)+([^\s'"`()\[\]/]*)/g, '$1$2')
+    .replace(/(^|[\s'"(=\[])[A-Za-z]:\\(?:[^\s'"`()\[\]\\]+\\)+([^\s'"`()\[\]\\]*)/g, '$1$2');
+}
+
+/** A worker's event without stacks or worker paths. */
+function scrubEvent<E extends { type: string }>(e: E): E {
+  if (e.type !== 'node_failed' && e.type !== 'node_skipped') return e;
+  const { stack: _stack, ...rest } = e as E & { stack?: string; message?: string; error?: string };
+  return {
+    ...rest,
+    ...(typeof rest.message === 'string' ? { message: scrubPaths(rest.message) } : {}),
+    ...(typeof rest.error === 'string' ? { error: scrubPaths(rest.error) } : {}),
+  } as unknown as E;
+}
+
+function scrubResult(r: QueueJobResult): QueueJobResult {
+  const nodes: QueueJobResult['nodes'] = {};
+  for (const [id, n] of Object.entries(r.nodes)) nodes[id] = n.status === 'failed' ? { ...n, message: scrubPaths(n.message), error: scrubPaths(n.error) } : n.status === 'skipped' ? { ...n, message: scrubPaths(n.message) } : n;
+  return { ...r, error: r.error === null ? null : scrubPaths(r.error), nodes };
+}
+
 /** The reason BullMQ gave, in words a user can act on. */
 function failureReason(why: string | undefined): string {
-  why ??= '';
+  why = scrubPaths(why ?? '');
   if (/stalled more than allowable limit/i.test(why)) {
     return `the job stalled ${MAX_STALLED_COUNT + 1} times (the worker running it died or stopped renewing its lock each time); it is not retried again`;
   }

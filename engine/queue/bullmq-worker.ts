@@ -5,13 +5,16 @@
 // the job's lock), uploads output images to the server, relays every run event, and stores a small
 // result in Redis. One job at a time per worker process.
 import { randomUUID } from 'node:crypto';
-import { Queue, QueueEvents, Worker, type ConnectionOptions, type Job as BullJob } from 'bullmq';
+import { Job as BullJobClass, Queue, QueueEvents, Worker, type ConnectionOptions, type Job as BullJob } from 'bullmq';
+import { Redis } from 'ioredis';
 import type { Logger, NodeDef } from '../node.ts';
 import { Executor, type RunEvent, type RunResult } from '../executor/index.ts';
+import type { NodeOutcome } from '../executor/executor.ts';
 import { validateWorkflow, WorkflowError } from '../workflow/index.ts';
 import type { ValidWorkflow } from '../workflow/types.ts';
 import {
   DEFAULT_COLD_DELAY_MS,
+  jobIdOf,
   MAX_STALLED_COUNT,
   queueName,
   redisOptions,
@@ -36,8 +39,8 @@ export interface ServerLink {
   onConnected(fn: () => void): void;
   /** The input's bytes into the worker's input cache; returns the path to put in the workflow. */
   fetchInput(ref: InputRef): Promise<string>;
-  /** Uploads an image a node wrote here; returns the name the server stored it under. */
-  uploadImage(jobId: string, nodeId: string, index: number, image: JobImage): Promise<JobImage>;
+  /** Uploads an image a node wrote here (with the job's lock token); returns the name the server stored it under. */
+  uploadImage(jobId: string, lock: string, nodeId: string, index: number, image: JobImage): Promise<JobImage>;
 }
 
 export interface QueueWorkerOptions<S> {
@@ -62,8 +65,14 @@ export interface QueueWorkerOptions<S> {
 
 interface Current {
   jobId: string;
+  /** The BullMQ lock token this worker holds the job with (one per job). */
+  lock: string;
   controller: AbortController;
   lost: boolean;
+  /** When the lock was last taken or renewed: past lockDuration it may belong to another worker. */
+  renewedAt: number;
+  /** Renews the lock now; false when it is not this worker's any more. */
+  extend: () => Promise<boolean>;
 }
 
 function message(err: unknown): string {
@@ -74,7 +83,12 @@ export class QueueWorker<S> {
   readonly executor: Executor<S>;
   private readonly o: QueueWorkerOptions<S>;
   private readonly connection: ConnectionOptions;
-  private readonly token = randomUUID();
+  /** Lock tokens are this worker's id plus a counter, new for every job taken. */
+  private readonly workerId = randomUUID();
+  private taken = 0;
+  private readonly synced = new Map<string, () => void>();
+  /** For what BullMQ cannot do for us (a job whose data it cannot parse). */
+  private raw: Redis | undefined;
   private readonly bull = new Map<string, { worker: Worker; queue: Queue; events: QueueEvents }>();
   private readonly logger: Logger;
   private current: Current | undefined;
@@ -137,6 +151,7 @@ export class QueueWorker<S> {
     this.wake();
     await this.loop?.catch(() => {});
     for (const b of this.bull.values()) await Promise.all([b.events.close(), b.worker.close(true), b.queue.close()].map((p) => p.catch(() => {})));
+    this.raw?.disconnect();
   }
 
   private wake(): void {
@@ -159,6 +174,10 @@ export class QueueWorker<S> {
   }
 
   private onServer(m: ServerToWorker): void {
+    if (m.type === 'synced') {
+      this.synced.get(m.jobId)?.();
+      return;
+    }
     if (m.type === 'cancel' && this.current?.jobId === m.jobId) this.current.controller.abort(new Error('cancelled'));
     if (m.type === 'free') {
       if (m.clearCache) this.executor.cache.clear();
@@ -172,19 +191,19 @@ export class QueueWorker<S> {
 
   private async run(): Promise<void> {
     while (!this.stopped) {
-      let next: { job: BullJob; set: string } | undefined;
+      let next: { job: BullJob; set: string; lock: string } | undefined;
       let retryIn = 1000;
       try {
         if (this.o.link.connected) {
           const r = await this.take();
-          next = r.job ? { job: r.job, set: r.set! } : undefined;
+          next = r.job ? { job: r.job, set: r.set!, lock: r.lock! } : undefined;
           if (r.retryIn !== undefined) retryIn = Math.min(retryIn, r.retryIn);
         }
       } catch (err) {
         if (!this.stopped) this.logger.warn(`could not take a job: ${message(err)}`);
       }
       if (this.stopped) {
-        if (next) await next.job.moveToWait(this.token).catch(() => {});
+        if (next) await next.job.moveToWait(next.lock).catch(() => {});
         return;
       }
       if (!next) {
@@ -192,7 +211,7 @@ export class QueueWorker<S> {
         continue;
       }
       try {
-        await this.process(next.job);
+        await this.process(next.job, next.lock);
       } catch (err) {
         this.logger.warn(`job ${next.job.id}: ${message(err)}`);
       }
@@ -200,88 +219,170 @@ export class QueueWorker<S> {
   }
 
   /** Warm sets' jobs at once; a cold set's job only once it has waited coldDelayMs for a warm worker. */
-  private async take(): Promise<{ job?: BullJob; set?: string; retryIn?: number }> {
+  private async take(): Promise<{ job?: BullJob; set?: string; lock?: string; retryIn?: number }> {
     const loaded = new Set(this.o.loadedSets());
     const warm = this.o.sets.filter((s) => loaded.has(s));
     const cold = this.o.sets.filter((s) => !loaded.has(s));
     for (const set of warm) {
-      const job = await this.bull.get(set)!.worker.getNextJob(this.token, { block: false });
-      if (job) return { job, set };
+      const lock = this.newLock();
+      const job = await this.next(set, lock);
+      if (job) return { job, set, lock };
     }
     const delay = this.o.coldDelayMs ?? DEFAULT_COLD_DELAY_MS;
     let retryIn: number | undefined;
     for (const set of cold) {
       const b = this.bull.get(set)!;
-      const [first] = await b.queue.getJobs(['prioritized', 'wait'], 0, 0, true);
+      // BullMQ parses the job it lists: a damaged one is taken at once (next() fails it).
+      const first = await b.queue.getJobs(['prioritized', 'wait'], 0, 0, true).then(
+        ([j]) => j,
+        (err: Error) => {
+          if (err.name !== 'SyntaxError') throw err;
+          return { timestamp: 0 };
+        },
+      );
       if (!first) continue;
       const waited = Date.now() - first.timestamp;
       if (waited < delay) {
         retryIn = Math.min(retryIn ?? delay, delay - waited + 5);
         continue;
       }
-      const job = await b.worker.getNextJob(this.token, { block: false });
-      if (job) return { job, set };
+      const lock = this.newLock();
+      const job = await this.next(set, lock);
+      if (job) return { job, set, lock };
     }
     return { retryIn };
   }
 
-  private async process(bull: BullJob): Promise<void> {
+  private newLock(): string {
+    return `${this.workerId}:${++this.taken}`;
+  }
+
+  /**
+   * BullMQ's getNextJob, except that a job whose stored data is not JSON (BullMQ cannot read it, and
+   * it would come back after every stall) is failed with the reason instead of looping forever.
+   */
+  private async next(set: string, lock: string): Promise<BullJob | undefined> {
+    const b = this.bull.get(set)!;
+    try {
+      return await b.worker.getNextJob(lock, { block: false });
+    } catch (err) {
+      if ((err as Error).name !== 'SyntaxError') throw err;
+      const client = (this.raw ??= new Redis({ ...redisOptions(this.o.url), maxRetriesPerRequest: null }).on('error', () => {}));
+      for (const id of await client.lrange(b.queue.keys.active!, 0, -1)) {
+        if ((await client.get(`${b.queue.toKey(id)}:lock`)) !== lock) continue;
+        const held = new BullJobClass(b.queue, 'run', {}, { attempts: 1 }, id);
+        await held.moveToFailed(new Error("the job's data in Redis is not JSON (it was changed outside charflow); it is not run"), lock, false);
+        this.logger.warn(`job ${id}: its data in Redis is not JSON; failed without running it`);
+      }
+      return undefined;
+    }
+  }
+
+  private async process(bull: BullJob, lock: string): Promise<void> {
     const data = bull.data as QueueJobData & { id: string };
-    const jobId = typeof data?.id === 'string' ? data.id : String(bull.id);
-    if (bull.deferredFailure) {
-      // BullMQ's stalled check gave up on this job (it stalled too often): fail it, do not run it.
-      await bull.moveToFailed(new Error(bull.deferredFailure), this.token, false);
-      await this.o.link.sendNow({ type: 'finished', jobId }).catch(() => {});
+    const jobId = jobIdOf(bull.id);
+    // Only entries charflow made run: the id inside the data must be the one the entry is stored under
+    // (a forged entry naming another job's id would run that job twice).
+    const forged = jobId === undefined ? `job id "${String(bull.id).slice(0, 140)}" is not one charflow makes` : typeof data !== 'object' || data === null || data.id !== jobId ? "the job's data names another job" : undefined;
+    if (forged || jobId === undefined || bull.deferredFailure) {
+      // Forged, or BullMQ's stalled check gave up on this job (it stalled too often): fail it, do not run it.
+      await bull.moveToFailed(new Error(forged ? `${forged}; it is not run` : bull.deferredFailure!), lock, false);
+      if (jobId !== undefined) await this.o.link.sendNow({ type: 'finished', jobId }).catch(() => {});
+      if (forged) this.logger.warn(`job ${String(bull.id).slice(0, 140)}: ${forged}; failed without running it`);
       return;
     }
-    const cur: Current = { jobId, controller: new AbortController(), lost: false };
+    const extend = async (): Promise<boolean> => {
+      const asked = Date.now();
+      const ok = await bull.extendLock(lock, this.o.timing.lockDurationMs);
+      if (ok) cur.renewedAt = Math.max(cur.renewedAt, asked);
+      else this.lose(cur);
+      return !!ok;
+    };
+    const cur: Current = { jobId, lock, controller: new AbortController(), lost: false, renewedAt: Date.now(), extend };
     this.current = cur;
     // Renew the lock while the job runs; losing it means another worker may have the job now.
     const renew = setInterval(() => {
-      bull.extendLock(this.token, this.o.timing.lockDurationMs).then(
-        (ok) => {
-          if (!ok && !cur.lost) {
-            cur.lost = true;
-            cur.controller.abort(new Error('the job lock was lost'));
-          }
-        },
-        (err: Error) => this.logger.warn(`job ${jobId}: could not renew its lock: ${err.message}`),
-      );
+      extend().catch((err: Error) => this.logger.warn(`job ${jobId}: could not renew its lock: ${err.message}`));
     }, Math.max(50, Math.floor(this.o.timing.lockDurationMs / 2)));
     let result: QueueJobResult;
     try {
-      this.o.link.send({ type: 'started', jobId });
+      this.o.link.send({ type: 'started', jobId, lock });
       this.status();
-      result = await this.runJob(jobId, data, cur.controller.signal);
+      result = await this.runJob(cur, data);
     } finally {
       clearInterval(renew);
       this.current = undefined;
     }
     if (cur.lost) {
       // Stopping (goes back to waiting) or the lock is gone (the stalled check moved it): not ours to finish.
-      if (this.stopped) await bull.moveToWait(this.token).catch(() => {});
+      if (this.stopped) await bull.moveToWait(lock).catch(() => {});
       return;
     }
-    await bull.moveToCompleted(result, this.token, false);
+    // The server checks each event against the lock: let it handle them all before the lock goes.
+    await this.sync(jobId, lock);
+    await bull.moveToCompleted(result, lock, false);
     await this.o.link.sendNow({ type: 'finished', jobId }).catch(() => {
       // The server reads the result from Redis when it comes back.
     });
     this.status();
   }
 
+  /** Waits (at most 10 s) until the server has handled every message sent for the job so far. */
+  private async sync(jobId: string, lock: string): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const done = new Promise<void>((resolve) => {
+      this.synced.set(jobId, resolve);
+      timer = setTimeout(resolve, 10_000);
+    });
+    try {
+      await this.o.link.sendNow({ type: 'sync', jobId, lock });
+      await done;
+    } catch {
+      // Not connected: the server will read the result from Redis.
+    } finally {
+      clearTimeout(timer);
+      this.synced.delete(jobId);
+    }
+  }
+
+  /** Lost (or maybe lost) the job's lock: another worker may run it now, so nothing more goes out for it. */
+  private lose(cur: Current): void {
+    if (cur.lost) return;
+    cur.lost = true;
+    cur.controller.abort(new Error('the job lock was lost'));
+    this.logger.warn(`job ${cur.jobId}: lost its lock (this process was paused or Redis was unreachable); stopping it here`);
+  }
+
+  /**
+   * Whether this worker still holds the job. A lock not renewed for most of lockDuration (this
+   * process was stopped, or Redis was away) may have passed to another worker: renewed first, and
+   * nothing is sent unless that succeeds.
+   */
+  private async holds(cur: Current): Promise<boolean> {
+    if (cur.lost) return false;
+    if (Date.now() - cur.renewedAt > this.o.timing.lockDurationMs * 0.75) await cur.extend().catch(() => false);
+    return !cur.lost && Date.now() - cur.renewedAt <= this.o.timing.lockDurationMs;
+  }
+
   /** The same checks and outcome rules as the server's QueueRunner, then the run itself. */
-  private async runJob(jobId: string, data: QueueJobData, signal: AbortSignal): Promise<QueueJobResult> {
+  private async runJob(cur: Current, data: QueueJobData): Promise<QueueJobResult> {
+    const { jobId, lock } = cur;
+    const signal = cur.controller.signal;
     const rec = new Recorder();
+    // Local input paths (by-hash cache) go back to the names the workflow used, in every message.
+    const localNames = new Map<string, string>();
     // Events leave in order; an event with images waits for their upload (the server's names go out).
     let chain: Promise<void> = Promise.resolve();
     const relay = (e: RunEvent): Promise<void> => {
       chain = chain.then(async () => {
+        if (!(await this.holds(cur))) return;
+        if (e.type === 'node_failed' && e.stack) this.logger.warn(`job ${jobId}: ${e.stack}`);
         let images: JobImage[] | undefined;
         const own = 'outputs' in e ? imagesOf(e.outputs) : undefined;
-        if (own) images = await Promise.all(own.map((img, i) => this.o.link.uploadImage(jobId, (e as { nodeId: string }).nodeId, i, img)));
-        const sent: RunEvent = images ? ({ ...e, outputs: { images } } as RunEvent) : e;
+        if (own) images = await Promise.all(own.map((img, i) => this.o.link.uploadImage(jobId, lock, (e as { nodeId: string }).nodeId, i, img)));
+        const sent = withLocalNames(images ? ({ ...e, outputs: { images } } as RunEvent) : e, localNames);
         rec.record(sent);
-        this.o.link.send({ type: 'event', jobId, event: toWire(sent, images) });
+        if (await this.holds(cur)) this.o.link.send({ type: 'event', jobId, lock, event: toWire(sent, images) });
       });
       return chain;
     };
@@ -291,7 +392,7 @@ export class QueueWorker<S> {
       const workflow = data?.workflow as unknown;
       const v = validateWorkflow(workflow, this.o.registry, this.o.maxNodes === undefined ? {} : { maxNodes: this.o.maxNodes });
       if (!v.ok) throw new WorkflowError(v.errors);
-      const wf = await this.withLocalInputs(v.workflow!, Array.isArray(data.inputs) ? data.inputs : []);
+      const wf = await this.withLocalInputs(v.workflow!, Array.isArray(data.inputs) ? data.inputs : [], localNames);
       run = await this.executor.run(wf, {
         runId: jobId,
         ...(Array.isArray(data.targets) ? { targets: data.targets } : {}),
@@ -300,11 +401,15 @@ export class QueueWorker<S> {
       });
       await chain;
     } catch (err) {
-      error = message(err);
+      error = renameLocal(message(err), localNames);
       await chain.catch(() => {});
     }
     if (!rec.ended) await relay(failedBeforeStart(jobId)).catch(() => {});
-    return { ...jobOutcome(run, error), outputs: rec.outputs, nodes: run?.nodes ?? {}, worker: this.o.name };
+    const nodes: Record<string, NodeOutcome> = {};
+    for (const [id, n] of Object.entries(run?.nodes ?? {})) {
+      nodes[id] = n.status === 'failed' ? { ...n, message: renameLocal(n.message, localNames), error: renameLocal(n.error, localNames) } : n;
+    }
+    return { ...jobOutcome(run, error), outputs: rec.outputs, nodes, worker: this.o.name };
   }
 
   /**
@@ -312,7 +417,7 @@ export class QueueWorker<S> {
    * copy (fetched by content hash). Only a parameter that is an image path and still holds the listed value is
    * rewritten; anything else stays as validated, and the node resolves it inside its own folders.
    */
-  private async withLocalInputs(wf: ValidWorkflow, refs: readonly InputRef[]): Promise<ValidWorkflow> {
+  private async withLocalInputs(wf: ValidWorkflow, refs: readonly InputRef[], localNames: Map<string, string>): Promise<ValidWorkflow> {
     if (!refs.length) return wf;
     const nodes = { ...wf.nodes };
     for (const ref of refs) {
@@ -321,8 +426,25 @@ export class QueueWorker<S> {
       const param = this.o.registry.get(node.type)?.params?.[ref.field];
       if (!param || param.format !== (ref.kind === 'character' ? 'character' : 'image') || node.inputs[ref.field] !== ref.path) continue;
       const local = await this.o.link.fetchInput(ref);
+      localNames.set(local, ref.path);
       nodes[ref.nodeId] = { ...node, inputs: { ...node.inputs, [ref.field]: local } };
     }
     return { ...wf, nodes };
   }
+}
+
+/** `text` with this worker's cached input paths named as the workflow names them. */
+function renameLocal(text: string, localNames: ReadonlyMap<string, string>): string {
+  for (const [local, name] of localNames) text = text.split(local).join(name);
+  return text;
+}
+
+/** A failure event names the workflow's inputs, not this worker's cache; stacks stay in the worker's log. */
+function withLocalNames(e: RunEvent, localNames: ReadonlyMap<string, string>): RunEvent {
+  if (e.type === 'node_failed') {
+    const { stack: _stack, ...rest } = e;
+    return { ...rest, message: renameLocal(e.message, localNames), error: renameLocal(e.error, localNames) };
+  }
+  if (e.type === 'node_skipped') return { ...e, message: renameLocal(e.message, localNames) };
+  return e;
 }

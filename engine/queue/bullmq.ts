@@ -43,9 +43,34 @@ export function timingFromEnv(env: Readonly<Record<string, string | undefined>>)
   return { lockDurationMs: num('CHARFLOW_LOCK_DURATION_MS', DEFAULT_LOCK_DURATION_MS), stalledIntervalMs: num('CHARFLOW_STALLED_INTERVAL_MS', DEFAULT_STALLED_INTERVAL_MS) };
 }
 
+/** Model set names (queue names are built from them): the LoadModels pattern. */
+export const SET_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
 export function queueName(set: string): string {
-  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(set)) throw new Error(`"${set}" is not a valid model set name`);
+  if (!SET_NAME_RE.test(set)) throw new Error(`"${set}" is not a valid model set name`);
   return `${QUEUE_PREFIX}.${set}`;
+}
+
+/** BullMQ custom ids may not contain ':' (prompt ids may); '~' never appears in a job id. */
+export function bullId(id: string): string {
+  return `j.${id.replace(/:/g, '~')}`;
+}
+
+/** The charflow job id of a BullMQ job id; undefined for ids charflow never makes (forged entries). */
+export function jobIdOf(bull: string | undefined): string | undefined {
+  if (bull === undefined || !/^j\.[A-Za-z0-9_.~-]{1,128}$/.test(bull)) return undefined;
+  return bull.slice(2).replace(/~/g, ':');
+}
+
+/** A job id as it appears inside an output's file name. */
+export function fileSafeId(id: string): string {
+  return id.replace(/[^A-Za-z0-9_-]/g, '-');
+}
+
+/** An image a worker reports for a job must be one of that job's uploads (see outputName in editor/server/workers.ts). */
+export function isJobOutput(jobId: string, image: { filename: string; subfolder: string; type: string }): boolean {
+  if (image.subfolder !== '' || (image.type !== 'output' && image.type !== 'temp')) return false;
+  return /^[A-Za-z0-9_-]{1,400}\.(?:png|jpe?g|webp)$/.test(image.filename) && image.filename.includes(`_${fileSafeId(jobId)}_`);
 }
 
 /** An input image a job needs, by content hash: the worker fetches it from the server. */
@@ -88,12 +113,14 @@ export type WireEvent = Omit<RunEvent, 'preview' | 'outputs'> & {
   outputs?: Record<string, unknown>;
 };
 
-/** Worker -> server. */
+/** Worker -> server (schemas: wire.ts). `lock`: the BullMQ lock token the worker holds the job with. */
 export type WorkerMessage =
   | { type: 'hello'; name: string; device: string; sets: string[]; loaded: string[] }
   | { type: 'status'; loaded: string[]; current: string | null }
-  | { type: 'started'; jobId: string }
-  | { type: 'event'; jobId: string; event: WireEvent }
+  | { type: 'started'; jobId: string; lock: string }
+  | { type: 'event'; jobId: string; lock: string; event: WireEvent }
+  /** Before the worker lets go of the lock: answered with `synced` once every earlier message was handled. */
+  | { type: 'sync'; jobId: string; lock: string }
   /** Sent after BullMQ recorded the result: the server reads it from Redis. */
   | { type: 'finished'; jobId: string };
 
@@ -101,6 +128,7 @@ export type WorkerMessage =
 export type ServerToWorker =
   | { type: 'welcome'; server: string }
   | { type: 'cancel'; jobId: string }
+  | { type: 'synced'; jobId: string }
   | { type: 'free'; unloadModels: boolean; clearCache: boolean };
 
 /** Why charflow cannot use the Redis given with --queue; the message says what to do. */

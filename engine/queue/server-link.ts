@@ -10,6 +10,7 @@ import { writeFileAtomic } from '../fsutil.ts';
 import { resolveInside } from '../paths.ts';
 import type { InputRef, ServerToWorker, WorkerMessage } from './bullmq.ts';
 import type { ServerLink } from './bullmq-worker.ts';
+import { parseServerMessage } from './wire.ts';
 import type { JobImage } from './types.ts';
 
 export interface HttpServerLinkOptions {
@@ -67,11 +68,11 @@ export class HttpServerLink implements ServerLink {
   async open(): Promise<void> {
     let res: Response;
     try {
-      res = await fetch(this.url('/api/workers'), { headers: this.headers(), signal: AbortSignal.timeout(10_000) });
+      res = await fetch(this.url('/api/worker/ping'), { headers: this.headers(), signal: AbortSignal.timeout(10_000) });
     } catch (err) {
       throw new ServerLinkError(`cannot reach the server at ${this.base.origin}: ${(err as Error).cause instanceof Error ? ((err as Error).cause as Error).message : (err as Error).message}`);
     }
-    if (res.status === 401) throw new ServerLinkError(`the server at ${this.base.origin} refused the token (${((await res.json().catch(() => ({}))) as { message?: string }).message ?? 'unauthorized'}); pass its --token`);
+    if (res.status === 401) throw new ServerLinkError(`the server at ${this.base.origin} refused the token (${((await res.json().catch(() => ({}))) as { message?: string }).message ?? 'unauthorized'}); pass the server's --worker-token`);
     if (res.status === 404) throw new ServerLinkError(`the server at ${this.base.origin} does not take workers: start it with --queue redis://...`);
     if (!res.ok) throw new ServerLinkError(`the server at ${this.base.origin} answered ${res.status}`);
     await res.body?.cancel();
@@ -94,14 +95,13 @@ export class HttpServerLink implements ServerLink {
       for (const f of this.connectedFns) f();
     });
     ws.on('message', (data, isBinary) => {
-      if (isBinary) return;
-      let m: ServerToWorker;
-      try {
-        m = JSON.parse(data.toString()) as ServerToWorker;
-      } catch {
+      const m = isBinary ? undefined : parseServerMessage(data.toString());
+      if (!m?.ok) {
+        this.o.log(`warning: the server sent ${m ? m.reason : 'a binary frame'}; reconnecting`);
+        ws.close(1008, m ? m.reason.slice(0, 120) : 'binary frame');
         return;
       }
-      for (const f of this.messageFns) f(m);
+      for (const f of this.messageFns) f(m.msg);
     });
     ws.on('error', () => {}); // 'close' follows
     ws.on('close', () => {
@@ -147,12 +147,12 @@ export class HttpServerLink implements ServerLink {
     return rel;
   }
 
-  async uploadImage(jobId: string, nodeId: string, index: number, image: JobImage): Promise<JobImage> {
+  async uploadImage(jobId: string, lock: string, nodeId: string, index: number, image: JobImage): Promise<JobImage> {
     const dir = image.type === 'temp' ? this.o.tempDir : this.o.outputsDir;
     if (image.type === 'input') return image;
     const file = resolveInside(dir, path.join(image.subfolder, image.filename));
     const bytes = await readFile(file);
-    const q = new URLSearchParams({ job: jobId, node: nodeId, index: String(index), type: image.type, name: image.filename });
+    const q = new URLSearchParams({ job: jobId, lock, node: nodeId, index: String(index), type: image.type, name: image.filename });
     const res = await this.retry(`output ${image.filename}`, () =>
       fetch(this.url(`/api/worker/outputs?${q}`), { method: 'PUT', headers: this.headers({ 'content-type': 'application/octet-stream' }), body: bytes }),
     );

@@ -98,7 +98,7 @@ export function startWorker(
   o: { queue: string; server: string; token?: string; models: string; data?: string; threads?: number; sets?: string; env?: Record<string, string> },
 ): WorkerProcess {
   const args = [BIN, 'worker', '--queue', o.queue, '--server', o.server, '--models', o.models, '--data', o.data ?? tempDir(`worker-${name}`), '--device', 'cpu', '--name', name];
-  if (o.token) args.push('--token', o.token);
+  if (o.token) args.push('--worker-token', o.token);
   if (o.threads) args.push('--threads', String(o.threads));
   if (o.sets) args.push('--sets', o.sets);
   const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...o.env } });

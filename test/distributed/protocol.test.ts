@@ -3,7 +3,10 @@
 import { describe, expect, it } from 'vitest';
 import { queueName, redact, redisOptions, RedisUnreachableError, timingFromEnv, DEFAULT_LOCK_DURATION_MS, DEFAULT_STALLED_INTERVAL_MS } from '../../engine/queue/bullmq.ts';
 import { bullId } from '../../engine/queue/bullmq-dispatcher.ts';
-import { outputName, parseWorkerMessage } from '../../editor/server/workers.ts';
+import { outputParts } from '../../editor/server/worker-outputs.ts';
+import { checkJobResult, parseServerMessage, parseWorkerMessage } from '../../engine/queue/wire.ts';
+import { isJobOutput, jobIdOf } from '../../engine/queue/bullmq.ts';
+import { scrubPaths } from '../../engine/queue/bullmq-dispatcher.ts';
 
 describe('scale-out protocol', () => {
   it('reads redis:// and rediss:// URLs and refuses others', () => {
@@ -29,19 +32,55 @@ describe('scale-out protocol', () => {
     expect(() => timingFromEnv({ CHARFLOW_LOCK_DURATION_MS: '5s' })).toThrow(/CHARFLOW_LOCK_DURATION_MS/);
   });
 
-  it('accepts only well-formed worker messages', () => {
-    expect(parseWorkerMessage(JSON.stringify({ type: 'hello', name: 'gpu-1', device: 'cuda', sets: ['tiny'], loaded: [] }))).toMatchObject({ type: 'hello' });
-    expect(parseWorkerMessage(JSON.stringify({ type: 'started', jobId: 'abc' }))).toEqual({ type: 'started', jobId: 'abc' });
-    expect(parseWorkerMessage(JSON.stringify({ type: 'event', jobId: 'a', event: { type: 'node_started', runId: 'b' } }))).toBeUndefined();
-    expect(parseWorkerMessage(JSON.stringify({ type: 'hello', name: '../x', device: 'cpu', sets: [], loaded: [] }))).toBeUndefined();
-    expect(parseWorkerMessage(JSON.stringify({ type: 'started', jobId: 'a b' }))).toBeUndefined();
-    expect(parseWorkerMessage('{')).toBeUndefined();
-    expect(parseWorkerMessage(JSON.stringify({ type: 'shell', cmd: 'rm' }))).toBeUndefined();
+  it('accepts only well-formed worker messages (one ajv schema per message)', () => {
+    const ok = (m: unknown): unknown => {
+      const r = parseWorkerMessage(JSON.stringify(m));
+      return r.ok ? r.msg : r.reason;
+    };
+    expect(ok({ type: 'hello', name: 'gpu-1', device: 'cuda', sets: ['tiny'], loaded: [] })).toMatchObject({ type: 'hello' });
+    expect(ok({ type: 'started', jobId: 'abc', lock: 'w:1' })).toEqual({ type: 'started', jobId: 'abc', lock: 'w:1' });
+    expect(ok({ type: 'started', jobId: 'abc' })).toBe('invalid "started": the message lacks "lock"');
+    expect(ok({ type: 'event', jobId: 'a', lock: 'l', event: { type: 'node_started', runId: 'b', time: 1, nodeId: '1', nodeType: 'X' } })).toBe('invalid "event": the event names another job');
+    expect(ok({ type: 'hello', name: '../x', device: 'cpu', sets: [], loaded: [] })).toMatch(/^invalid "hello": "name" must match pattern/);
+    // The frames that ended the server: a set name outside the charset, a preview whose base64 is a number.
+    expect(ok({ type: 'hello', name: 'w', device: 'cpu', sets: ['../../bad set'], loaded: [] })).toMatch(/^invalid "hello": "sets.0" must match pattern/);
+    expect(ok({ type: 'hello', name: 'w', device: 'cpu', sets: Array.from({ length: 100 }, (_, i) => `s${i}`), loaded: [] })).toBe('invalid "hello": "sets" must NOT have more than 16 items');
+    expect(ok({ type: 'event', jobId: 'a', lock: 'l', event: { type: 'node_progress', runId: 'a', time: 1, nodeId: '1', nodeType: 'X', step: 1, total: 2, preview: { format: 'png', base64: 5 } } })).toBe(
+      'invalid "event": event "preview.base64" must be string',
+    );
+    expect(ok({ type: 'started', jobId: 'a b', lock: 'l' })).toMatch(/"jobId" must match pattern/);
+    expect(ok({ type: 'status', loaded: [], current: null, extra: 1 })).toBe('invalid "status": the message has an unknown field "extra"');
+    expect(parseWorkerMessage('{')).toEqual({ ok: false, reason: 'not valid JSON' });
+    expect(ok({ type: 'shell', cmd: 'rm' })).toBe('unknown message type "shell"');
+    expect(ok({ type: 'toString' })).toBe('unknown message type "toString"');
+    expect(parseServerMessage(JSON.stringify({ type: 'cancel', jobId: 'x' }))).toEqual({ ok: true, msg: { type: 'cancel', jobId: 'x' } });
+    expect(parseServerMessage(JSON.stringify({ type: 'free', unloadModels: 'yes', clearCache: true })).ok).toBe(false);
   });
 
-  it('names uploaded outputs by prompt, node and index, inside the folder', () => {
-    expect(outputName('hero_00007.png', 'p-1', '9', 0)).toBe('hero_p-1_9_0.png');
-    expect(outputName('../../etc/x_00001.png', 'a:b', '9', 2)).toBe('x_a-b_9_2.png');
-    expect(() => outputName('x.sh', 'a', '1', 0)).toThrow(/outputs must be/);
+  it('checks stored results, job ids and output names', () => {
+    const good = { status: 'done', error: null, outputs: { '9': { images: [{ filename: 'x_p-1_9_0.png', subfolder: '', type: 'output' }] } }, nodes: { '9': { status: 'done', ms: 3 } }, worker: 'w1' };
+    expect(checkJobResult(good).ok).toBe(true);
+    expect(checkJobResult({ ...good, status: 'running' })).toEqual({ ok: false, reason: 'the job\'s stored result is not valid: "status" must be equal to one of the allowed values' });
+    expect(checkJobResult('done').ok).toBe(false);
+    expect(jobIdOf(bullId('a:b'))).toBe('a:b');
+    expect(jobIdOf('forged')).toBeUndefined();
+    expect(isJobOutput('p-1', { filename: 'x_p-1_9_0.png', subfolder: '', type: 'output' })).toBe(true);
+    expect(isJobOutput('p-2', { filename: 'x_p-1_9_0.png', subfolder: '', type: 'output' })).toBe(false);
+    expect(isJobOutput('p-1', { filename: 'x_p-1_9_0.png', subfolder: '..', type: 'output' })).toBe(false);
+    expect(isJobOutput('p-1', { filename: 'x_p-1_9_0.png', subfolder: '', type: 'input' })).toBe(false);
+  });
+
+  it('keeps worker paths out of messages', () => {
+    expect(scrubPaths('node 3 (LoadCharacter) field image: cannot read /tmp/charflow-worker-x/inputs/by-hash/ab.png: ENOENT')).toBe(
+      'node 3 (LoadCharacter) field image: cannot read ab.png: ENOENT',
+    );
+    expect(scrubPaths("open 'C:\\work\\models\\tiny\\flux.onnx' failed")).toBe("open 'flux.onnx' failed");
+    expect(scrubPaths('see http://host:8188/api/view and 3/4 steps')).toBe('see http://host:8188/api/view and 3/4 steps');
+  });
+
+  it("takes an uploaded output's prefix and extension only, inside the folder", () => {
+    expect(outputParts('hero_00007.png')).toEqual({ stem: 'hero', ext: '.png' });
+    expect(outputParts('../../etc/x_00001.PNG')).toEqual({ stem: 'x', ext: '.png' });
+    expect(() => outputParts('x.sh')).toThrow(/outputs must be/);
   });
 });

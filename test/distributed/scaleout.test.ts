@@ -51,7 +51,7 @@ async function submit(server: RunningServer, wf: Wf): Promise<string> {
   return ((await res.json()) as { prompt_id: string }).prompt_id;
 }
 
-async function serve(redisUrl: string, data: string, extra: { token?: string; timing?: { lockDurationMs: number; stalledIntervalMs: number } } = {}): Promise<{ server: RunningServer; log: string[] }> {
+async function serve(redisUrl: string, data: string, extra: { token?: string; workerToken?: string; timing?: { lockDurationMs: number; stalledIntervalMs: number } } = {}): Promise<{ server: RunningServer; log: string[] }> {
   const log: string[] = [];
   const server = await startServer({ paths: resolvePaths({ data, models }), port: 0, staticDir: null, queueUrl: redisUrl, device: 'cpu', log: (m) => void log.push(m), ...extra });
   cleanup.push(() => server.close());
@@ -304,10 +304,13 @@ describe('scale-out: failures and restarts', () => {
     expect(log.join('\n')).toMatch(/no AOF persistence/);
   }, 60_000);
 
-  it('refuses a worker with a wrong token', async () => {
+  it('refuses a worker with a wrong token, the client token included', async () => {
     const redis = await startRedis();
     cleanup.push(() => redis.stop());
-    const { server } = await serve(redis.url, tempDir('token'), { token: 'right-token' });
+    const { server } = await serve(redis.url, tempDir('token'), { token: 'right-token', workerToken: 'worker-token' });
+    const clientToken: string[] = [];
+    expect(await main(['worker', '--queue', redis.url, '--server', server.url, '--worker-token', 'right-token', '--models', models, '--data', tempDir('wt')], { stderr: { write: (s: string) => void clientToken.push(s) } })).toBe(1);
+    expect(clientToken.join('')).toMatch(/refused the token \(wrong worker token\); pass the server's --worker-token/);
     const stderr: string[] = [];
     const code = await main(['worker', '--queue', redis.url, '--server', server.url, '--token', 'wrong-token', '--models', models, '--data', tempDir('wt')], {
       stderr: { write: (s: string) => void stderr.push(s) },

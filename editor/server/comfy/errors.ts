@@ -150,7 +150,26 @@ export function issuesFromValidation(errors: readonly ValidationError[], workflo
   });
 }
 
-/** Output nodes downstream of each node (itself included when it is one), following links. */
+/**
+ * A node's dependent_outputs lists at most this many (the first in sorted order): a chain of
+ * thousands of output nodes would otherwise make the body grow with the square of the node count.
+ */
+export const MAX_DEPENDENT_OUTPUTS = 50;
+
+/** Merges sorted, duplicate-free lists into the first `max` distinct entries, sorted. */
+function mergeSorted(lists: readonly (readonly string[])[], max: number): string[] {
+  if (lists.length === 1) return lists[0]!.slice(0, max);
+  const all = new Set<string>();
+  for (const l of lists) for (const x of l) all.add(x);
+  return [...all].sort().slice(0, max);
+}
+
+/**
+ * Output nodes downstream of each node (itself included when it is one), following links: the first
+ * MAX_DEPENDENT_OUTPUTS in sorted order. Each node's list is made once from its consumers' lists
+ * (memoised, iterative), so the cost is linear in nodes and links; a link that closes a cycle adds
+ * nothing (such a workflow is refused for the cycle anyway).
+ */
 export function dependentOutputs(workflow: Workflow, registry: Registry): (id: string) => string[] {
   const down = new Map<string, string[]>();
   for (const id of rawIds(workflow)) {
@@ -165,22 +184,45 @@ export function dependentOutputs(workflow: Workflow, registry: Registry): (id: s
     const type = rawNode(workflow, id)?.type;
     return typeof type === 'string' && registry.get(type)?.output === true;
   };
+  const memo = new Map<string, string[]>();
+  const onStack = new Set<string>();
+  const EMPTY: string[] = [];
   return (start) => {
-    const seen = new Set([start]);
-    const todo = [start];
-    const outs: string[] = [];
-    while (todo.length) {
-      const id = todo.pop()!;
-      if (isOutput(id)) outs.push(id);
-      for (const d of down.get(id) ?? []) {
-        if (!seen.has(d)) {
-          seen.add(d);
-          todo.push(d);
+    if (memo.has(start)) return [...memo.get(start)!];
+    // Post-order walk: a node's list is made after its consumers' lists.
+    const stack: { id: string; next: number }[] = [{ id: start, next: 0 }];
+    onStack.add(start);
+    while (stack.length) {
+      const top = stack[stack.length - 1]!;
+      const consumers = down.get(top.id) ?? EMPTY;
+      if (top.next < consumers.length) {
+        const c = consumers[top.next++]!;
+        if (!memo.has(c) && !onStack.has(c)) {
+          onStack.add(c);
+          stack.push({ id: c, next: 0 });
         }
+        continue;
       }
+      const lists: string[][] = isOutput(top.id) ? [[top.id]] : [];
+      for (const c of new Set(consumers)) {
+        const l = memo.get(c);
+        if (l && l.length) lists.push(l);
+      }
+      memo.set(top.id, lists.length ? mergeSorted(lists, MAX_DEPENDENT_OUTPUTS) : EMPTY);
+      onStack.delete(top.id);
+      stack.pop();
     }
-    return outs.sort();
+    return [...memo.get(start)!];
   };
+}
+
+/** The top-level summary lists this many problems at most; node_errors has every one. */
+export const MAX_SUMMARY_LINES = 100;
+
+function joinDetails(issues: readonly Issue[]): string {
+  const lines = issues.slice(0, MAX_SUMMARY_LINES).map((i) => i.details);
+  if (issues.length > MAX_SUMMARY_LINES) lines.push(`... and ${issues.length - MAX_SUMMARY_LINES} more (see node_errors)`);
+  return lines.join('\n');
 }
 
 /**
@@ -214,10 +256,10 @@ export function errorBody(
     }
     entry.errors.push({ type: i.type, message: i.message, details: i.details, extra_info: extra });
   }
-  const details = issues.map((i) => i.details).join('\n');
+  const details = joinDetails(issues);
   const first = whole[0];
   const error: ComfyError = first
-    ? { type: first.type, message: first.message, details: whole.map((i) => i.details).join('\n'), extra_info: {} }
+    ? { type: first.type, message: first.message, details: joinDetails(whole), extra_info: {} }
     : { type: 'prompt_outputs_failed_validation', message: SHORT.prompt_outputs_failed_validation, details, extra_info: {} };
   return { error, node_errors: nodeErrors };
 }

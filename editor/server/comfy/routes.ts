@@ -3,13 +3,14 @@
 import { cpus, freemem, platform, release, totalmem } from 'node:os';
 import express, { type Request, type Response, type Router } from 'express';
 import { QueueLimitError, type Job, type JsonValue } from '../../../engine/queue/index.ts';
-import { validateWorkflow } from '../../../engine/workflow/index.ts';
 import type { ValidWorkflow } from '../../../engine/workflow/types.ts';
+import { nodeRegistry } from '../../../nodes/registry.ts';
 import type { Services } from '../../../nodes/services.ts';
 import { FileRequestError, listInputs, resolveView, storeUpload } from '../files.ts';
 import type { ServerContext } from '../context.ts';
-import { apiToWorkflow, isCharflowWorkflow, workflowToApi, type ApiPrompt, type Converted } from './convert.ts';
-import { errorBody, issuesFromValidation, promptError, type Issue } from './errors.ts';
+import { checkPrompt, type Accepted, type Refusal } from './check.ts';
+import { PromptCheckThread, THREAD_MIN_NODES } from './check-thread.ts';
+import { promptError } from './errors.ts';
 import { historyEntry, queueItem, type ComfyExtra } from './history.ts';
 import { allObjectInfo, inputConfig, objectInfo, type ParamChoices } from './object-info.ts';
 import { savedCharacterNames } from '../characters.ts';
@@ -37,7 +38,6 @@ function queryInt(v: unknown): number | undefined {
   return Number(v);
 }
 
-type Refusal = { status: number; body: unknown };
 
 /** What /object_info offers for image, model-set, saved-character and LoRA parameters, read afresh per request. */
 async function paramChoices(paths: ServerContext['paths']): Promise<ParamChoices> {
@@ -52,27 +52,14 @@ export function comfyRouter(ctx: ServerContext, hub: ComfyHub<Services>): Router
   const configOf = (type: string, field: string): unknown => inputConfig(registry, type, field);
 
   /** Validates a submitted prompt (API format or a charflow workflow); a refusal in ComfyUI's shape. */
-  function accept(prompt: unknown): { workflow: ValidWorkflow; api: ApiPrompt; format: 'api' | 'charflow' } | Refusal {
-    const format = isCharflowWorkflow(prompt) ? 'charflow' : 'api';
-    const conv: Converted = format === 'charflow' ? { workflow: prompt as Converted['workflow'], issues: [] } : apiToWorkflow(prompt, registry);
-    if (!conv.workflow) return { status: 400, body: errorBody(conv.issues, undefined, registry, configOf) };
-    if (format === 'api') {
-      // ComfyUI's PNGs carry the API prompt beside the workflow; SaveImage embeds what meta.png_text asks for.
-      conv.workflow = { ...conv.workflow, meta: { ...conv.workflow.meta, png_text: { prompt: JSON.stringify(prompt) } } };
-    }
-    const v = validateWorkflow(conv.workflow, registry, { maxNodes: limits.maxNodes });
-    // A bad link the conversion reported also fails validation; say it once.
-    const seen = new Set(conv.issues.map((i) => `${i.nodeId}\0${i.field}`));
-    const issues: Issue[] = [...conv.issues, ...issuesFromValidation(v.errors, conv.workflow, registry).filter((i) => i.field === undefined || !seen.has(`${i.nodeId}\0${i.field}`))];
-    if (issues.length || !v.ok) return { status: 400, body: errorBody(issues, conv.workflow, registry, configOf) };
-    const workflow = v.workflow!;
-    if (!Object.values(workflow.nodes).some((n) => registry.get(n.type)?.output === true)) {
-      return { status: 400, body: promptError('prompt_no_outputs', 'the prompt has no output node (e.g. SaveImage or PreviewImage)') };
-    }
-    return { workflow, api: format === 'api' ? (prompt as ApiPrompt) : workflowToApi(workflow, registry), format };
-  }
+  const accept = (prompt: unknown): Accepted | Refusal => checkPrompt(prompt, registry, limits.maxNodes);
+  // Large prompts are checked off the event loop first, when the registry is the stock one (the thread builds that).
+  const stock = nodeRegistry();
+  const threadable = registry.size === stock.size && [...stock.keys()].every((k) => registry.has(k));
+  const checker = new PromptCheckThread();
+  ctx.onClose(() => checker.close());
 
-  const postPrompt = (req: Request, res: Response): void => {
+  const postPrompt = async (req: Request, res: Response): Promise<void> => {
     const body: unknown = req.body;
     if (!isObject(body) || body.prompt === undefined || body.prompt === null) {
       return void res.status(400).json(promptError('no_prompt', 'the request body needs a "prompt": an API prompt or a charflow workflow'));
@@ -84,6 +71,10 @@ export function comfyRouter(ctx: ServerContext, hub: ComfyHub<Services>): Router
       }
       if (queue.get(body.prompt_id)) return void res.status(400).json(promptError('invalid_prompt_id', `prompt_id ${body.prompt_id} is already in use`));
       id = body.prompt_id;
+    }
+    if (threadable && PromptCheckThread.size(body.prompt) >= THREAD_MIN_NODES) {
+      const pre = await checker.check(body.prompt, limits.maxNodes);
+      if (!pre.ok) return void res.status(pre.status).type('application/json').send(pre.json);
     }
     const accepted = accept(body.prompt);
     if ('status' in accepted) return void res.status(accepted.status).json(accepted.body);
@@ -122,7 +113,7 @@ export function comfyRouter(ctx: ServerContext, hub: ComfyHub<Services>): Router
     res.json({ prompt_id: job.id, number: job.number, node_errors: {} });
   };
 
-  router.post('/prompt', anyJson, postPrompt);
+  router.post('/prompt', anyJson, (req, res, next) => void postPrompt(req, res).catch(next));
   router.get('/prompt', (_req, res) => {
     res.json({ exec_info: { queue_remaining: hub.queueRemaining() } });
   });
