@@ -130,6 +130,7 @@ export function mountWorkerApi(ctx: ServerContext, dispatcher: BullmqDispatcher)
       const dir = type === 'output' ? paths.outputs : paths.temp;
       // The embedded runner's numbered names (issue 25); a retried job's upload overwrites its own file.
       const filename = await storeWorkerOutput(dir, name, jobId, node, i, req.body);
+      dispatcher.recordUpload(jobId, { filename, type });
       res.json({ filename, subfolder: '', type });
     } catch (err) {
       next(err);

@@ -12,7 +12,6 @@ import {
   bullId,
   checkRedis,
   fromWire,
-  isJobOutput,
   KEEP_FINISHED_S,
   MAX_STALLED_COUNT,
   queueName,
@@ -102,6 +101,8 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
   /** One per set: the server runs BullMQ's stalled check too, so a set whose workers all died still recovers. */
   private readonly checkers = new Map<string, Worker>();
   private readonly live = new Map<string, Live>();
+  /** Per running job, the outputs its lock holder uploaded (`type/filename`): the only images its events and result may name. */
+  private readonly uploads = new Map<string, Set<string>>();
   private readonly workersByLink = new Map<WorkerLink, Connected>();
   /** Accepted jobs not yet in Redis (Redis was down): the sweep tries again. */
   private readonly undispatched = new Set<string>();
@@ -260,7 +261,7 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
         const refuse = (why: string): void => this.refused(c, `refused an event for job ${msg.jobId} from worker ${c.info.name}: ${why}`);
         if (!job || job.status !== 'running') return refuse('the job is not running');
         const images = (msg.event.outputs as { images?: { filename: string; subfolder: string; type: string }[] } | undefined)?.images ?? [];
-        if (!images.every((img) => isJobOutput(job.id, img))) return refuse("it names images that are not this job's uploads");
+        if (!images.every((img) => this.ownsImage(job.id, img))) return refuse("it names images that are not this job's uploads");
         if (!(await this.holdsLock(job, msg.lock))) return refuse("the worker does not hold the job's lock");
         let l = this.live.get(job.id);
         // The server restarted while the job ran: the lock holder's events are adopted.
@@ -289,6 +290,18 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
       c.loggedAt = now;
       this.log(`warning: ${line}${c.refused > REFUSALS_LOGGED ? ` (${c.refused} refused from this worker so far)` : ''}`);
     }
+  }
+
+  /** Records an output image the job's lock holder uploaded (the upload route checked the lock). */
+  recordUpload(jobId: string, image: { filename: string; type: 'output' | 'temp' }): void {
+    let set = this.uploads.get(jobId);
+    if (!set) this.uploads.set(jobId, (set = new Set()));
+    set.add(`${image.type}/${image.filename}`);
+  }
+
+  /** Whether `image` is one of the job's uploads (names come from the server, never from the worker's word). */
+  private ownsImage(jobId: string, image: { filename: string; subfolder: string; type: string }): boolean {
+    return image.subfolder === '' && (this.uploads.get(jobId)?.has(`${image.type}/${image.filename}`) ?? false);
   }
 
   /**
@@ -471,7 +484,7 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
       }
       if (bull.state === 'completed') {
         const r = bull.returnvalue.ok ? checkJobResult(bull.returnvalue.value) : ({ ok: false, reason: "the job's stored result is not JSON" } as const);
-        const bad = r.ok ? Object.values(r.msg.outputs).flatMap((o) => o.images ?? []).find((img) => !isJobOutput(job.id, img)) : undefined;
+        const bad = r.ok ? Object.values(r.msg.outputs).flatMap((o) => o.images ?? []).find((img) => !this.ownsImage(job.id, img)) : undefined;
         if (!r.ok) this.finish(job, null, r.reason);
         else if (bad) this.finish(job, null, `the job's stored result names an image that is not its own (${bad.filename.slice(0, 80)})`);
         else this.finish(job, scrubResult(r.msg), null);
@@ -523,6 +536,7 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
   private finish(job: Job, result: QueueJobResult | null, failure: string | null): void {
     const l = this.live.get(job.id) ?? { job, rec: new Recorder() };
     this.live.delete(job.id);
+    this.uploads.delete(job.id);
     if (!l.rec.ended) {
       // Clients get exactly one terminal event: the worker's own when it was accepted, else this one
       // (its last events were refused, e.g. sent while Redis was away and the lock could not be checked).

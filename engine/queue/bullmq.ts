@@ -62,17 +62,6 @@ export function jobIdOf(bull: string | undefined): string | undefined {
   return bull.slice(2).replace(/~/g, ':');
 }
 
-/** A job id as it appears inside an output's file name. */
-export function fileSafeId(id: string): string {
-  return id.replace(/[^A-Za-z0-9_-]/g, '-');
-}
-
-/** An image a worker reports for a job must be one of that job's uploads (see outputName in editor/server/workers.ts). */
-export function isJobOutput(jobId: string, image: { filename: string; subfolder: string; type: string }): boolean {
-  if (image.subfolder !== '' || (image.type !== 'output' && image.type !== 'temp')) return false;
-  return /^[A-Za-z0-9_-]{1,400}\.(?:png|jpe?g|webp)$/.test(image.filename) && image.filename.includes(`_${fileSafeId(jobId)}_`);
-}
-
 /** An input image a job needs, by content hash: the worker fetches it from the server. */
 export interface InputRef {
   nodeId: string;

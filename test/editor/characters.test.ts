@@ -3,10 +3,11 @@
 // from a Load Character node's context menu, and workflows/storyboard.json run from the editor.
 // Debian's chromium driven by playwright-core on the tiny model set, as test/editor/editor.test.ts does.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
+import { launchChromium } from '../helpers/browser.ts';
 import sharp from 'sharp';
 import { ensureDirs, resolvePaths, type DataPaths } from '../../engine/paths.ts';
 import { writeTinyModelSet } from '../../models/tiny.ts';
@@ -16,7 +17,6 @@ import { buildEditor } from '../../editor/build.ts';
 import { main } from '../../cli/main.ts';
 import { THUMBNAIL_SIZE, readCharacter } from '../../nodes/lib/saved_characters.ts';
 
-const CHROMIUM = '/usr/bin/chromium';
 const ARTIFACTS = join(PACKAGE_ROOT, 'test-artifacts', 'editor-characters');
 type Server = Awaited<ReturnType<typeof startServer>>;
 type Point = [number, number];
@@ -74,7 +74,6 @@ async function runAndWait(): Promise<void> {
 }
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install -y chromium`);
   mkdirSync(ARTIFACTS, { recursive: true });
   dir = mkdtempSync(join(tmpdir(), 'charflow-editor-chars-'));
   paths = resolvePaths({ data: dir, env: {} });
@@ -85,11 +84,7 @@ beforeAll(async () => {
   if (code !== 0) throw new Error(`characters add: exit ${code}`);
   await buildEditor();
   server = await startServer({ paths, host: '127.0.0.1', port: 0, log: () => {} });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
+  browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   page.on('console', (m) => {

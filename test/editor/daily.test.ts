@@ -2,10 +2,11 @@
 // picture's thumbnail, and the background at device pixel ratio 2. Debian's chromium via playwright-core
 // against a real server with the tiny model set (and a copy of it, so that there is a choice).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
+import { launchChromium } from '../helpers/browser.ts';
 import sharp from 'sharp';
 import { ensureDirs, resolvePaths, type DataPaths } from '../../engine/paths.ts';
 import { writeTinyModelSet } from '../../models/tiny.ts';
@@ -13,7 +14,6 @@ import { PACKAGE_ROOT } from '../../nodes/services.ts';
 import { startServer } from '../../editor/server/index.ts';
 import { buildEditor } from '../../editor/build.ts';
 
-const CHROMIUM = '/usr/bin/chromium';
 let dir: string;
 let paths: DataPaths;
 let server: Awaited<ReturnType<typeof startServer>>;
@@ -33,7 +33,6 @@ async function newPage(deviceScaleFactor = 1): Promise<Page> {
 }
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install -y chromium`);
   dir = mkdtempSync(join(tmpdir(), 'charflow-daily-'));
   paths = resolvePaths({ data: dir, env: {} });
   await ensureDirs(paths);
@@ -41,7 +40,7 @@ beforeAll(async () => {
   cpSync(join(paths.models, 'tiny'), join(paths.models, 'tiny-copy'), { recursive: true });
   await buildEditor();
   server = await startServer({ paths, host: '127.0.0.1', port: 0, device: 'cpu' });
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-gpu'] });
+  browser = await launchChromium();
 }, 240_000);
 
 afterAll(async () => {

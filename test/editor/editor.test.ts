@@ -4,7 +4,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
+import { launchChromium } from '../helpers/browser.ts';
 import sharp from 'sharp';
 import { ensureDirs, resolvePaths, type DataPaths } from '../../engine/paths.ts';
 import { writeTinyModelSet } from '../../models/tiny.ts';
@@ -12,10 +13,8 @@ import { PACKAGE_ROOT } from '../../nodes/services.ts';
 import { readPngText } from '../../nodes/lib/image.ts';
 import { startServer } from '../../editor/server/index.ts';
 import { buildEditor } from '../../editor/build.ts';
-import { CHROMIUM } from '../../scripts/system-deps.mjs';
 
 const ARTIFACTS = join(PACKAGE_ROOT, 'test-artifacts', 'editor');
-const haveChromium = existsSync(CHROMIUM);
 
 type Server = Awaited<ReturnType<typeof startServer>>;
 type Point = [number, number];
@@ -136,8 +135,6 @@ async function openEditor(): Promise<void> {
 }
 
 beforeAll(async () => {
-  // No silent skip: the editor test needs Debian's chromium (`npm run test:setup` installs it).
-  if (!haveChromium) throw new Error(`${CHROMIUM} is missing: npm run test:setup`);
   mkdirSync(ARTIFACTS, { recursive: true });
   for (const f of readdirSync(ARTIFACTS)) if (f.endsWith('.png')) rmSync(join(ARTIFACTS, f));
   dir = mkdtempSync(join(tmpdir(), 'charflow-editor-'));
@@ -148,11 +145,7 @@ beforeAll(async () => {
   await buildEditor();
   server = await startServer({ paths, host: '127.0.0.1', port: 0 });
   port = server.port;
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
+  browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   page.on('console', (m) => {

@@ -3,10 +3,11 @@
 // undoes, clears, inverts and saves; the saved PNG in the inputs folder is checked pixel by pixel under and away
 // from the strokes, and the node points at it. Then both inpainting examples run in the editor.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
+import { launchChromium } from '../helpers/browser.ts';
 import sharp from 'sharp';
 import { ensureDirs, resolvePaths, type DataPaths } from '../../engine/paths.ts';
 import { writeTinyModelSet } from '../../models/tiny.ts';
@@ -14,7 +15,6 @@ import { PACKAGE_ROOT } from '../../nodes/services.ts';
 import { startServer } from '../../editor/server/index.ts';
 import { buildEditor } from '../../editor/build.ts';
 
-const CHROMIUM = '/usr/bin/chromium';
 const ARTIFACTS = join(PACKAGE_ROOT, 'test-artifacts', 'editor');
 type Point = [number, number];
 type Server = Awaited<ReturnType<typeof startServer>>;
@@ -102,7 +102,6 @@ async function saveMask(node: string): Promise<{ path: string; width: number; he
 }
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install -y chromium`);
   mkdirSync(ARTIFACTS, { recursive: true });
   dir = mkdtempSync(join(tmpdir(), 'charflow-mask-editor-'));
   paths = resolvePaths({ data: dir, env: {} });
@@ -111,11 +110,7 @@ beforeAll(async () => {
   for (const f of ['insert_character.json', 'outpaint.json']) copyFileSync(join(PACKAGE_ROOT, 'workflows', f), join(paths.workflows, f));
   await buildEditor();
   server = await startServer({ paths, host: '127.0.0.1', port: 0 });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
+  browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   page.on('console', (m) => {

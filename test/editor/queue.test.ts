@@ -1,16 +1,16 @@
 // The editor's queue and history panel, the gallery, undo, the node search and the token page (issue 25),
 // with Debian's chromium via playwright-core against a real server running the tiny model set.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
+import { launchChromium } from '../helpers/browser.ts';
 import { ensureDirs, resolvePaths, type DataPaths } from '../../engine/paths.ts';
 import { writeTinyModelSet } from '../../models/tiny.ts';
 import { startServer } from '../../editor/server/index.ts';
 import { buildEditor } from '../../editor/build.ts';
 
-const CHROMIUM = '/usr/bin/chromium';
 let dir: string;
 let paths: DataPaths;
 let server: Awaited<ReturnType<typeof startServer>>;
@@ -36,14 +36,13 @@ async function queue(name: string, inputs: Record<string, unknown>): Promise<str
 const row = (runId: string): string => `.cf-queue-panel .cf-job[data-run-id="${runId}"]`;
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install -y chromium`);
   dir = mkdtempSync(join(tmpdir(), 'charflow-queue-'));
   paths = resolvePaths({ data: dir, env: {} });
   await ensureDirs(paths);
   await writeTinyModelSet(join(paths.models, 'tiny'));
   await buildEditor();
   server = await startServer({ paths, host: '127.0.0.1', port: 0, device: 'cpu' });
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-gpu'] });
+  browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   page.on('console', (m) => {

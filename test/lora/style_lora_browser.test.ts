@@ -5,7 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
+import { launchChromium } from '../helpers/browser.ts';
 import { ensureDirs, resolvePaths, type DataPaths } from '../../engine/paths.ts';
 import { TINY_CLIP, TINY_FLUX, writeTinyModelSet } from '../../models/tiny.ts';
 import { syntheticKohyaLora } from '../../models/lora/synthetic.ts';
@@ -14,7 +15,6 @@ import { PACKAGE_ROOT } from '../../nodes/services.ts';
 import { startServer } from '../../editor/server/index.ts';
 import { buildEditor } from '../../editor/build.ts';
 
-const CHROMIUM = '/usr/bin/chromium';
 const app = 'window.charflow.app';
 const EXAMPLE = JSON.parse(readFileSync(join(PACKAGE_ROOT, 'workflows', 'style_lora.json'), 'utf8')) as { nodes: Record<string, { type: string; inputs: Record<string, unknown> }> };
 const id = (type: string): string => Object.entries(EXAMPLE.nodes).find(([, n]) => n.type === type)![0];
@@ -47,7 +47,6 @@ async function typeIntoWidget(node: string, name: string, value: number): Promis
 }
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install -y chromium`);
   dir = mkdtempSync(join(tmpdir(), 'charflow-style-browser-'));
   paths = resolvePaths({ data: dir, env: {} });
   await ensureDirs(paths);
@@ -58,10 +57,7 @@ beforeAll(async () => {
   writeSafetensors(join(dir, 'second.safetensors'), syntheticKohyaLora(TINY_FLUX, undefined, 2, 9)); // to upload
   await buildEditor();
   server = await startServer({ paths, host: '127.0.0.1', port: 0 });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM, headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
+  browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   page.on('console', (m) => void (m.type() === 'error' && problems.push(`console error: ${m.text()}`)));
