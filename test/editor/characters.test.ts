@@ -7,7 +7,7 @@ import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
-import { launchChromium } from '../helpers/browser.ts';
+import { editorDriver, launchChromium, watchProblems } from '../helpers/browser.ts';
 import sharp from 'sharp';
 import { ensureDirs, resolvePaths, type DataPaths } from '../../engine/paths.ts';
 import { writeTinyModelSet } from '../../models/tiny.ts';
@@ -27,16 +27,12 @@ let server: Server | undefined;
 let browser: Browser | undefined;
 let page: Page;
 const problems: string[] = [];
-const app = 'window.charflow.app';
+const { app, js } = editorDriver(() => page);
 const quiet = { write: () => true };
 
 async function shot(name: string): Promise<void> {
   await page.waitForTimeout(150); // one more animation frame for the canvas
   await page.screenshot({ path: join(ARTIFACTS, `${name}.png`) });
-}
-
-function js<T>(expr: string): Promise<T> {
-  return page.evaluate(expr) as Promise<T>;
 }
 
 async function api(path: string): Promise<Response> {
@@ -86,13 +82,7 @@ beforeAll(async () => {
   server = await startServer({ paths, host: '127.0.0.1', port: 0, log: () => {} });
   browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  page.on('console', (m) => {
-    if (m.type() === 'error') problems.push(`console error: ${m.text()}`);
-  });
-  page.on('response', (r) => {
-    if (r.status() >= 400) problems.push(`HTTP ${r.status()} ${r.request().method()} ${r.url()}`);
-  });
+  watchProblems(page, problems);
 }, 300_000);
 
 afterEach(() => {

@@ -6,7 +6,7 @@ import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
-import { launchChromium } from '../helpers/browser.ts';
+import { launchChromium, watchProblems } from '../helpers/browser.ts';
 import sharp from 'sharp';
 import { ensureDirs, resolvePaths, type DataPaths } from '../../engine/paths.ts';
 import { writeTinyModelSet } from '../../models/tiny.ts';
@@ -22,10 +22,7 @@ const problems: string[] = [];
 
 async function newPage(deviceScaleFactor = 1): Promise<Page> {
   const page = await browser.newPage({ viewport: { width: 1200, height: 800 }, deviceScaleFactor });
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  page.on('console', (m) => {
-    if (m.type() === 'error') problems.push(`console error: ${m.text()}`);
-  });
+  watchProblems(page, problems, { http: false });
   await page.goto(server.url);
   await page.waitForSelector('.cf-status[data-connection="open"]', { timeout: 20_000 });
   await page.waitForFunction('window.charflow.graph._nodes.length > 0');

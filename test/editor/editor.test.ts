@@ -5,7 +5,7 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdir
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
-import { launchChromium } from '../helpers/browser.ts';
+import { editorDriver, launchChromium, watchProblems } from '../helpers/browser.ts';
 import sharp from 'sharp';
 import { ensureDirs, resolvePaths, type DataPaths } from '../../engine/paths.ts';
 import { writeTinyModelSet } from '../../models/tiny.ts';
@@ -31,13 +31,8 @@ let port = 0;
  * connections of the server's downtime).
  */
 const problems: string[] = [];
+const { app, js, widgetPos, typeIntoWidget } = editorDriver(() => page);
 
-/** Evaluates a JavaScript expression in the page (a string, so no transpiler helpers leak in). */
-function js<T>(expr: string): Promise<T> {
-  return page.evaluate(expr) as Promise<T>;
-}
-
-const app = 'window.charflow.app';
 
 async function shot(name: string): Promise<void> {
   await page.waitForTimeout(150); // one more animation frame for the canvas
@@ -53,27 +48,10 @@ async function waitConnected(): Promise<void> {
   await page.waitForSelector('.cf-node-item[data-type="LoadModels"]', { timeout: 20_000 });
 }
 
-async function widgetPos(node: string, name: string, fraction = 0.5): Promise<Point> {
-  const p = await js<Point | null>(`${app}.widgetPos(${JSON.stringify(node)}, ${JSON.stringify(name)}, ${fraction})`);
-  if (!p) throw new Error(`no widget ${name} on node ${node}`);
-  return p;
-}
-
 async function socketPos(node: string, kind: 'input' | 'output', name: string): Promise<Point> {
   const p = await js<Point | null>(`${app}.socketPos(${JSON.stringify(node)}, '${kind}', ${JSON.stringify(name)})`);
   if (!p) throw new Error(`no ${kind} ${name} on node ${node}`);
   return p;
-}
-
-/** Clicks a number or text widget and types the value into litegraph's prompt dialog. */
-async function typeIntoWidget(node: string, name: string, value: string | number): Promise<void> {
-  const [x, y] = await widgetPos(node, name);
-  await page.mouse.click(x, y);
-  const input = page.locator('.graphdialog input.value');
-  await input.waitFor({ state: 'visible', timeout: 5000 });
-  await input.fill(String(value));
-  await input.press('Enter');
-  await input.waitFor({ state: 'detached', timeout: 5000 });
 }
 
 /** Clicks the multiline prompt widget and types into the in-place editor. */
@@ -147,13 +125,7 @@ beforeAll(async () => {
   port = server.port;
   browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  page.on('console', (m) => {
-    if (m.type() === 'error') problems.push(`console error: ${m.text()} (${m.location().url})`);
-  });
-  page.on('response', (r) => {
-    if (r.status() >= 400) problems.push(`HTTP ${r.status()} ${r.request().method()} ${r.url()}`);
-  });
+  watchProblems(page, problems);
 }, 240_000);
 
 afterEach(() => {

@@ -7,7 +7,7 @@ import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
-import { launchChromium } from '../helpers/browser.ts';
+import { editorDriver, launchChromium, watchProblems } from '../helpers/browser.ts';
 import sharp from 'sharp';
 import { ensureDirs, resolvePaths, type DataPaths } from '../../engine/paths.ts';
 import { writeTinyModelSet } from '../../models/tiny.ts';
@@ -25,27 +25,7 @@ let server: Server | undefined;
 let browser: Browser | undefined;
 let page: Page;
 const problems: string[] = [];
-const app = 'window.charflow.app';
-
-function js<T>(expr: string): Promise<T> {
-  return page.evaluate(expr) as Promise<T>;
-}
-
-async function widgetPos(node: string, name: string): Promise<Point> {
-  const p = await js<Point | null>(`${app}.widgetPos(${JSON.stringify(node)}, ${JSON.stringify(name)}, 0.5)`);
-  if (!p) throw new Error(`no widget ${name} on node ${node}`);
-  return p;
-}
-
-async function typeIntoWidget(node: string, name: string, value: number): Promise<void> {
-  const [x, y] = await widgetPos(node, name);
-  await page.mouse.click(x, y);
-  const input = page.locator('.graphdialog input.value');
-  await input.waitFor({ state: 'visible', timeout: 5000 });
-  await input.fill(String(value));
-  await input.press('Enter');
-  await input.waitFor({ state: 'detached', timeout: 5000 });
-}
+const { app, js, widgetPos, typeIntoWidget } = editorDriver(() => page);
 
 async function values(node: string): Promise<Record<string, unknown>> {
   return js(`${app}.values(${JSON.stringify(node)})`);
@@ -112,13 +92,7 @@ beforeAll(async () => {
   server = await startServer({ paths, host: '127.0.0.1', port: 0 });
   browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  page.on('console', (m) => {
-    if (m.type() === 'error') problems.push(`console error: ${m.text()}`);
-  });
-  page.on('response', (r) => {
-    if (r.status() >= 400) problems.push(`HTTP ${r.status()} ${r.request().method()} ${r.url()}`);
-  });
+  watchProblems(page, problems);
   await page.goto(server.url.replace(/\/?$/, '/'));
   await page.waitForSelector('.cf-status[data-connection="open"]', { timeout: 20_000 });
   await page.waitForSelector('.cf-node-item[data-type="LoadMask"]', { timeout: 20_000 });

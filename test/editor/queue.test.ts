@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
-import { launchChromium } from '../helpers/browser.ts';
+import { editorDriver, launchChromium, watchProblems } from '../helpers/browser.ts';
 import { ensureDirs, resolvePaths, type DataPaths } from '../../engine/paths.ts';
 import { writeTinyModelSet } from '../../models/tiny.ts';
 import { startServer } from '../../editor/server/index.ts';
@@ -17,11 +17,7 @@ let server: Awaited<ReturnType<typeof startServer>>;
 let browser: Browser;
 let page: Page;
 const problems: string[] = [];
-const app = 'window.charflow.app';
-
-function js<T>(expr: string): Promise<T> {
-  return page.evaluate(expr) as Promise<T>;
-}
+const { app, js } = editorDriver(() => page);
 
 /** Queues the default workflow at 64x64 with `inputs` for DiT Sample (node 7), named `name`; returns its run id. */
 async function queue(name: string, inputs: Record<string, unknown>): Promise<string> {
@@ -44,10 +40,7 @@ beforeAll(async () => {
   server = await startServer({ paths, host: '127.0.0.1', port: 0, device: 'cpu' });
   browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  page.on('console', (m) => {
-    if (m.type() === 'error') problems.push(`console error: ${m.text()}`);
-  });
+  watchProblems(page, problems, { http: false });
   await page.goto(server.url);
   await page.waitForSelector('.cf-status[data-connection="open"]', { timeout: 20_000 });
   await page.waitForFunction('window.charflow.graph._nodes.length === 9');

@@ -6,7 +6,7 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
-import { launchChromium } from '../helpers/browser.ts';
+import { editorDriver, launchChromium, watchProblems } from '../helpers/browser.ts';
 import { ensureDirs, resolvePaths, type DataPaths } from '../../engine/paths.ts';
 import { TINY_CLIP, TINY_FLUX, writeTinyModelSet } from '../../models/tiny.ts';
 import { syntheticKohyaLora } from '../../models/lora/synthetic.ts';
@@ -15,7 +15,6 @@ import { PACKAGE_ROOT } from '../../nodes/services.ts';
 import { startServer } from '../../editor/server/index.ts';
 import { buildEditor } from '../../editor/build.ts';
 
-const app = 'window.charflow.app';
 const EXAMPLE = JSON.parse(readFileSync(join(PACKAGE_ROOT, 'workflows', 'style_lora.json'), 'utf8')) as { nodes: Record<string, { type: string; inputs: Record<string, unknown> }> };
 const id = (type: string): string => Object.entries(EXAMPLE.nodes).find(([, n]) => n.type === type)![0];
 const LORA = id('LoraLoader');
@@ -27,24 +26,7 @@ let server: Awaited<ReturnType<typeof startServer>> | undefined;
 let browser: Browser | undefined;
 let page: Page;
 const problems: string[] = [];
-
-const js = <T>(expr: string): Promise<T> => page.evaluate(expr) as Promise<T>;
-
-async function widgetPos(node: string, name: string): Promise<[number, number]> {
-  const p = await js<[number, number] | null>(`${app}.widgetPos(${JSON.stringify(node)}, ${JSON.stringify(name)}, 0.5)`);
-  if (!p) throw new Error(`no widget ${name} on node ${node}`);
-  return p;
-}
-
-async function typeIntoWidget(node: string, name: string, value: number): Promise<void> {
-  const [x, y] = await widgetPos(node, name);
-  await page.mouse.click(x, y);
-  const input = page.locator('.graphdialog input.value');
-  await input.waitFor({ state: 'visible', timeout: 5000 });
-  await input.fill(String(value));
-  await input.press('Enter');
-  await input.waitFor({ state: 'detached', timeout: 5000 });
-}
+const { app, js, widgetPos, typeIntoWidget } = editorDriver(() => page);
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'charflow-style-browser-'));
@@ -59,9 +41,7 @@ beforeAll(async () => {
   server = await startServer({ paths, host: '127.0.0.1', port: 0 });
   browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  page.on('console', (m) => void (m.type() === 'error' && problems.push(`console error: ${m.text()}`)));
-  page.on('response', (r) => void (r.status() >= 400 && problems.push(`HTTP ${r.status()} ${r.url()}`)));
+  watchProblems(page, problems);
 }, 240_000);
 
 afterAll(async () => {
