@@ -129,7 +129,7 @@ describe('scale-out: one server, two worker processes, BullMQ on Redis', () => {
       const h = server.queue.history({ limit: 100 });
       return h.length >= 6 ? h : undefined;
     });
-    expect(jobs.map((j) => j.status)).toEqual(Array(6).fill('done'));
+    expect(jobs.map((j) => j.status), JSON.stringify(jobs.map((j) => [j.worker, j.error]))).toEqual(Array(6).fill('done'));
     expect(new Set(jobs.map((j) => j.id))).toEqual(new Set(ids));
     // The killed job moved to w2 within about 30 s and ran again from the start there.
     const moved = server.queue.get(victim.id)!;
