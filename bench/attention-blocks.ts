@@ -1,4 +1,4 @@
-// Section 13: fused attention (com.microsoft MultiHeadAttention behind the 'auto' If, what model sets write)
+// Section 15: fused attention (com.microsoft MultiHeadAttention behind the 'auto' If, what model sets write)
 // against the plain MatMul -> Softmax -> MatMul, side by side in one run:
 //  - one FLUX-geometry double block and one single block (width 3072, 24 heads x 128, synthetic weights,
 //    fp32 and int8) at 1024 x 1024 (512 text + 4096 image tokens) and 512 x 512 (512 + 1024): step time and
@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import { Graph } from '../models/onnx/graph.ts';
-import type { AttentionForm } from '../models/layers.ts';
+import { type AttentionForm, FUSED_FROM_SCORES } from '../models/layers.ts';
 import { FULL_FLUX, type FluxConfig, buildFlux, fluxWeightShapes } from '../models/flux.ts';
 import { fluxRopeFor } from '../models/rope.ts';
 import { randomWeights } from '../models/tiny.ts';
@@ -36,7 +36,7 @@ import { type Figure, info, judged } from './lib/report.ts';
 import { cpuMeter } from './lib/cpuload.ts';
 import type { BenchContext } from './lib/context.ts';
 
-const SECTION = 13;
+const SECTION = 15;
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const TEXT_TOKENS = 512;
 const GRAPHS = join(BENCH_ROOT, 'attention-blocks');
@@ -56,7 +56,8 @@ export function blockConfig(kind: BlockKind): FluxConfig {
 
 /** The block's graph file (built once, kept in BENCH_ROOT): 'plain' is the old form, 'auto' the new. */
 export function blockGraph(kind: BlockKind, form: AttentionForm, weights: BlockWeights): string {
-  const path = join(GRAPHS, `${kind}-${form}-${weights}.onnx`);
+  // The threshold is in the name: an 'auto' graph built with another one is not reused.
+  const path = join(GRAPHS, `${kind}-${form}-${weights}${form === 'auto' ? `-${Math.log2(FUSED_FROM_SCORES)}` : ''}.onnx`);
   if (existsSync(path)) return path;
   mkdirSync(GRAPHS, { recursive: true });
   const cfg = blockConfig(kind);

@@ -253,12 +253,14 @@ export function multiHeadAttention(g: Graph, q: Value, k: Value, v: Value, heads
 export type AttentionForm = 'plain' | 'fused' | 'auto';
 
 /**
- * Score elements per image (heads x Tq x Tk, 512 MiB in float32) from which 'auto' graphs take
- * MultiHeadAttention (docs/attention.md): FLUX's 24 heads from about 2400 tokens (1024x1024 yes, 512x512 no).
- * A constant in the graph: onnxruntime-node feeds only true graph inputs, so an overridable initializer
- * could not be set at run time.
+ * Score elements per image (heads x Tq x Tk, 16 MiB in float32) from which 'auto' graphs take
+ * MultiHeadAttention (docs/attention.md): measured on a quiet CPU, the fused op is faster from about 4M score
+ * elements on, at every head count and width FLUX, the tiny set and the VAE use; below, with one narrow head
+ * (the tiny VAE's mid block at 256x256), it can be several times slower. FLUX runs fused from 512x512 (24 heads:
+ * from about 420 tokens). A constant in the graph: onnxruntime-node ignores a fed overridable initializer, so
+ * it could not be set at run time.
  */
-export const FUSED_FROM_SCORES = 2 ** 27;
+export const FUSED_FROM_SCORES = 2 ** 22;
 
 /**
  * softmax(q k^T * scale) v on merged heads: q [B, Tq, H*D], k [B, Tk, H*D], v [B, Tk, H*D] -> [B, Tq, H*D],

@@ -291,13 +291,18 @@ export function modelSetExists(modelsRoot: string, name: string): boolean {
 /** Every graph a set written by this charflow holds; sets written by older versions may lack newer ones (vae_encoder). */
 export const COMPONENT_NAMES: readonly ComponentName[] = ['siglip', 'dinov2', 'adapter_static', 'adapter_time', 'flux', 'vae', 'vae_encoder', 't5', 'clip'];
 
-/** The set exists, has every graph this charflow writes and records its attention form (a generated set that does not can simply be rewritten). */
+/**
+ * The set exists, has every graph this charflow writes and records the attention setting this charflow
+ * writes (generated sets: one that does not can simply be rewritten).
+ */
 export function modelSetComplete(modelsRoot: string, name: string): boolean {
   if (!modelSetExists(modelsRoot, name)) return false;
   try {
     const manifest = JSON.parse(readFileSync(join(modelSetDir(modelsRoot, name), MANIFEST_FILE), 'utf8')) as ModelSetManifest;
-    // Sets from before fused attention are complete but outdated: a generated set is rewritten with it.
-    return COMPONENT_NAMES.every((c) => manifest.files?.[c] !== undefined) && manifest.flux?.attention !== undefined;
+    // Sets from before fused attention, or with another threshold, are complete but outdated: a generated set is rewritten.
+    const attention = manifest.flux?.attention;
+    return COMPONENT_NAMES.every((c) => manifest.files?.[c] !== undefined)
+      && attention?.form === DEFAULT_ATTENTION.form && attention.fusedFrom === DEFAULT_ATTENTION.fusedFrom;
   } catch {
     return false;
   }

@@ -462,12 +462,15 @@ export class SessionPool {
 
   /**
    * Forgets an entry at once: rejects its queue, frees its bytes, terminates its worker. `release`:
-   * the session is idle, so release it before the thread ends (an unload). On a shared device
+   * the session is idle, so release it before the thread ends (an unload; an idle ready one is released on close too). On a shared device
    * context that happens in every case, in its turn: a session torn down with its thread while
    * another worker uses the context corrupted the heap.
    */
   private async drop(e: Entry, err: Error, release = false): Promise<void> {
     if (this.entries.get(e.path) === e) this.entries.delete(e.path);
+    // An idle loaded session is released before its thread ends on close too: onnxruntime-node's finalizers
+    // running in a terminating thread could throw a Napi::Error there and abort the whole process.
+    const idle = e.state === 'ready' && !e.busy;
     e.state = 'gone';
     for (const job of e.queue.splice(0)) {
       job.detachAbort();
@@ -477,7 +480,7 @@ export class SessionPool {
     e.bytes = 0;
     this.changed();
     const client = e.client;
-    if (client?.alive && (release || this.deviceTurns)) await this.onDevice(() => client.request({ type: 'release' })).catch(() => {});
+    if (client?.alive && (release || idle || this.deviceTurns)) await this.onDevice(() => client.request({ type: 'release' })).catch(() => {});
     await client?.terminate();
   }
 

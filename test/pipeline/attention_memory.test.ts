@@ -4,6 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { checkBatchFits, fluxBytesPerImage } from '../../nodes/dit_sample.ts';
 import type { AttentionSetting, FileEntry, ModelSet, ModelSetManifest } from '../../models/modelset.ts';
+import { DEFAULT_ATTENTION } from '../../models/modelset.ts';
 
 const HEADS = 24, HEAD_DIM = 128, TEXT = 512;
 const FLUX_BYTES = 1_000_000;
@@ -36,6 +37,8 @@ describe('activation estimate and the attention form', () => {
     expect(fluxBytesPerImage(auto, TEXT, tokensAt(1024))).toBe(linearTerm(n1024));
     expect(fluxBytesPerImage(setWith({ form: 'auto', fusedFrom: HEADS * n1024 ** 2 }), TEXT, tokensAt(1024))).toBe(linearTerm(n1024));
     expect(fluxBytesPerImage(setWith({ form: 'auto', fusedFrom: HEADS * n1024 ** 2 + 1 }), TEXT, tokensAt(1024))).toBe(linearTerm(n1024) + scoresTerm(n1024));
+    // What new sets write: FLUX's 24 heads run fused from 512 x 512 on.
+    expect(fluxBytesPerImage(setWith(DEFAULT_ATTENTION), TEXT, tokensAt(512))).toBe(linearTerm(n512));
     // At 1024 x 1024 the fused estimate is a seventh of the plain one (FLUX geometry: 0.68 GB vs 4.8 GB).
     expect(linearTerm(n1024) / (linearTerm(n1024) + scoresTerm(n1024))).toBeLessThan(0.15);
   });
