@@ -1,6 +1,9 @@
-// Attention alone, plain against fused (com.microsoft MultiHeadAttention), one form per child process so
-// each peak RSS is its own. `node --import tsx bench/attention-form.ts <form> <B> <Tq> <Tk> <heads> <headDim> [reps]`
-// prints one JSON line {form, ms: [...], rssMiB}; benchAttentionForms (bench section) runs the pairs.
+// Attention alone, plain against fused (com.microsoft MultiHeadAttention).
+// - one form per child process, so each peak RSS is its own:
+//   `node --import tsx bench/attention-form.ts <form> <B> <Tq> <Tk> <heads> <headDim> [reps]` prints one JSON
+//   line {form, ms: [...], rssMiB};
+// - both forms in one process, alternating, for the crossover behind FUSED_FROM_SCORES (docs/attention.md):
+//   `node --import tsx bench/attention-form.ts sweep <heads> <headDim> <reps> <T> [T ...]` prints the medians.
 import * as ort from 'onnxruntime-node';
 import { Graph } from '../models/onnx/graph.ts';
 import { type AttentionForm, scaledDotAttention } from '../models/layers.ts';
@@ -17,7 +20,33 @@ export function attentionGraph(form: AttentionForm, heads: number, headDim: numb
   return g.toBytes();
 }
 
+/** Both forms alternating in one process (the pool's session options), self-attention over each T: medians. */
+async function sweep(heads: number, headDim: number, reps: number, sizes: number[]): Promise<void> {
+  const opts: ort.InferenceSession.SessionOptions = { intraOpNumThreads: 2, interOpNumThreads: 1, extra: { session: { 'intra_op.allow_spinning': '0' } } };
+  const plain = await ort.InferenceSession.create(attentionGraph('plain', heads, headDim), opts);
+  const fused = await ort.InferenceSession.create(attentionGraph('fused', heads, headDim), opts);
+  const median = (a: number[]): number => [...a].sort((x, y) => x - y)[a.length >> 1]!;
+  for (const T of sizes) {
+    const C = heads * headDim;
+    const feeds = { q: toOrt(noise([1, T, C], 1)), k: toOrt(noise([1, T, C], 2)), v: toOrt(noise([1, T, C], 3)) };
+    const ms = { plain: [] as number[], fused: [] as number[] };
+    for (let i = 0; i <= reps; i++) {
+      for (const [form, s] of [['plain', plain], ['fused', fused]] as const) {
+        const t0 = performance.now();
+        await s.run(feeds);
+        if (i > 0) ms[form].push(performance.now() - t0); // the first round warms the arenas
+      }
+    }
+    const [p, f] = [median(ms.plain), median(ms.fused)];
+    console.log(`heads ${heads} x ${headDim}, T ${T} (scores ${heads * T * T}): plain ${p.toFixed(1)} ms, fused ${f.toFixed(1)} ms, fused / plain ${(f / p).toFixed(2)}`);
+  }
+}
+
 async function main(): Promise<void> {
+  if (process.argv[2] === 'sweep') {
+    const [H, D, reps, ...sizes] = process.argv.slice(3).map(Number);
+    return sweep(H!, D!, reps!, sizes);
+  }
   const [form, B, Tq, Tk, H, D, reps = '3'] = process.argv.slice(2);
   const C = Number(H) * Number(D);
   const s = await ort.InferenceSession.create(attentionGraph(form as AttentionForm, Number(H), Number(D)), { intraOpNumThreads: 2, interOpNumThreads: 1 });

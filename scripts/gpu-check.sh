@@ -59,7 +59,7 @@ fi
 
 # Fused attention at 1024x1024 (bench/attention-blocks.ts): one FLUX-geometry double and single block (width
 # 3072, 24 heads, synthetic fp32 weights), plain MatMul -> Softmax -> MatMul against MultiHeadAttention ('fused';
-# 'auto', what model sets write, takes it there too), on WebGPU, 2 steps after a warm-up each, one process per
+# 'auto', what model sets write, takes it there too), on WebGPU, 2 steps after two warm-ups each, one process per
 # run. nvidia-smi samples GPU memory meanwhile: each run's peak and its seconds per step go to
 # $OUT/attention-blocks.txt. ATTN_GPU=0 skips it; ATTN_DEVICE picks another device (cuda, cpu).
 if [[ "${ATTN_GPU:-1}" != 0 ]]; then
