@@ -34,6 +34,7 @@ import { noise } from './lib/tensors.ts';
 import { median } from './lib/stats.ts';
 import { type Figure, info, judged } from './lib/report.ts';
 import { cpuMeter } from './lib/cpuload.ts';
+import { peakRssKiB } from './lib/rss.ts';
 import type { BenchContext } from './lib/context.ts';
 
 const SECTION = 15;
@@ -101,7 +102,7 @@ async function child(kind: BlockKind, form: AttentionForm, weights: BlockWeights
     await session.run(feeds);
     if (i >= warmups) ms.push(Math.round(performance.now() - t0));
   }
-  const result: ChildResult = { ms, rssMiB: Math.round(process.resourceUsage().maxRSS / 1024), loadRssMiB };
+  const result: ChildResult = { ms, rssMiB: Math.round(peakRssKiB() / 1024), loadRssMiB };
   console.log(JSON.stringify(result));
 }
 

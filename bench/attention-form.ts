@@ -9,6 +9,7 @@ import { Graph } from '../models/onnx/graph.ts';
 import { type AttentionForm, scaledDotAttention } from '../models/layers.ts';
 import { noise } from './lib/tensors.ts';
 import { toOrt } from '../models/onnx/ort.ts';
+import { peakRssKiB } from './lib/rss.ts';
 
 export function attentionGraph(form: AttentionForm, heads: number, headDim: number, fusedFrom?: number): Uint8Array {
   const g = new Graph({ name: `attention_${form}` });
@@ -59,7 +60,7 @@ async function main(): Promise<void> {
     await s.run(feeds);
     ms.push(performance.now() - t0);
   }
-  console.log(JSON.stringify({ form, ms: ms.map((x) => Math.round(x)), rssMiB: Math.round(process.resourceUsage().maxRSS / 1024) }));
+  console.log(JSON.stringify({ form, ms: ms.map((x) => Math.round(x)), rssMiB: Math.round(peakRssKiB() / 1024) }));
 }
 
 if (process.argv[1]?.endsWith('attention-form.ts')) await main();

@@ -5,13 +5,14 @@
 //        --width W --height H --steps S [--spawned EPOCH_MS]
 // prints one line `RESULT {json}`. The parent side is benchColdStart().
 import { spawn } from 'node:child_process';
-import { readFileSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import type { BenchContext } from './lib/context.ts';
 import { type Figure, info } from './lib/report.ts';
 import { median } from './lib/stats.ts';
+import { peakRssKiB, statusKiB } from './lib/rss.ts';
 
 const epoch = (): number => performance.timeOrigin + performance.now();
 
@@ -37,15 +38,6 @@ export interface ChildResult {
   /** Demo: VmRSS (KiB) when each node finished, in order. */
   rssByNode?: [string, number][];
   maxRssKiB: number;
-}
-
-function statusKiB(field: 'VmHWM' | 'VmRSS'): number | undefined {
-  try {
-    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync('/proc/self/status', 'utf8'));
-    return m ? Number(m[1]) : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 function arg(name: string): string {
@@ -83,7 +75,7 @@ async function child(): Promise<void> {
     const s = services.pool.stats();
     const r: ChildResult = {
       mode, spawned, processStart: performance.timeOrigin, importsDone, servicesReady, firstStep,
-      loads: s.loads, cacheHits: s.cacheHits, nodeMs, loadMs: { ...loadMs }, maxRssKiB: process.resourceUsage().maxRSS, rssAfterServicesKiB, ...extra,
+      loads: s.loads, cacheHits: s.cacheHits, nodeMs, loadMs: { ...loadMs }, maxRssKiB: peakRssKiB(), rssAfterServicesKiB, ...extra,
     };
     process.stdout.write(`RESULT ${JSON.stringify(r)}\n`);
   };

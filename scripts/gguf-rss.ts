@@ -10,6 +10,7 @@ import { FULL_FLUX, buildFlux } from '../models/flux.ts';
 import { Graph } from '../models/onnx/graph.ts';
 import { openFluxTransformer } from '../models/convert/layouts.ts';
 import { decodedOnly, writeGgufFlux } from '../bench/gguf.ts';
+import { peakRssKiB } from '../bench/lib/rss.ts';
 
 const [mode, dir = join(tmpdir(), 'charflow-gguf-rss')] = process.argv[2] === 'convert' ? ['convert', process.argv[3]] : ['make', process.argv[2]];
 const file = join(dir!, 'flux-fullwidth-q4k.gguf');
@@ -30,5 +31,5 @@ if (mode === 'make') {
   g.save(join(dir!, 'flux.onnx'));
   part.weights.close?.();
   const data = statSync(join(dir!, 'flux.onnx.data')).size;
-  console.log(`converted to ${(data / 1e6).toFixed(0)} MB of MatMulNBits weights; peak RSS ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MB`);
+  console.log(`converted to ${(data / 1e6).toFixed(0)} MB of MatMulNBits weights; peak RSS ${(peakRssKiB() / 1024).toFixed(0)} MB`);
 }
