@@ -22,7 +22,7 @@ import { type Figure, info, judged } from './lib/report.ts';
 import { median } from './lib/stats.ts';
 import { cpuMeter } from './lib/cpuload.ts';
 
-const SECTION = 13;
+const SECTION = 14;
 const ENCODERS = ['siglip', 'dinov2'];
 /** How long a fresh runtime idles before the job is queued: long enough for its spare worker to boot here. */
 const IDLE_MS = 3000;
