@@ -1,39 +1,21 @@
 // `charflow characters add|list|remove|export|import` through the real entry point (bin/charflow.js), as a
 // user runs them: what each writes, and the documented exit codes (0 done, 2 a bad name, picture, file or
 // argument with nothing written, 1 the work failed).
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readCharacter } from '../../nodes/lib/saved_characters.ts';
 import { rewriteCharacter } from '../helpers/characters.ts';
+import { ROOT, runCharflow } from '../helpers/cli.ts';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const BIN = join(ROOT, 'bin', 'charflow.js');
 const PICTURE = join(ROOT, 'workflows', 'assets', 'character.png');
 let dir: string;
 let chars: string;
 
-interface Result { code: number | null; stdout: string; stderr: string }
 
-function charflow(args: string[]): Promise<Result> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
-      cwd: dir,
-      env: { PATH: process.env.PATH ?? '', HOME: dir, CHARFLOW_DATA: join(dir, 'data') },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const charflow = (args: string[], env: Record<string, string> = {}) => runCharflow(dir, args, env);
 
 const files = () => (existsSync(chars) ? readdirSync(chars).sort() : []);
 const sha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');

@@ -2,46 +2,17 @@
 // (`node bin/charflow.js ...`): 0 success, 2 invalid workflow or arguments, 1 a node or the
 // command's work failed. A code lost between a command and the process (a command writing
 // process.exitCode that bin/charflow.js then overwrote) used to turn failures into 0.
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CHARFLOW_BIN as BIN, ROOT, runCharflow } from '../helpers/cli.ts';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const BIN = join(ROOT, 'bin', 'charflow.js');
 let dir: string;
 
-interface Result {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
 
-/** Runs the CLI as a user would, in `dir`, with an environment that points nothing at the user's files. */
-function charflow(args: string[], env: Record<string, string> = {}): Promise<Result> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
-      cwd: dir,
-      env: {
-        PATH: process.env.PATH ?? '',
-        HOME: dir,
-        HF_HOME: join(dir, 'hf-home'), // no login token from the developer's machine
-        CHARFLOW_DATA: join(dir, 'data'),
-        ...env,
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const charflow = (args: string[], env: Record<string, string> = {}) => runCharflow(dir, args, env);
 
 function listen(port = 0): Promise<Server> {
   return new Promise((resolve, reject) => {

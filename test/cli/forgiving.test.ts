@@ -1,41 +1,23 @@
 // The forgiving command line (issue 25, item 7), each through the real binary (`node bin/charflow.js`), as a
 // user types it: pictures from anywhere, workflows by name, PNGs and ComfyUI API prompts as workflows, where the
 // pictures went, and errors that say what to do.
-import { spawn } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { workflowToApi } from '../../editor/server/comfy/convert.ts';
 import { nodeRegistry } from '../../nodes/registry.ts';
 import type { Workflow } from '../../engine/workflow/types.ts';
+import { ROOT, runCharflow } from '../helpers/cli.ts';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const BIN = join(ROOT, 'bin', 'charflow.js');
 const CHARACTER = join(ROOT, 'workflows', 'assets', 'character.png');
 let dir: string;
 let data: string;
 
-interface Result { code: number | null; stdout: string; stderr: string }
 
-function charflow(args: string[], env: Record<string, string> = {}): Promise<Result> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
-      cwd: dir,
-      env: { PATH: process.env.PATH ?? '', HOME: dir, HF_HOME: join(dir, 'hf-home'), CHARFLOW_DATA: data, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const charflow = (args: string[], env: Record<string, string> = {}) => runCharflow(dir, args, env);
 
 /** The absolute paths listed after "picture(s) written:", which must be the last lines of stdout. */
 function writtenPictures(stdout: string): string[] {
