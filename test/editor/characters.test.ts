@@ -2,12 +2,12 @@
 // /object_info, the Characters panel with thumbnails, dragging a character onto the canvas, "Save Character"
 // from a Load Character node's context menu, and workflows/storyboard.json run from the editor.
 // Debian's chromium driven by playwright-core on the tiny model set, as test/editor/editor.test.ts does.
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
-import { editorDriver, launchChromium, watchProblems } from '../helpers/browser.ts';
+import { editorDriver, editorTeardown, launchChromium, watchProblems } from '../helpers/browser.ts';
 import sharp from 'sharp';
 import { ensureDirs, resolvePaths, type DataPaths } from '../../engine/paths.ts';
 import { writeTinyModelSet } from '../../models/tiny.ts';
@@ -85,15 +85,7 @@ beforeAll(async () => {
   watchProblems(page, problems);
 }, 300_000);
 
-afterEach(() => {
-  expect(problems.splice(0), 'page errors, console errors or HTTP errors during this test').toEqual([]);
-});
-
-afterAll(async () => {
-  await browser?.close();
-  await server?.close();
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
+editorTeardown(() => ({ problems, browser, server, dir }));
 
 describe('saved characters on the server', () => {
   it('lists them with thumbnails, and /object_info offers them as Saved Character\'s COMBO', async () => {

@@ -1,11 +1,11 @@
 // The browser editor against a real server: Debian's chromium driven by playwright-core, the tiny
 // model set, real UI actions (clicks, typing, drags between socket positions computed from the graph).
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
-import { editorDriver, launchChromium, watchProblems } from '../helpers/browser.ts';
+import { editorDriver, editorTeardown, launchChromium, watchProblems } from '../helpers/browser.ts';
 import sharp from 'sharp';
 import { ensureDirs, resolvePaths, type DataPaths } from '../../engine/paths.ts';
 import { writeTinyModelSet } from '../../models/tiny.ts';
@@ -128,15 +128,7 @@ beforeAll(async () => {
   watchProblems(page, problems);
 }, 240_000);
 
-afterEach(() => {
-  expect(problems.splice(0), 'page errors, console errors or HTTP errors during this test').toEqual([]);
-});
-
-afterAll(async () => {
-  await browser?.close();
-  await server?.close();
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
+editorTeardown(() => ({ problems, browser, server, dir }));
 
 describe('the browser editor', () => {
   it('opens, lists node types by category and loads the default workflow from the server', async () => {

@@ -2,12 +2,12 @@
 // on Load Mask and Load Image nodes of the inpainting example it paints and erases strokes with the round brush,
 // undoes, clears, inverts and saves; the saved PNG in the inputs folder is checked pixel by pixel under and away
 // from the strokes, and the node points at it. Then both inpainting examples run in the editor.
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
-import { editorDriver, launchChromium, watchProblems } from '../helpers/browser.ts';
+import { editorDriver, editorTeardown, launchChromium, watchProblems } from '../helpers/browser.ts';
 import sharp from 'sharp';
 import { ensureDirs, resolvePaths, type DataPaths } from '../../engine/paths.ts';
 import { writeTinyModelSet } from '../../models/tiny.ts';
@@ -98,15 +98,7 @@ beforeAll(async () => {
   await page.waitForSelector('.cf-node-item[data-type="LoadMask"]', { timeout: 20_000 });
 }, 240_000);
 
-afterEach(() => {
-  expect(problems.splice(0), 'page errors, console errors or HTTP errors during this test').toEqual([]);
-});
-
-afterAll(async () => {
-  await browser?.close();
-  await server?.close();
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
+editorTeardown(() => ({ problems, browser, server, dir }));
 
 const MASK_NODE = '12';
 const IMAGE_NODE = '10';

@@ -1,7 +1,8 @@
 // The browser tests' Chromium: Debian's (or CHARFLOW_CHROMIUM's), headless. No silent skip: a missing
 // browser is an error naming the command that installs it (`npm test` checks for it before any test).
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { chromium, type Browser, type Page } from 'playwright-core';
+import { afterAll, afterEach, expect } from 'vitest';
 import { CHROMIUM } from '../../scripts/system-deps.mjs';
 
 export async function launchChromium(): Promise<Browser> {
@@ -27,6 +28,22 @@ export function watchProblems(page: Page, problems: string[], { http = true }: {
       if (r.status() >= 400) problems.push(`HTTP ${r.status()} ${r.request().method()} ${r.url()}`);
     });
   }
+}
+
+/**
+ * The hooks an editor browser test ends with: after each test, no page problems (watchProblems); after all,
+ * the browser and the server closed and the data folder removed. `state` is read when the hooks run.
+ */
+export function editorTeardown(state: () => { problems: string[]; browser?: Browser; server?: { close(): Promise<unknown> }; dir?: string }): void {
+  afterEach(() => {
+    expect(state().problems.splice(0), 'page errors, console errors or HTTP errors during this test').toEqual([]);
+  });
+  afterAll(async () => {
+    const s = state();
+    await s.browser?.close();
+    await s.server?.close();
+    if (s.dir) rmSync(s.dir, { recursive: true, force: true });
+  });
 }
 
 /** The editor's test hooks (window.charflow.app) on the page a test holds; `page` is read at each call. */
