@@ -472,8 +472,11 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
       const bull = await this.readBull(id, this.setOf(job));
       if (!bull) {
         // Never reached Redis (or Redis lost it): it runs from the start.
-        if (job.status === 'running') this.requeue(job);
+        const wasRunning = job.status === 'running';
+        if (wasRunning) this.requeue(job);
         await this.dispatch(this.queue.get(id) ?? job);
+        // A running job gone from Redis means Redis lost its data: the waiting ones are likely gone too, so look now rather than at the next reconcile.
+        if (wasRunning) void this.reconcile();
         return;
       }
       if (!bull.dataOk && bull.state !== 'active') {

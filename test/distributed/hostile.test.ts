@@ -347,7 +347,19 @@ describe('scale-out under a hostile peer', () => {
     await waitFor('in Redis', async () => (await q.getWaitingCount()) === 3);
     await raw.flushall();
     const flushed = Date.now();
-    await waitFor('re-added', async () => (await Promise.all(waiting.map((id) => q.getJobState(bullId(id))))).every((st) => st !== 'unknown'), 30_000, 200);
+    // Back means in Redis again, or already taken by a worker since (a re-added job can run and leave Redis between two looks).
+    const back = new Set<string>();
+    const states: string[] = [];
+    await waitFor('re-added', async () => {
+      const now = await Promise.all(waiting.map((id) => q.getJobState(bullId(id))));
+      waiting.forEach((id, i) => {
+        if (now[i] !== 'unknown' || server.queue.get(id)!.status !== 'pending') back.add(id);
+      });
+      states.push(`${Date.now() - flushed} ms: Redis ${now.join(' ')}; server ${[long, ...waiting].map((id) => server.queue.get(id)!.status).join(' ')}`);
+      return back.size === waiting.length;
+    }, 30_000, 200).catch((err: Error) => {
+      throw new Error(`${err.message}\n${states.slice(-20).join('\n')}\nWORKER:\n${w1.output()}\nSERVER:\n${s.log.slice(-40).join('\n')}`);
+    });
     expect(Date.now() - flushed).toBeLessThan(30_000);
     for (const id of [long, ...waiting]) expect((await waitFor('finished', () => finished(server, id), 120_000)).status).toBe('done');
     expect(server.queue.get(waiting[0]!)!.attempts).toBe(1);
