@@ -39,7 +39,8 @@ function setsIn(modelsDir: string, exists: (root: string, name: string) => boole
 }
 
 /** Runs a worker until `stop` resolves; returns when it has stopped. */
-export async function runWorker(o: WorkerOptions, ctx: CliContext, stop: Promise<unknown>): Promise<void> {
+/** Runs until `stop` resolves; false when Redis was unreachable at the end and its connections were dropped. */
+export async function runWorker(o: WorkerOptions, ctx: CliContext, stop: Promise<unknown>): Promise<boolean> {
   const queueUrl = o.queue ?? ctx.env.CHARFLOW_QUEUE;
   const server = o.server ?? ctx.env.CHARFLOW_SERVER;
   if (!queueUrl) throw new CliError('--queue redis://host:port is required (or set CHARFLOW_QUEUE)');
@@ -121,9 +122,10 @@ export async function runWorker(o: WorkerOptions, ctx: CliContext, stop: Promise
   ctx.stdout.write(`charflow worker ${name}: ${services.pool.device}, sets ${sets.join(', ')}, taking jobs from ${queueUrl.replace(/\/\/[^@/]*@/, '//***@')}\n`);
   await stop;
   log(`charflow worker ${name}: stopping (a running job goes back to the queue)`);
-  await worker.stop();
+  const clean = await worker.stop();
   link.close();
   await services.close();
+  return clean;
 }
 
 /** Adds `charflow worker --queue URL --server URL [--token T] [--models DIR] [--device D] ...`. */
@@ -153,13 +155,15 @@ export function registerWorker(program: Command, ctx: CliContext): Command {
     };
     process.on('SIGINT', on);
     process.on('SIGTERM', on);
+    let clean = true;
     try {
-      await runWorker(o, ctx, stop);
+      clean = await runWorker(o, ctx, stop);
     } finally {
       process.off('SIGINT', on);
       process.off('SIGTERM', on);
     }
-    setTimeout(() => process.exit(process.exitCode ?? 0), 5000).unref();
+    // Dropped Redis connections keep retrying: nothing is left to wait for then.
+    setTimeout(() => process.exit(process.exitCode ?? 0), clean ? 5000 : 0).unref();
   });
   return cmd;
 }

@@ -22,6 +22,8 @@ import {
   type QueueJobResult,
   type ServerToWorker,
   type WorkerMessage,
+  settlesWithin,
+  STOP_GRACE_MS,
 } from './bullmq.ts';
 import type { FreeResult, JobDispatcher, WorkerInfo } from './dispatcher.ts';
 import { Emitter } from './emitter.ts';
@@ -186,9 +188,15 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
     for (const u of this.unsubscribe.splice(0)) u();
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     if (this.reconcileTimer) clearInterval(this.reconcileTimer);
-    await this.sweeping?.catch(() => {});
-    const closing = [...this.checkers.values(), ...this.queues.values()].map((q) => q.close().catch(() => {}));
-    await Promise.all(closing);
+    const open = [...this.checkers.values(), ...this.queues.values()];
+    const graceful = (async () => {
+      await this.sweeping?.catch(() => {});
+      await Promise.all(open.map((q) => q.close().catch(() => {})));
+    })();
+    if (!(await settlesWithin(graceful, STOP_GRACE_MS))) {
+      this.log(`warning: Redis did not answer within ${STOP_GRACE_MS / 1000} s while stopping; its connections are dropped (jobs stay in Redis)`);
+      for (const q of open) void q.disconnect().catch(() => {});
+    }
     this.shared?.disconnect();
     this.emit('idle');
   }
@@ -200,6 +208,7 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
    * it knows any) and within MAX_OPEN_SETS; a refusal is returned as the reason to close with.
    */
   workerConnected(link: WorkerLink, hello: Extract<WorkerMessage, { type: 'hello' }>): string | undefined {
+    if (this.stopped) return 'the server is stopping';
     const known = new Set(this.o.knownSets?.() ?? []);
     const unknown = known.size ? hello.sets.filter((s) => !known.has(s)) : [];
     if (unknown.length) this.log(`warning: worker ${hello.name} names model sets this server does not have (${unknown.join(', ')}); ignoring them`);
@@ -344,6 +353,7 @@ export class BullmqDispatcher extends Emitter<RunnerEvents> implements JobDispat
   private queueFor(set: string): Queue {
     let q = this.queues.get(set);
     if (q) return q;
+    if (this.stopped) throw new Error('the dispatcher is stopped'); // nothing opens Redis connections stop() would not close
     const name = queueName(set);
     q = new Queue(name, { connection: this.redis() });
     q.on('error', (err) => this.log(`warning: Redis queue ${name}: ${err.message}`));

@@ -25,6 +25,8 @@ import {
   type QueueJobResult,
   type ServerToWorker,
   type WorkerMessage,
+  settlesWithin,
+  STOP_GRACE_MS,
 } from './bullmq.ts';
 import { failedBeforeStart, imagesOf, jobOutcome, Recorder } from './runner.ts';
 import type { JobImage } from './types.ts';
@@ -139,9 +141,12 @@ export class QueueWorker<S> {
     this.loop = this.run();
   }
 
-  /** Stops pulling; the running job is stopped and goes back to the queue at once (not after a stall). */
-  async stop(): Promise<void> {
-    if (this.stopped) return;
+  /**
+   * Stops pulling; the running job is stopped and goes back to the queue at once (not after a
+   * stall). False when Redis did not answer in time and the connections were dropped instead.
+   */
+  async stop(): Promise<boolean> {
+    if (this.stopped) return true;
     this.stopped = true;
     const cur = this.current;
     if (cur) {
@@ -149,9 +154,18 @@ export class QueueWorker<S> {
       cur.controller.abort(new Error('the worker is stopping'));
     }
     this.wake();
-    await this.loop?.catch(() => {});
-    for (const b of this.bull.values()) await Promise.all([b.events.close(), b.worker.close(true), b.queue.close()].map((p) => p.catch(() => {})));
+    const graceful = (async () => {
+      await this.loop?.catch(() => {});
+      for (const b of this.bull.values()) await Promise.all([b.events.close(), b.worker.close(true), b.queue.close()].map((p) => p.catch(() => {})));
+    })();
+    if (!(await settlesWithin(graceful, STOP_GRACE_MS))) {
+      this.logger.warn(`Redis did not answer within ${STOP_GRACE_MS / 1000} s while stopping; its connections are dropped (a job this worker held comes back through the stalled check)`);
+      for (const b of this.bull.values()) for (const c of [b.events, b.worker, b.queue]) void c.disconnect().catch(() => {});
+      this.raw?.disconnect();
+      return false;
+    }
     this.raw?.disconnect();
+    return true;
   }
 
   private wake(): void {

@@ -1,7 +1,7 @@
 // Scale-out under a hostile peer (issue 26), with a real redis-server and real `charflow worker`
 // processes: frames that used to end the server, a client token used as a worker's, fake workers
 // speaking for jobs they do not hold, resource exhaustion, Redis losing or holding forged data,
-// stale workers after SIGSTOP and a Redis restart, and worker paths in the history.
+// stale workers after SIGSTOP and a Redis restart, stopping without Redis, and worker paths in the history.
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Queue, Worker as BullWorker } from 'bullmq';
@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { startServer, type RunningServer } from '../../editor/server/server.ts';
 import { resolvePaths } from '../../engine/paths.ts';
-import { bullId, queueName, redisOptions } from '../../engine/queue/bullmq.ts';
+import { bullId, queueName, redisOptions, STOP_GRACE_MS } from '../../engine/queue/bullmq.ts';
 import type { BullmqDispatcher } from '../../engine/queue/bullmq-dispatcher.ts';
 import type { Job } from '../../engine/queue/index.ts';
 import { ROOT, startRedis, startWorker, tempDir, tinyModels, waitFor, type RedisProcess, type WorkerProcess } from './harness.ts';
@@ -416,7 +416,7 @@ describe('scale-out under a hostile peer', () => {
 });
 
 describe('stale workers', () => {
-  it('a worker that lost its lock (SIGSTOP, then a Redis restart) sends nothing more; clients see one terminal event per job', async () => {
+  it('a worker that lost its lock (SIGSTOP, then a Redis restart) sends nothing more; clients see one terminal event per job; without Redis everything still stops', async () => {
     const redis = await startRedis();
     const timing = { lockDurationMs: 5000, stalledIntervalMs: 2500 };
     const env = { CHARFLOW_LOCK_DURATION_MS: '5000', CHARFLOW_STALLED_INTERVAL_MS: '2500' };
@@ -453,5 +453,15 @@ describe('stale workers', () => {
     expect(terminal2).toHaveLength(1);
     expect(terminal2[0]).toBe(job2.status === 'done' ? 'execution_success' : 'execution_error');
     expect(log.join('\n')).not.toMatch(/request failed/);
+
+    // Redis goes away for good: the workers (SIGTERM) and the server still stop, after the grace at most.
+    await again.stop();
+    await new Promise((r) => setTimeout(r, 1500)); // their connections notice
+    const t0 = Date.now();
+    await Promise.all([a.stop(), b.stop(), server.close()]);
+    expect(Date.now() - t0).toBeLessThan(STOP_GRACE_MS + 10_000);
+    for (const w of [a, b]) expect(await w.exited).toBe(0);
+    // Their BullMQ connections wait for Redis to say goodbye: the grace ran out and they were dropped.
+    expect([a, b].some((w) => /Redis did not answer within \d+ s while stopping/.test(w.output())), a.output() + b.output()).toBe(true);
   }, 400_000);
 });
