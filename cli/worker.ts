@@ -38,8 +38,7 @@ function setsIn(modelsDir: string, exists: (root: string, name: string) => boole
   return names.filter((n) => /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(n) && exists(modelsDir, n)).sort();
 }
 
-/** Runs a worker until `stop` resolves; returns when it has stopped. */
-/** Runs until `stop` resolves; false when Redis was unreachable at the end and its connections were dropped. */
+/** Runs a worker until `stop` resolves; returns when it has stopped: false when Redis was unreachable then and its connections were dropped. */
 export async function runWorker(o: WorkerOptions, ctx: CliContext, stop: Promise<unknown>): Promise<boolean> {
   const queueUrl = o.queue ?? ctx.env.CHARFLOW_QUEUE;
   const server = o.server ?? ctx.env.CHARFLOW_SERVER;

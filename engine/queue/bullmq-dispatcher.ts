@@ -22,9 +22,9 @@ import {
   type QueueJobResult,
   type ServerToWorker,
   type WorkerMessage,
-  settlesWithin,
   STOP_GRACE_MS,
 } from './bullmq.ts';
+import { settlesWithin } from './within.ts';
 import type { FreeResult, JobDispatcher, WorkerInfo } from './dispatcher.ts';
 import { Emitter } from './emitter.ts';
 import type { JobQueue } from './queue.ts';

@@ -25,9 +25,9 @@ import {
   type QueueJobResult,
   type ServerToWorker,
   type WorkerMessage,
-  settlesWithin,
   STOP_GRACE_MS,
 } from './bullmq.ts';
+import { settlesWithin } from './within.ts';
 import { failedBeforeStart, imagesOf, jobOutcome, Recorder } from './runner.ts';
 import type { JobImage } from './types.ts';
 
@@ -158,14 +158,13 @@ export class QueueWorker<S> {
       await this.loop?.catch(() => {});
       for (const b of this.bull.values()) await Promise.all([b.events.close(), b.worker.close(true), b.queue.close()].map((p) => p.catch(() => {})));
     })();
-    if (!(await settlesWithin(graceful, STOP_GRACE_MS))) {
+    const clean = await settlesWithin(graceful, STOP_GRACE_MS);
+    if (!clean) {
       this.logger.warn(`Redis did not answer within ${STOP_GRACE_MS / 1000} s while stopping; its connections are dropped (a job this worker held comes back through the stalled check)`);
       for (const b of this.bull.values()) for (const c of [b.events, b.worker, b.queue]) void c.disconnect().catch(() => {});
-      this.raw?.disconnect();
-      return false;
     }
     this.raw?.disconnect();
-    return true;
+    return clean;
   }
 
   private wake(): void {

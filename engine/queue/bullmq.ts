@@ -49,17 +49,6 @@ export function timingFromEnv(env: Readonly<Record<string, string | undefined>>)
  */
 export const STOP_GRACE_MS = 10_000;
 
-/** Whether `p` settles within `ms` (it keeps running either way). */
-export async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
-  try {
-    return await Promise.race([p.then(() => true, () => true), late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 /** Model set names (queue names are built from them): the LoadModels pattern. */
 export const SET_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 

@@ -7,6 +7,7 @@ import { validateWorkflow, WorkflowError } from '../workflow/index.ts';
 import { Emitter } from './emitter.ts';
 import type { FreeResult, JobDispatcher, RunnerEvents, WorkerInfo } from './dispatcher.ts';
 import type { JobQueue } from './queue.ts';
+import { settlesWithin } from './within.ts';
 import type { Job, JobImage, JobMessage, JobNodeOutput, JobResult, PruneOptions } from './types.ts';
 
 /** A job's event log is capped so a 20,000-node workflow cannot make a huge history row. */
@@ -212,15 +213,7 @@ export class QueueRunner<S> extends Emitter<RunnerEvents> implements JobDispatch
     }
     const loop = this.loop;
     if (!loop) return;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<void>((resolve) => {
-      timer = setTimeout(() => {
-        if (cur) this.logger.warn(`job ${cur.job.id} did not stop in time; it will run again at the next start`);
-        resolve();
-      }, opts.timeoutMs ?? 15_000);
-    });
-    await Promise.race([loop, timeout]);
-    clearTimeout(timer);
+    if (!(await settlesWithin(loop, opts.timeoutMs ?? 15_000)) && cur) this.logger.warn(`job ${cur.job.id} did not stop in time; it will run again at the next start`);
   }
 
   private wake(): void {
